@@ -1,0 +1,236 @@
+"""Recipes: one TOML file per multi-task model, parsed into dataclasses that validate themselves.
+
+Every problem is a one-line `UserError` naming the file, the key and the fix. Unknown keys are
+errors (a typo must never silently fall back to a default).
+"""
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolchain import UserError
+
+TASK_TYPES = ("classification", "regression", "tagging")
+FORMATS = ("tsv", "csv", "jsonl", "seqio", "clinc150", "hf")
+METRICS = ("accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman", "entity_f1")
+DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "tagging": "entity_f1"}
+COLUMN_ROLES = ("text", "text_pair", "label", "tokens", "tags")
+SELECT_RULES = ("best-in-range", "smallest-within")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    dropout: float = 0.1
+    seed: int = 0
+    mixed_precision: str = "auto"  # "auto": bf16/fp16 on a GPU, fp32 on the CPU
+
+    def check(self, where: str) -> None:
+        _positive(self.epochs, "epochs", where)
+        _positive(self.batch_size, "batch_size", where)
+        _positive(self.lr, "lr", where)
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"{where}: warmup_ratio = {self.warmup_ratio} must be in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"{where}: dropout = {self.dropout} must be in [0, 1)")
+        _one_of(self.mixed_precision, MIXED_PRECISION, "mixed_precision", where)
+
+
+@dataclass
+class SelectConfig:
+    """How the number of fine-tuned layers L is picked from a sweep (paper, section 3.1).
+
+    best-in-range: the L with the best dev metric among n_min <= L <= n_max (the paper's practice).
+    smallest-within: the smallest L whose dev metric is within `tolerance` (relative) of the best
+    (the paper's Table 1 shading, 1%).
+    """
+
+    rule: str = "best-in-range"
+    n_min: int = 1
+    n_max: int = 64
+    tolerance: float = 0.01
+
+    def check(self, where: str) -> None:
+        _one_of(self.rule, SELECT_RULES, "rule", where)
+        _positive(self.n_min, "n_min", where)
+        if self.n_max < self.n_min:
+            raise UserError(f"{where}: n_max = {self.n_max} is below n_min = {self.n_min}")
+        if not 0 <= self.tolerance < 1:
+            raise UserError(f"{where}: tolerance = {self.tolerance} must be a fraction in [0, 1)")
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    type: str
+    format: str
+    train: str
+    dev: str
+    columns: dict = field(default_factory=dict)
+    metric: str = ""
+    max_seq_len: int = 0  # 0: the recipe's max_seq_len
+    layers: int = 0  # default L when --layers is not given; 0: half the backbone's depth
+    header: bool = True  # tsv / csv: first row names the columns
+    train_split: str = ""  # clinc150 / hf: split names
+    dev_split: str = ""
+    max_train_examples: int = 0  # 0: all; otherwise a seeded random subset
+    max_dev_examples: int = 0
+    unseen_labels: str = "error"  # dev labels absent from train: "error" or "drop" those rows
+    train_overrides: dict = field(default_factory=dict)
+
+    def check(self, where: str) -> None:
+        if not self.name.replace("_", "").replace("-", "").isalnum():
+            raise UserError(f"{where}: task name {self.name!r} must be letters, digits, '-' or '_'")
+        _one_of(self.type, TASK_TYPES, "type", where)
+        _one_of(self.format, FORMATS, "format", where)
+        _one_of(self.metric, METRICS, "metric", where)
+        _one_of(self.unseen_labels, ("error", "drop"), "unseen_labels", where)
+        for role, col in self.columns.items():
+            _one_of(role, COLUMN_ROLES, "columns key", where)
+            if not isinstance(col, (str, int)) or isinstance(col, bool):
+                raise UserError(f"{where}: columns.{role} = {col!r} must be a column name or index")
+        need = {"tagging": ("tokens", "tags")}.get(self.type, ("text", "label"))
+        if self.format not in ("seqio", "clinc150"):
+            for role in need:
+                if role not in self.columns:
+                    raise UserError(f"{where}: a {self.type} task needs columns.{role}; add it")
+        if self.type == "tagging" and self.format not in ("jsonl", "seqio", "hf"):
+            raise UserError(f"{where}: tagging tasks read format jsonl, seqio or hf, not {self.format!r}")
+        for key in ("max_seq_len", "layers", "max_train_examples", "max_dev_examples"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{where}: {key} = {getattr(self, key)} must be >= 0")
+
+
+@dataclass
+class Recipe:
+    name: str
+    backbone: str
+    tasks: list
+    max_seq_len: int = 128
+    train: TrainConfig = field(default_factory=TrainConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    path: Path = Path(".")  # the recipe file; data paths are relative to its folder
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def task(self, name: str) -> TaskConfig:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise UserError(f"unknown task {name!r}; the recipe has: {', '.join(t.name for t in self.tasks)}")
+
+    @property
+    def backbone_spec(self) -> str:
+        """The backbone, with a relative folder ("./x", "../x") taken from the recipe's folder."""
+        return str(self.resolve(self.backbone)) if self.backbone.startswith(("./", "../")) else self.backbone
+
+    def train_for(self, task: TaskConfig) -> TrainConfig:
+        return dataclasses.replace(self.train, **task.train_overrides)
+
+    def seq_len(self, task: TaskConfig) -> int:
+        return task.max_seq_len or self.max_seq_len
+
+    def override(self, max_train: int | None = None, max_dev: int | None = None, epochs: int | None = None):
+        """Command-line overrides (quick runs on a CPU): cap every task's data, set the epochs."""
+        for t in self.tasks:
+            if max_train:
+                t.max_train_examples = min(t.max_train_examples or max_train, max_train)
+            if max_dev:
+                t.max_dev_examples = min(t.max_dev_examples or max_dev, max_dev)
+        if epochs is not None:
+            _positive(epochs, "--epochs", "command line")
+            self.train.epochs = epochs
+            for t in self.tasks:
+                t.train_overrides.pop("epochs", None)
+        return self
+
+    def resolve(self, p: str) -> Path:
+        """A data path as written in the recipe, relative to the recipe's folder."""
+        return (self.root / p).resolve() if not Path(p).is_absolute() else Path(p)
+
+
+def _one_of(value, allowed, key, where):
+    if value not in allowed:
+        raise UserError(f"{where}: {key} = {value!r} is not valid; use one of: {', '.join(allowed)}")
+
+
+def _positive(value, key, where):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise UserError(f"{where}: {key} = {value!r} must be a positive number")
+
+
+def _build(cls, raw: dict, where: str, **extra):
+    """Instantiate a dataclass from a TOML table, rejecting unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a table, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("path", "tasks", "train_overrides")}
+    for key in raw:
+        if key not in fields:
+            raise UserError(f"{where}: unknown key {key!r}; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for key, value in raw.items():
+        f = fields[key]
+        if f.default is not dataclasses.MISSING:
+            want = type(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            want = type(f.default_factory())
+        else:
+            want = f.type
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise UserError(f"{where}: {key} = {value!r} must be of type {want.__name__}")
+        kwargs[key] = value
+    missing = [f.name for f in fields.values()
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               and f.name not in kwargs and f.name not in extra]
+    if missing:
+        raise UserError(f"{where}: missing required key {missing[0]!r}")
+    return cls(**kwargs, **extra)
+
+
+def load_recipe(path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe {path} not found; give the path of a .toml recipe such as models/assistant.toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"recipe {path} is not valid TOML: {e}") from None
+    where = f"recipe {path}"
+    raw = dict(raw)
+    train = _build(TrainConfig, raw.pop("train", {}), f"{where} [train]")
+    train.check(f"{where} [train]")
+    select = _build(SelectConfig, raw.pop("select", {}), f"{where} [select]")
+    select.check(f"{where} [select]")
+    raw_tasks = raw.pop("tasks", None)
+    if not raw_tasks or not isinstance(raw_tasks, list):
+        raise UserError(f"{where}: no [[tasks]]; add at least one task table")
+    tasks = []
+    for i, rt in enumerate(raw_tasks):
+        rt = dict(rt)
+        twhere = f"{where} task {rt.get('name', i)!r}"
+        overrides = rt.pop("training", {})  # per-task overrides of [train], e.g. training = { lr = 2e-5 }
+        probe = _build(TrainConfig, overrides, f"{twhere} training")  # validates keys and types
+        overrides = {k: getattr(probe, k) for k in overrides}
+        task = _build(TaskConfig, rt, twhere, train_overrides=overrides)
+        task.metric = task.metric or DEFAULT_METRIC.get(task.type, "")
+        task.check(twhere)
+        tasks.append(task)
+    names = [t.name for t in tasks]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise UserError(f"{where}: duplicate task name {min(dup)!r}; task names must be unique")
+    recipe = _build(Recipe, raw, where, tasks=tasks, train=train, select=select, path=path.resolve())
+    _positive(recipe.max_seq_len, "max_seq_len", where)
+    for t in tasks:
+        dataclasses.replace(train, **t.train_overrides).check(f"{where} task {t.name!r} [train]")
+    return recipe
