@@ -1,0 +1,309 @@
+"""Task data: readers for the supported file formats, label maps, and tokenization.
+
+Formats (recipe key `format`):
+  tsv       tab-separated, read with quoting OFF (GLUE's files contain bare '"'), UTF-8 with or
+            without BOM; `header = false` for files such as CoLA's, then columns are 0-based indices
+  csv       comma-separated with standard quoting
+  jsonl     one JSON object per line; tagging tasks give `tokens` and `tags` as lists
+  seqio     the SNIPS / ATIS folder layout: seq.in (words), seq.out (BIO tags), label (intent)
+  clinc150  the oos-eval JSON (`train`, `val`, `test` and `oos_*` lists of [text, intent]);
+            `columns.label = "domain"` maps intents to domains through the sibling domains.json
+  hf        a Hugging Face `datasets` dataset: a folder saved with save_to_disk, or a name for
+            load_dataset (needs `pip install datasets`)
+"""
+
+import csv
+import hashlib
+import json
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolchain import UserError
+
+IGNORE = -100  # label id of word pieces that carry no tag (continuations, [CLS], [SEP])
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass
+class Example:
+    text: str | None = None
+    text_pair: str | None = None
+    tokens: list | None = None
+    label: str | float | None = None
+    tags: list | None = None
+
+
+@dataclass
+class Encoded:
+    """Token ids ready for the model, one list per example, plus label ids."""
+
+    input_ids: list
+    type_ids: list
+    labels: list  # int (classification), float (regression) or list of int (tagging, per piece)
+    word_ids: list = field(default_factory=list)  # tagging: word index of each piece, None if none
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    def fingerprint(self) -> str:
+        """Identifies the model inputs exactly: used as the data part of cache keys."""
+        h = hashlib.sha256()
+        for ids, tt in zip(self.input_ids, self.type_ids):
+            h.update(json.dumps([ids, tt]).encode())
+        return h.hexdigest()
+
+
+@dataclass
+class TaskData:
+    train: Encoded
+    dev: Encoded
+    labels: list  # label names (classification) or tag names (tagging); [] for regression
+    dev_examples: list
+    dropped_dev: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Readers
+
+
+def read_examples(recipe, task, split: str) -> list:
+    """Read the train or dev split of a task as Examples, checking files and columns."""
+    spec = task.train if split == "train" else task.dev
+    path = recipe.resolve(spec)
+    if task.format == "hf" and not path.exists():
+        path = spec  # a dataset name for load_dataset
+    where = f"task {task.name!r} {split} data {spec}"
+    if task.format != "hf":
+        _check_exists(Path(path), task.format, where)
+    reader = {"tsv": _read_delimited, "csv": _read_delimited, "jsonl": _read_jsonl,
+              "seqio": _read_seqio, "clinc150": _read_clinc, "hf": _read_hf}[task.format]
+    examples = reader(path, task, split, where)
+    if not examples:
+        raise UserError(f"{where}: no examples found; check the file and the recipe's format")
+    limit = task.max_train_examples if split == "train" else task.max_dev_examples
+    if limit and limit < len(examples):
+        keep = sorted(random.Random(0).sample(range(len(examples)), limit))
+        examples = [examples[i] for i in keep]
+    return examples
+
+
+def _check_exists(path: Path, fmt: str, where: str) -> None:
+    if fmt == "seqio":
+        for name in ("seq.in", "seq.out", "label"):
+            if not (path / name).is_file():
+                raise UserError(f"{where}: {path / name} not found; a seqio folder holds seq.in, seq.out and label")
+        if (path / "seq.in").stat().st_size == 0:
+            raise UserError(f"{where}: {path / 'seq.in'} is empty; point the recipe at a non-empty split")
+        return
+    if not path.is_file():
+        raise UserError(f"{where}: file {path} not found; fix the path in the recipe (relative to the recipe's folder)")
+    if path.stat().st_size == 0:
+        raise UserError(f"{where}: file {path} is empty; point the recipe at a non-empty data file")
+
+
+def _example(task, get, where) -> Example:
+    """Build an Example through `get(role)`, which raises KeyError for a missing column."""
+    cols = task.columns
+    if task.type == "tagging":
+        tokens, tags = get(cols["tokens"]), get(cols["tags"])
+        if isinstance(tokens, str):
+            tokens, tags = tokens.split(), tags.split()
+        if len(tokens) != len(tags):
+            raise UserError(f"{where}: {len(tokens)} tokens but {len(tags)} tags in {' '.join(tokens)[:60]!r}")
+        return Example(tokens=list(tokens), tags=list(tags))
+    ex = Example(text=str(get(cols["text"])), label=get(cols["label"]))
+    if "text_pair" in cols:
+        ex.text_pair = str(get(cols["text_pair"]))
+    return ex
+
+
+def _read_delimited(path, task, split, where):
+    delim = "\t" if task.format == "tsv" else ","
+    quoting = csv.QUOTE_NONE if task.format == "tsv" else csv.QUOTE_MINIMAL
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f, delimiter=delim, quoting=quoting))
+    header = rows.pop(0) if task.header and rows else None
+    index = {}
+    for role, col in task.columns.items():
+        if isinstance(col, int):
+            index[col] = col
+        elif header is None:
+            raise UserError(f"{where}: columns.{role} = {col!r} is a name but header = false; use a 0-based index")
+        elif col not in header:
+            raise UserError(f"{where}: column {col!r} (columns.{role}) not in the header; columns are: "
+                            f"{', '.join(header)}")
+        else:
+            index[col] = header.index(col)
+    out = []
+    for n, row in enumerate(rows, start=2 if header else 1):
+        if not row:
+            continue
+        try:
+            out.append(_example(task, lambda c, row=row: row[index[c]], f"{where} line {n}"))
+        except IndexError:
+            raise UserError(f"{where} line {n}: {len(row)} fields, fewer than the columns the recipe names") from None
+    return out
+
+
+def _read_jsonl(path, task, split, where):
+    out = []
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where} line {n}: not valid JSON ({e.msg})") from None
+            try:
+                out.append(_example(task, lambda c, obj=obj: obj[c], f"{where} line {n}"))
+            except KeyError as e:
+                raise UserError(f"{where} line {n}: key {e.args[0]!r} missing; keys are: {', '.join(obj)}") from None
+    return out
+
+
+def _read_seqio(path, task, split, where):
+    path = Path(path)
+    words = [line.split() for line in (path / "seq.in").read_text(encoding="utf-8").splitlines()]
+    tags = [line.split() for line in (path / "seq.out").read_text(encoding="utf-8").splitlines()]
+    intents = (path / "label").read_text(encoding="utf-8").splitlines()
+    if not len(words) == len(tags) == len(intents):
+        raise UserError(f"{where}: seq.in, seq.out and label have {len(words)}, {len(tags)}, {len(intents)} lines; "
+                        "they must match")
+    if task.type == "tagging":
+        for n, (w, t) in enumerate(zip(words, tags), start=1):
+            if len(w) != len(t):
+                raise UserError(f"{where} line {n}: {len(w)} words but {len(t)} tags")
+        return [Example(tokens=w, tags=t) for w, t in zip(words, tags) if w]
+    return [Example(text=" ".join(w), label=i.strip()) for w, i in zip(words, intents) if w]
+
+
+def _read_clinc(path, task, split, where):
+    name = (task.train_split or "train") if split == "train" else (task.dev_split or "val")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+    if name not in data:
+        raise UserError(f"{where}: split {name!r} not in the file; splits are: {', '.join(data)}")
+    rows = data[name] + data.get(f"oos_{name}", [])
+    target = task.columns.get("label", "intent")
+    if target == "domain":
+        domains_file = Path(path).parent / "domains.json"
+        if not domains_file.is_file():
+            raise UserError(f"{where}: columns.label = 'domain' needs {domains_file} beside the data file")
+        domain = {i: d for d, intents in json.loads(domains_file.read_text()).items() for i in intents}
+        domain["oos"] = "oos"
+        return [Example(text=t, label=domain[i]) for t, i in rows]
+    if target != "intent":
+        raise UserError(f"{where}: columns.label = {target!r}; clinc150 offers 'intent' or 'domain'")
+    return [Example(text=t, label=i) for t, i in rows]
+
+
+def _read_hf(path, task, split, where):
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{where}: format 'hf' needs the datasets package; run: pip install datasets") from None
+    name = (task.train_split or "train") if split == "train" else (task.dev_split or "validation")
+    try:
+        ds = datasets.load_from_disk(str(path)) if Path(path).is_dir() else datasets.load_dataset(str(path))
+        ds = ds[name]
+    except KeyError:
+        raise UserError(f"{where}: split {name!r} not in the dataset; set train_split / dev_split") from None
+    except Exception as e:  # noqa: BLE001 - any loader failure is the user's dataset problem
+        raise UserError(f"{where}: could not load the dataset ({type(e).__name__}: {str(e)[:120]})") from None
+    names = ds.features.get("label")
+    names = getattr(names, "names", None)
+    out = []
+    for n, row in enumerate(ds):
+        try:
+            ex = _example(task, lambda c, row=row: row[c], f"{where} row {n}")
+        except KeyError as e:
+            raise UserError(f"{where}: column {e.args[0]!r} not in the dataset; columns are: "
+                            f"{', '.join(ds.column_names)}") from None
+        if names and isinstance(ex.label, int) and task.type == "classification":
+            ex.label = names[ex.label]
+        out.append(ex)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Labels and encoding
+
+
+def label_names(task, train: list, where: str) -> list:
+    if task.type == "regression":
+        return []
+    if task.type == "tagging":
+        return sorted({t for ex in train for t in ex.tags})
+    return sorted({str(ex.label) for ex in train})
+
+
+def _unseen(task, ex, known) -> str | None:
+    if task.type == "tagging":
+        bad = [t for t in ex.tags if t not in known]
+        return bad[0] if bad else None
+    if task.type == "classification" and str(ex.label) not in known:
+        return str(ex.label)
+    return None
+
+
+def load_task(recipe, task, tokenizer) -> TaskData:
+    """Read, check and encode one task's train and dev splits."""
+    train = read_examples(recipe, task, "train")
+    dev = read_examples(recipe, task, "dev")
+    labels = label_names(task, train, task.name)
+    known = set(labels)
+    kept, dropped = [], 0
+    for ex in dev:
+        bad = _unseen(task, ex, known)
+        if bad is None:
+            kept.append(ex)
+        elif task.unseen_labels == "drop":
+            dropped += 1
+        else:
+            raise UserError(f"task {task.name!r}: dev label {bad!r} never occurs in train; fix the data or set "
+                            "unseen_labels = \"drop\" in the task to skip such dev rows")
+    if not kept:
+        raise UserError(f"task {task.name!r}: every dev row has a label unseen in train; check the label column")
+    max_len = recipe.seq_len(task)
+    return TaskData(train=encode(train, tokenizer, task, labels, max_len, f"task {task.name!r} train"),
+                    dev=encode(kept, tokenizer, task, labels, max_len, f"task {task.name!r} dev"),
+                    labels=labels, dev_examples=kept, dropped_dev=dropped)
+
+
+def encode(examples, tokenizer, task, labels, max_len, where="") -> Encoded:
+    tokenizer.enable_truncation(max_length=max_len)
+    index = {name: i for i, name in enumerate(labels)}
+    if task.type == "tagging":
+        encs = tokenizer.encode_batch([ex.tokens for ex in examples], is_pretokenized=True)
+        out = Encoded([e.ids for e in encs], [e.type_ids for e in encs], [], [])
+        for ex, e in zip(examples, encs):
+            word_ids = e.word_ids
+            seen, piece_labels = set(), []
+            for w in word_ids:  # tag the first piece of each word; continuations are ignored
+                if w is None or w in seen:
+                    piece_labels.append(IGNORE)
+                else:
+                    seen.add(w)
+                    piece_labels.append(index.get(ex.tags[w], IGNORE))
+            out.labels.append(piece_labels)
+            out.word_ids.append(word_ids)
+        return out
+    if any(ex.text_pair is not None for ex in examples):
+        encs = tokenizer.encode_batch([(ex.text, ex.text_pair or "") for ex in examples])
+    else:
+        encs = tokenizer.encode_batch([ex.text for ex in examples])
+    if task.type == "regression":
+        labels_out = []
+        for ex in examples:
+            try:
+                labels_out.append(float(ex.label))
+            except (TypeError, ValueError):
+                raise UserError(f"{where}: regression label {ex.label!r} is not a number; check columns.label") from None
+    else:
+        labels_out = [index.get(str(ex.label), IGNORE) for ex in examples]
+    return Encoded([e.ids for e in encs], [e.type_ids for e in encs], labels_out)
