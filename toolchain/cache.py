@@ -1,0 +1,66 @@
+"""Frozen-trunk feature cache.
+
+The trunk is frozen and runs in eval mode, so its output for an example never changes: compute it
+once per (backbone fingerprint, split depth, exact token ids) and reuse it across epochs and across
+sweep runs with the same split point. The token ids stand for the data file, columns, subset,
+tokenizer and max_seq_len all at once. Stored as one safetensors file of unpadded fp32 rows.
+"""
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from toolchain.fsutil import write_bytes_atomic
+
+VERSION = "v1"
+
+
+def key(backbone_fp: str, depth: int, data_fp: str) -> str:
+    return hashlib.sha256(f"{VERSION}|{backbone_fp}|{depth}|{data_fp}".encode()).hexdigest()[:32]
+
+
+def pad_batch(ids_lists, type_lists, device):
+    """Right-pad token id lists into (input_ids, token_type_ids, attention_mask) tensors."""
+    n, s = len(ids_lists), max(len(x) for x in ids_lists)
+    ids = torch.zeros(n, s, dtype=torch.long)
+    tt = torch.zeros(n, s, dtype=torch.long)
+    mask = torch.zeros(n, s, dtype=torch.long)
+    for i, (a, b) in enumerate(zip(ids_lists, type_lists)):
+        ids[i, : len(a)] = torch.tensor(a)
+        tt[i, : len(b)] = torch.tensor(b)
+        mask[i, : len(a)] = 1
+    return ids.to(device), tt.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def compute(trunk, encoded, batch_size=64, device="cpu", on_batch=None) -> list:
+    """Trunk output at its full depth for every example: a list of (len_i, hidden) tensors."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded.input_ids[i]))  # little padding
+    out = [None] * len(encoded)
+    trunk = trunk.to(device).eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        ids, tt, mask = pad_batch([encoded.input_ids[i] for i in idx], [encoded.type_ids[i] for i in idx], device)
+        hidden = trunk(ids, tt, mask).float().cpu()
+        for row, i in enumerate(idx):
+            out[i] = hidden[row, : len(encoded.input_ids[i])].clone()
+        if on_batch:
+            on_batch(len(idx))
+    return out
+
+
+def load_or_compute(trunk, encoded, backbone_fp, cache_dir, device="cpu", on_batch=None):
+    """Features from the cache file if present, else computed and written (atomically)."""
+    from safetensors.torch import load_file, save
+
+    path = Path(cache_dir) / f"trunk-d{trunk.depth}-{key(backbone_fp, trunk.depth, encoded.fingerprint())}.safetensors"
+    lengths = [len(x) for x in encoded.input_ids]
+    if path.is_file():
+        flat = load_file(str(path))["hidden"]
+        if flat.shape[0] == sum(lengths):
+            return list(flat.split(lengths)), True
+    feats = compute(trunk, encoded, device=device, on_batch=on_batch)
+    meta = {"backbone": backbone_fp, "depth": str(trunk.depth), "data": encoded.fingerprint()}
+    write_bytes_atomic(path, save({"hidden": torch.cat(feats)}, metadata=meta))
+    return feats, False

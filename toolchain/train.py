@@ -1,0 +1,365 @@
+"""Partial fine-tuning (paper, section 3.1): per task, train only the top L layers and a head.
+
+The bottom N - L layers (and the embeddings) form the frozen trunk. A sweep over L and seeds
+writes one run folder per (task, L, seed) and a Table-1-style summary; L is then picked per task
+by the recipe's [select] rule. Training goes through `accelerate`, so the same code runs on the
+CPU, one GPU (mixed precision) or several GPUs under `accelerate launch`.
+
+Output layout (all under --out):
+  runs/<task>/L<L>-s<seed>/branch.safetensors   the trained branch (layers + head)
+                           branch.json          task, type, labels, attach depth, layers, metric,
+                                                backbone fingerprint, toolchain version
+                           result.json          dev metric per epoch, losses, timings (written last)
+                           ckpt/                epoch checkpoint while training (resume), then removed
+  sweep.json, sweep.md, selected.json           the sweep table and the chosen L per task
+"""
+
+import io
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from toolchain import UserError, __version__
+from toolchain import cache as feature_cache
+from toolchain.data import IGNORE
+from toolchain.fsutil import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+
+def make_accelerator(mixed_precision: str = "auto"):
+    from accelerate import Accelerator
+
+    if mixed_precision == "auto":
+        if torch.cuda.is_available():
+            mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            mixed_precision = "no"
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+def check_layers(layers, depth: int, where: str = "") -> None:
+    for L in layers:
+        if not 1 <= L <= depth:
+            raise UserError(f"{where}L = {L} is outside 1..{depth}: the backbone has {depth} layers; "
+                            f"choose --layers between 1 and {depth}")
+
+
+class Batches:
+    """Turns example indices into model-ready tensors, from cached trunk features or from token ids
+    run through the frozen trunk."""
+
+    def __init__(self, encoded, trunk, features=None, device="cpu"):
+        self.encoded, self.trunk, self.features, self.device = encoded, trunk, features, device
+
+    @torch.no_grad()
+    def hidden(self, idx):
+        if self.features is not None:
+            rows = [self.features[i] for i in idx]
+            hidden = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(self.device)
+            mask = torch.zeros(hidden.shape[:2], dtype=torch.long, device=self.device)
+            for r, x in enumerate(rows):
+                mask[r, : len(x)] = 1
+            return hidden, mask
+        ids, tt, mask = feature_cache.pad_batch(
+            [self.encoded.input_ids[i] for i in idx], [self.encoded.type_ids[i] for i in idx], self.device)
+        return self.trunk(ids, tt, mask), mask
+
+    def labels(self, idx, task_type, seq_len):
+        if task_type == "regression":
+            return torch.tensor([self.encoded.labels[i] for i in idx], dtype=torch.float, device=self.device)
+        if task_type == "classification":
+            return torch.tensor([self.encoded.labels[i] for i in idx], dtype=torch.long, device=self.device)
+        out = torch.full((len(idx), seq_len), IGNORE, dtype=torch.long)
+        for r, i in enumerate(idx):
+            lab = self.encoded.labels[i]
+            out[r, : len(lab)] = torch.tensor(lab)
+        return out.to(self.device)
+
+
+def loss_fn(task_type, out, labels):
+    if task_type == "regression":
+        return torch.nn.functional.mse_loss(out.float(), labels)
+    if task_type == "tagging":
+        return torch.nn.functional.cross_entropy(out.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    return torch.nn.functional.cross_entropy(out.float(), labels)
+
+
+@torch.no_grad()
+def predict(branch, batches, n, task_type, batch_size=128):
+    """Raw predictions for examples 0..n-1: label ids, floats, or per-piece label ids."""
+    branch.eval()
+    order = sorted(range(n), key=lambda i: len(batches.encoded.input_ids[i]))
+    preds = [None] * n
+    for s in range(0, n, batch_size):
+        idx = order[s: s + batch_size]
+        hidden, mask = batches.hidden(idx)
+        out = branch(hidden, mask).float().cpu()
+        for r, i in enumerate(idx):
+            if task_type == "regression":
+                preds[i] = out[r].item()
+            elif task_type == "classification":
+                preds[i] = int(out[r].argmax())
+            else:
+                preds[i] = out[r, : len(batches.encoded.input_ids[i])].argmax(-1).tolist()
+    return preds
+
+
+def score(task, labels, encoded, preds) -> float:
+    from toolchain import metrics
+
+    if task.type == "tagging":  # compare tags at the first piece of each word
+        gold_tags, pred_tags = [], []
+        for gold, pred in zip(encoded.labels, preds):
+            keep = [j for j, g in enumerate(gold) if g != IGNORE]
+            gold_tags.append([labels[gold[j]] for j in keep])
+            pred_tags.append([labels[pred[j]] for j in keep])
+        return metrics.compute(task.metric, pred_tags, gold_tags)
+    return metrics.compute(task.metric, preds, encoded.labels)
+
+
+def train_one(recipe, bb, task, data, L: int, seed: int, run_dir: Path, accelerator,
+              use_cache: bool = True, cache_dir: Path | None = None, progress=None) -> dict:
+    """Partially fine-tune the top L layers of `bb` on one task; write the run folder."""
+    from accelerate.utils import set_seed
+    from safetensors.torch import load_file, save
+    from transformers import get_linear_schedule_with_warmup
+
+    from toolchain.model import build_branch, build_trunk
+
+    cfg = recipe.train_for(task)
+    check_layers([L], bb.depth, f"task {task.name!r}: ")
+    run_dir = Path(run_dir)
+    attach = bb.depth - L
+    device = accelerator.device
+    set_seed(seed)
+    trunk = build_trunk(bb.cfg, bb.state, attach).to(device)
+    n_out = {"regression": 1}.get(task.type, len(data.labels))
+    branch = build_branch(bb.cfg, bb.state, attach, L, task.type, n_out, cfg.dropout)
+
+    t0 = time.perf_counter()
+    train_feats = dev_feats = None
+    cache_hits = []
+    if use_cache:
+        cache_dir = Path(cache_dir or run_dir.parent.parent.parent / "cache")
+        for split, enc in (("train", data.train), ("dev", data.dev)):
+            bar = progress.add_task(f"[cyan]cache {task.name} {split} d={attach}", total=len(enc)) if progress else None
+            with accelerator.main_process_first():
+                feats, hit = feature_cache.load_or_compute(
+                    trunk, enc, bb.fingerprint, cache_dir, device,
+                    on_batch=(lambda k, b=bar: progress.advance(b, k)) if progress else None)
+            if progress:
+                progress.update(bar, completed=len(enc), visible=False)
+            cache_hits.append(hit)
+            train_feats, dev_feats = (feats, dev_feats) if split == "train" else (train_feats, feats)
+    cache_seconds = time.perf_counter() - t0
+
+    train_b = Batches(data.train, trunk, train_feats, device)
+    dev_b = Batches(data.dev, trunk, dev_feats, device)
+
+    decay = [p for n, p in branch.named_parameters() if not (n.endswith("bias") or "norm" in n)]
+    no_decay = [p for n, p in branch.named_parameters() if n.endswith("bias") or "norm" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    n_local = math.ceil(len(data.train) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(n_local / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    branch, opt = accelerator.prepare(branch, opt)
+
+    # Resume from the last finished epoch, if a checkpoint is there.
+    ckpt = run_dir / "ckpt"
+    state = {"epoch": 0, "losses": [], "history": [], "epoch_seconds": []}
+    if (ckpt / "trainer.json").is_file():
+        state = json.loads((ckpt / "trainer.json").read_text())
+        weights = load_file(str(ckpt / "branch.safetensors"))
+        torch.set_rng_state(weights.pop("__rng__"))
+        accelerator.unwrap_model(branch).load_state_dict(weights)
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        sched.load_state_dict(state.pop("scheduler"))
+
+    bar = progress.add_task(f"[green]train {task.name} L={L} s={seed}", total=total,
+                            completed=state["epoch"] * steps_per_epoch) if progress else None
+    for epoch in range(state["epoch"], cfg.epochs):
+        te = time.perf_counter()
+        branch.train()
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)  # same order whether resumed or not
+        perm = torch.randperm(len(data.train), generator=g)[accelerator.process_index:: accelerator.num_processes]
+        for s in range(0, len(perm), cfg.batch_size):
+            idx = perm[s: s + cfg.batch_size].tolist()
+            hidden, mask = train_b.hidden(idx)
+            labels = train_b.labels(idx, task.type, hidden.shape[1])
+            with accelerator.autocast():
+                loss = loss_fn(task.type, branch(hidden, mask), labels)
+            accelerator.backward(loss)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            state["losses"].append(loss.item())
+            if progress:
+                progress.update(bar, advance=1, description=f"[green]train {task.name} L={L} s={seed} "
+                                f"loss {loss.item():.3f}")
+        state["epoch_seconds"].append(time.perf_counter() - te)
+        plain = accelerator.unwrap_model(branch)
+        dev_metric = score(task, data.labels, data.dev, predict(plain, dev_b, len(data.dev), task.type))
+        state["history"].append({"epoch": epoch + 1, task.metric: dev_metric})
+        state["epoch"] = epoch + 1
+        if accelerator.is_main_process:
+            weights = {k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()}
+            ckpt.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(ckpt / "branch.safetensors", save({**weights, "__rng__": torch.get_rng_state()}))
+            buf = io.BytesIO()
+            torch.save(opt.state_dict(), buf)
+            write_bytes_atomic(ckpt / "optimizer.pt", buf.getvalue())
+            write_json_atomic(ckpt / "trainer.json", {**state, "scheduler": sched.state_dict()})
+    if progress:
+        progress.update(bar, visible=False)
+
+    plain = accelerator.unwrap_model(branch)
+    final = state["history"][-1][task.metric]
+    meta = {
+        "task": task.name, "type": task.type, "labels": data.labels, "attach": attach, "layers": L,
+        "metric": task.metric, "dev_metric": final, "seed": seed, "max_seq_len": recipe.seq_len(task),
+        "hidden_size": bb.cfg.hidden_size, "backbone": recipe.backbone, "backbone_fingerprint": bb.fingerprint,
+        "toolchain_version": __version__,
+    }
+    result = {
+        **{k: meta[k] for k in ("task", "layers", "attach", "seed", "metric", "dev_metric")},
+        "history": state["history"], "losses": state["losses"], "epoch_seconds": state["epoch_seconds"],
+        "cache": use_cache, "cache_hit": all(cache_hits) if cache_hits else None, "cache_seconds": cache_seconds,
+        "train_examples": len(data.train), "dev_examples": len(data.dev), "dev_dropped": data.dropped_dev,
+        "device": str(device), "mixed_precision": accelerator.mixed_precision,
+    }
+    if accelerator.is_main_process:
+        weights = {k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()}
+        write_bytes_atomic(run_dir / "branch.safetensors", save(weights))
+        write_json_atomic(run_dir / "branch.json", meta)
+        write_json_atomic(run_dir / "result.json", result)  # last: marks the run complete
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep and selection
+
+
+def select_layers(scores: dict, rule) -> int:
+    """Pick L from {L: dev metric} by the recipe's [select] rule (paper, section 3.1)."""
+    if rule.rule == "best-in-range":
+        inside = {L: s for L, s in scores.items() if rule.n_min <= L <= rule.n_max}
+        if not inside:
+            raise UserError(f"no swept L lies in n_min..n_max = {rule.n_min}..{rule.n_max}; widen [select] "
+                            "or sweep those L")
+        return max(sorted(inside), key=lambda L: inside[L])  # ties: the smaller L
+    best = max(scores.values())
+    threshold = best - abs(best) * rule.tolerance
+    return min(L for L, s in scores.items() if s >= threshold)
+
+
+def describe_rule(rule) -> str:
+    if rule.rule == "best-in-range":
+        return f"best dev metric with {rule.n_min} <= L <= {rule.n_max}"
+    return f"smallest L within {rule.tolerance:.1%} (relative) of the best dev metric"
+
+
+def summarize(recipe, tasks, layers, seeds, results: dict) -> dict:
+    """results[(task, L, seed)] -> result dict. Cells are the max over seeds, as in the paper."""
+    table, selected = {}, {}
+    for t in tasks:
+        cells = {}
+        for L in layers:
+            vals = [results[(t.name, L, s)]["dev_metric"] for s in seeds]
+            cells[L] = {"max": max(vals), "mean": sum(vals) / len(vals), "seeds": vals}
+        table[t.name] = {"metric": t.metric, "cells": {str(L): c for L, c in cells.items()}}
+        chosen = select_layers({L: c["max"] for L, c in cells.items()}, recipe.select)
+        best_seed = max(seeds, key=lambda s: results[(t.name, chosen, s)]["dev_metric"])
+        selected[t.name] = {"layers": chosen, "seed": best_seed, "dev_metric": cells[chosen]["max"],
+                            "metric": t.metric, "run": f"runs/{t.name}/L{chosen}-s{best_seed}"}
+    return {"rule": describe_rule(recipe.select), "layers": layers, "seeds": seeds,
+            "table": table, "selected": selected}
+
+
+def sweep_markdown(summary: dict) -> str:
+    names = list(summary["table"])
+    lines = ["| L | " + " | ".join(f"{n} ({summary['table'][n]['metric']})" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for L in summary["layers"]:
+        row = []
+        for n in names:
+            v = summary["table"][n]["cells"][str(L)]["max"]
+            mark = "**" if summary["selected"][n]["layers"] == L else ""
+            row.append(f"{mark}{v:.1f}{mark}")
+        lines.append(f"| {L} | " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(f"Cells: dev metric, max over seeds {summary['seeds']}. Bold: the selected L "
+                 f"({summary['rule']}).")
+    return "\n".join(lines) + "\n"
+
+
+def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_cache=True,
+              force=False, console=None) -> dict:
+    """Validate everything first (nothing is written on bad input), then train every (task, L, seed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from toolchain import backbone as backbones
+    from toolchain.data import load_task
+
+    tasks = [recipe.task(n) for n in task_names] if task_names else list(recipe.tasks)
+    bb = backbones.load(recipe.backbone_spec)
+    for t in tasks:
+        check_layers(layers or [t.layers or max(1, bb.depth // 2)], bb.depth, f"task {t.name!r}: ")
+    seeds = seeds or [recipe.train.seed]
+    tok = bb.tokenizer()
+    datas = {}
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task("[magenta]load data", total=len(tasks))
+        for t in tasks:
+            progress.update(bar, description=f"[magenta]load data: {t.name}")
+            datas[t.name] = load_task(recipe, t, tok)
+            progress.advance(bar)
+        progress.update(bar, visible=False)
+
+        out = Path(out)
+        accelerator = make_accelerator(recipe.train.mixed_precision)
+        results = {}
+        grid = [(t, L, s) for t in tasks for L in (layers or [t.layers or max(1, bb.depth // 2)]) for s in seeds]
+        overall = progress.add_task("[bold]runs", total=len(grid))
+        for t, L, s in grid:
+            run_dir = out / "runs" / t.name / f"L{L}-s{s}"
+            done = run_dir / "result.json"
+            if done.is_file() and not force:
+                res = json.loads(done.read_text())
+                if res.get("train_examples") == len(datas[t.name].train):
+                    results[(t.name, L, s)] = res
+                    progress.advance(overall)
+                    continue
+            if force and run_dir.exists():
+                shutil.rmtree(run_dir)
+            results[(t.name, L, s)] = train_one(recipe, bb, t, datas[t.name], L, s, run_dir, accelerator,
+                                                use_cache=use_cache, cache_dir=out / "cache", progress=progress)
+            progress.advance(overall)
+
+    task_layers = sorted({L for (_, L, _) in results})
+    if layers is None:  # one L per task: the summary is per task, with its own L
+        summary = {"rule": "recipe default L per task", "layers": task_layers, "seeds": seeds, "table": {},
+                   "selected": {}}
+        for t in tasks:
+            L = t.layers or max(1, bb.depth // 2)
+            best_seed = max(seeds, key=lambda s: results[(t.name, L, s)]["dev_metric"])
+            summary["selected"][t.name] = {"layers": L, "seed": best_seed, "metric": t.metric,
+                                           "dev_metric": results[(t.name, L, best_seed)]["dev_metric"],
+                                           "run": f"runs/{t.name}/L{L}-s{best_seed}"}
+    else:
+        summary = summarize(recipe, tasks, layers, seeds, results)
+        write_text_atomic(out / "sweep.md", sweep_markdown(summary))
+    summary["backbone"] = recipe.backbone
+    summary["depth"] = bb.depth
+    summary["backbone_fingerprint"] = bb.fingerprint
+    summary["runs"] = {f"{k[0]}/L{k[1]}-s{k[2]}": {"dev_metric": v["dev_metric"],
+                                                   "seconds": sum(v["epoch_seconds"])} for k, v in results.items()}
+    write_json_atomic(out / "sweep.json", summary)
+    write_json_atomic(out / "selected.json", summary["selected"])
+    return summary
