@@ -1,0 +1,57 @@
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+os.environ.setdefault("CTB_CACHE_DIR", tempfile.mkdtemp(prefix="ctb-test-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data (GLUE files) not beside the repo")
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run the ctb-mobile entry point in-process: returns (exit code, stdout, stderr)."""
+    from toolchain.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["ctb-mobile", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def write_recipe(tmp_path, body: str, name="r.toml") -> Path:
+    """A recipe in tmp_path whose `@DATA@` stands for the shipped models/data folder."""
+    p = tmp_path / name
+    p.write_text(body.replace("@DATA@", str(ROOT / "models" / "data")))
+    return p
+
+
+TINY_TASK = """
+name = "t"
+backbone = "tiny-random"
+max_seq_len = 32
+[train]
+epochs = 2
+batch_size = 16
+lr = 1e-3
+[[tasks]]
+name = "intent"
+type = "classification"
+format = "seqio"
+train = "@DATA@/snips/train"
+dev = "@DATA@/snips/valid"
+max_train_examples = 96
+max_dev_examples = 32
+"""

@@ -1,0 +1,53 @@
+import pytest
+from conftest import ROOT, TINY_TASK, write_recipe
+
+from toolchain import UserError
+from toolchain.config import load_recipe
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(path):
+    recipe = load_recipe(path)
+    assert recipe.tasks and all(t.metric for t in recipe.tasks)
+
+
+def test_assistant_recipe_is_the_documented_default():
+    r = load_recipe(ROOT / "models" / "assistant.toml")
+    assert r.backbone == "minilm"
+    assert [t.name for t in r.tasks] == ["snips_intent", "snips_slots", "clinc_domain", "clinc_intent"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\nbackbon = "x"'), "unknown key 'backbon'"),
+    (lambda s: s.replace("epochs = 2", "epoch = 2"), "unknown key 'epoch'"),
+    (lambda s: s.replace('type = "classification"', 'type = "classify"'), "type = 'classify' is not valid"),
+    (lambda s: s.replace('format = "seqio"', 'format = "xml"'), "format = 'xml' is not valid"),
+    (lambda s: s.replace("epochs = 2", "epochs = 0"), "epochs = 0 must be a positive number"),
+    (lambda s: s.replace("epochs = 2", 'epochs = "two"'), "epochs = 'two' must be of type int"),
+    (lambda s: s.replace("lr = 1e-3", "lr = 1e-3\nwarmup_ratio = 1.5"), "warmup_ratio = 1.5"),
+    (lambda s: s + '\n[[tasks]]\nname = "intent"\ntype = "regression"\nformat = "tsv"\ntrain = "a"\ndev = "b"\n'
+     'columns = { text = "s", label = "y" }\n', "duplicate task name 'intent'"),
+    (lambda s: s.split("[[tasks]]")[0], "no [[tasks]]"),
+    (lambda s: s.replace('format = "seqio"', 'format = "tsv"'), "needs columns.text"),
+    (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[select]\nrule = "best"'), "rule = 'best'"),
+    (lambda s: s + 'metric = "bleu"\n', "metric = 'bleu' is not valid"),
+    (lambda s: s + "training = { lrr = 1.0 }\n", "unknown key 'lrr'"),
+    (lambda s: s.replace("[train]", "[train"), "not valid TOML"),
+])
+def test_bad_recipes_give_one_line_errors(tmp_path, edit, message):
+    path = write_recipe(tmp_path, edit(TINY_TASK))
+    with pytest.raises(UserError) as e:
+        load_recipe(path)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_per_task_training_overrides(tmp_path):
+    r = load_recipe(write_recipe(tmp_path, TINY_TASK + "training = { lr = 0.5, epochs = 7 }\n"))
+    cfg = r.train_for(r.tasks[0])
+    assert (cfg.lr, cfg.epochs, cfg.batch_size) == (0.5, 7, 16)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_recipe(tmp_path / "nope.toml")
