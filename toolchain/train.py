@@ -120,44 +120,37 @@ def score(task, labels, encoded, preds) -> float:
     return metrics.compute(task.metric, preds, encoded.labels)
 
 
-def train_one(recipe, bb, task, data, L: int, seed: int, run_dir: Path, accelerator,
-              use_cache: bool = True, cache_dir: Path | None = None, progress=None) -> dict:
-    """Partially fine-tune the top L layers of `bb` on one task; write the run folder."""
-    from accelerate.utils import set_seed
-    from safetensors.torch import load_file, save
-    from transformers import get_linear_schedule_with_warmup
+def trunk_batches(bb, task, data, attach, accelerator, use_cache=True, cache_dir=None, progress=None):
+    """Train and dev batch makers over the frozen trunk cut at `attach`, from the cache if asked."""
+    from toolchain.model import build_trunk
 
-    from toolchain.model import build_branch, build_trunk
-
-    cfg = recipe.train_for(task)
-    check_layers([L], bb.depth, f"task {task.name!r}: ")
-    run_dir = Path(run_dir)
-    attach = bb.depth - L
     device = accelerator.device
-    set_seed(seed)
     trunk = build_trunk(bb.cfg, bb.state, attach).to(device)
-    n_out = {"regression": 1}.get(task.type, len(data.labels))
-    branch = build_branch(bb.cfg, bb.state, attach, L, task.type, n_out, cfg.dropout)
-
-    t0 = time.perf_counter()
-    train_feats = dev_feats = None
-    cache_hits = []
+    feats, hits = {"train": None, "dev": None}, []
     if use_cache:
-        cache_dir = Path(cache_dir or run_dir.parent.parent.parent / "cache")
         for split, enc in (("train", data.train), ("dev", data.dev)):
             bar = progress.add_task(f"[cyan]cache {task.name} {split} d={attach}", total=len(enc)) if progress else None
             with accelerator.main_process_first():
-                feats, hit = feature_cache.load_or_compute(
+                feats[split], hit = feature_cache.load_or_compute(
                     trunk, enc, bb.fingerprint, cache_dir, device,
                     on_batch=(lambda k, b=bar: progress.advance(b, k)) if progress else None)
             if progress:
                 progress.update(bar, completed=len(enc), visible=False)
-            cache_hits.append(hit)
-            train_feats, dev_feats = (feats, dev_feats) if split == "train" else (train_feats, feats)
-    cache_seconds = time.perf_counter() - t0
+            hits.append(hit)
+    train_b = Batches(data.train, trunk, feats["train"], device)
+    dev_b = Batches(data.dev, trunk, feats["dev"], device)
+    return train_b, dev_b, (all(hits) if hits else None)
 
-    train_b = Batches(data.train, trunk, train_feats, device)
-    dev_b = Batches(data.dev, trunk, dev_feats, device)
+
+def fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, loss_of, progress=None, label=""):
+    """The training loop shared by partial fine-tuning and distillation.
+
+    `loss_of(idx, out, labels)` gives the batch loss. Checkpoints after every epoch under
+    run_dir/ckpt and resumes from there; the data order depends only on (seed, epoch).
+    Returns the trained (unwrapped) branch and the run state (losses, dev metric per epoch, timings).
+    """
+    from safetensors.torch import load_file, save
+    from transformers import get_linear_schedule_with_warmup
 
     decay = [p for n, p in branch.named_parameters() if not (n.endswith("bias") or "norm" in n)]
     no_decay = [p for n, p in branch.named_parameters() if n.endswith("bias") or "norm" in n]
@@ -169,10 +162,9 @@ def train_one(recipe, bb, task, data, L: int, seed: int, run_dir: Path, accelera
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     branch, opt = accelerator.prepare(branch, opt)
 
-    # Resume from the last finished epoch, if a checkpoint is there.
-    ckpt = run_dir / "ckpt"
+    ckpt = Path(run_dir) / "ckpt"
     state = {"epoch": 0, "losses": [], "history": [], "epoch_seconds": []}
-    if (ckpt / "trainer.json").is_file():
+    if (ckpt / "trainer.json").is_file():  # resume from the last finished epoch
         state = json.loads((ckpt / "trainer.json").read_text())
         weights = load_file(str(ckpt / "branch.safetensors"))
         torch.set_rng_state(weights.pop("__rng__"))
@@ -180,8 +172,8 @@ def train_one(recipe, bb, task, data, L: int, seed: int, run_dir: Path, accelera
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         sched.load_state_dict(state.pop("scheduler"))
 
-    bar = progress.add_task(f"[green]train {task.name} L={L} s={seed}", total=total,
-                            completed=state["epoch"] * steps_per_epoch) if progress else None
+    bar = progress.add_task(f"[green]{label}", total=total, completed=state["epoch"] * steps_per_epoch) \
+        if progress else None
     for epoch in range(state["epoch"], cfg.epochs):
         te = time.perf_counter()
         branch.train()
@@ -192,52 +184,91 @@ def train_one(recipe, bb, task, data, L: int, seed: int, run_dir: Path, accelera
             hidden, mask = train_b.hidden(idx)
             labels = train_b.labels(idx, task.type, hidden.shape[1])
             with accelerator.autocast():
-                loss = loss_fn(task.type, branch(hidden, mask), labels)
+                loss = loss_of(idx, branch(hidden, mask), labels)
             accelerator.backward(loss)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             state["losses"].append(loss.item())
             if progress:
-                progress.update(bar, advance=1, description=f"[green]train {task.name} L={L} s={seed} "
-                                f"loss {loss.item():.3f}")
+                progress.update(bar, advance=1, description=f"[green]{label} loss {loss.item():.3f}")
         state["epoch_seconds"].append(time.perf_counter() - te)
         plain = accelerator.unwrap_model(branch)
         dev_metric = score(task, data.labels, data.dev, predict(plain, dev_b, len(data.dev), task.type))
         state["history"].append({"epoch": epoch + 1, task.metric: dev_metric})
         state["epoch"] = epoch + 1
         if accelerator.is_main_process:
-            weights = {k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()}
             ckpt.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(ckpt / "branch.safetensors", save({**weights, "__rng__": torch.get_rng_state()}))
+            write_bytes_atomic(ckpt / "branch.safetensors", save({**_weights(plain), "__rng__": torch.get_rng_state()}))
             buf = io.BytesIO()
             torch.save(opt.state_dict(), buf)
             write_bytes_atomic(ckpt / "optimizer.pt", buf.getvalue())
             write_json_atomic(ckpt / "trainer.json", {**state, "scheduler": sched.state_dict()})
     if progress:
         progress.update(bar, visible=False)
+    return accelerator.unwrap_model(branch), state
 
-    plain = accelerator.unwrap_model(branch)
-    final = state["history"][-1][task.metric]
-    meta = {
-        "task": task.name, "type": task.type, "labels": data.labels, "attach": attach, "layers": L,
-        "metric": task.metric, "dev_metric": final, "seed": seed, "max_seq_len": recipe.seq_len(task),
+
+def _weights(module) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def save_run(run_dir: Path, branch, meta: dict, result: dict, accelerator) -> None:
+    """branch.safetensors + branch.json + result.json (written last: it marks the run complete)."""
+    from safetensors.torch import save
+
+    if accelerator.is_main_process:
+        write_bytes_atomic(run_dir / "branch.safetensors", save(_weights(branch)))
+        write_json_atomic(run_dir / "branch.json", meta)
+        write_json_atomic(run_dir / "result.json", result)
+        shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
+
+
+def branch_meta(recipe, bb, task, data, attach, layers, metric_value, seed) -> dict:
+    return {
+        "task": task.name, "type": task.type, "labels": data.labels, "attach": attach, "layers": layers,
+        "metric": task.metric, "dev_metric": metric_value, "seed": seed, "max_seq_len": recipe.seq_len(task),
+        "pair": any(ex.text_pair is not None for ex in data.dev_examples),
         "hidden_size": bb.cfg.hidden_size, "backbone": recipe.backbone, "backbone_fingerprint": bb.fingerprint,
         "toolchain_version": __version__,
     }
-    result = {
-        **{k: meta[k] for k in ("task", "layers", "attach", "seed", "metric", "dev_metric")},
+
+
+def run_result(state, task, data, accelerator, use_cache, cache_hit, cache_seconds, **extra) -> dict:
+    return {
+        "task": task.name, **extra, "metric": task.metric, "dev_metric": state["history"][-1][task.metric],
         "history": state["history"], "losses": state["losses"], "epoch_seconds": state["epoch_seconds"],
-        "cache": use_cache, "cache_hit": all(cache_hits) if cache_hits else None, "cache_seconds": cache_seconds,
+        "cache": use_cache, "cache_hit": cache_hit, "cache_seconds": cache_seconds,
         "train_examples": len(data.train), "dev_examples": len(data.dev), "dev_dropped": data.dropped_dev,
-        "device": str(device), "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
     }
-    if accelerator.is_main_process:
-        weights = {k: v.detach().cpu().contiguous() for k, v in plain.state_dict().items()}
-        write_bytes_atomic(run_dir / "branch.safetensors", save(weights))
-        write_json_atomic(run_dir / "branch.json", meta)
-        write_json_atomic(run_dir / "result.json", result)  # last: marks the run complete
-        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def train_one(recipe, bb, task, data, L: int, seed: int, run_dir: Path, accelerator,
+              use_cache: bool = True, cache_dir: Path | None = None, progress=None) -> dict:
+    """Partially fine-tune the top L layers of `bb` on one task; write the run folder."""
+    from accelerate.utils import set_seed
+
+    from toolchain.model import build_branch
+
+    cfg = recipe.train_for(task)
+    check_layers([L], bb.depth, f"task {task.name!r}: ")
+    run_dir = Path(run_dir)
+    attach = bb.depth - L
+    set_seed(seed)
+    t0 = time.perf_counter()
+    cache_dir = Path(cache_dir or run_dir.parent.parent.parent / "cache")
+    train_b, dev_b, hit = trunk_batches(bb, task, data, attach, accelerator, use_cache, cache_dir, progress)
+    cache_seconds = time.perf_counter() - t0
+    n_out = {"regression": 1}.get(task.type, len(data.labels))
+    branch = build_branch(bb.cfg, bb.state, attach, L, task.type, n_out, cfg.dropout)
+    branch, state = fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b,
+                        lambda idx, out, labels: loss_fn(task.type, out, labels), progress,
+                        f"train {task.name} L={L} s={seed}")
+    result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds,
+                        layers=L, attach=attach, seed=seed)
+    save_run(run_dir, branch, branch_meta(recipe, bb, task, data, attach, L, result["dev_metric"], seed),
+             result, accelerator)
     return result
 
 
