@@ -69,6 +69,173 @@ def train(
 
 
 @app.command()
+def distill(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
+    task: list[str] = typer.Option(None, "--task", "-t", help="distil only this task (repeatable)"),
+    layers: str = typer.Option("1,2,3", help="student sizes l (task layers), e.g. 1,2,3"),
+    teacher_layers: int = typer.Option(None, help="teacher L (default: the sweep's selected L per task)"),
+    seeds: str = typer.Option(None, help="seeds, e.g. 0,1"),
+    out: Path = typer.Option(None, help="the training output folder (default: next to the recipe)"),
+    cache: bool = typer.Option(True, help="reuse frozen-trunk features"),
+    force: bool = typer.Option(False, help="redo finished students"),
+    max_train: int = typer.Option(None, help="cap each task's train set"),
+    max_dev: int = typer.Option(None, help="cap each task's dev set"),
+    epochs: int = typer.Option(None, help="override the recipe's epochs"),
+):
+    """Distil each task's teacher (L fine-tuned layers) into l-layer branches (vanilla KD)."""
+    from rich.console import Console
+
+    from toolchain.config import load_recipe
+    from toolchain.distill import run_distill
+
+    recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
+    summary = run_distill(recipe, task, _ints(layers, "layers"), teacher_layers, _ints(seeds, "seeds"),
+                          _out_dir(recipe, out), use_cache=cache, force=force, console=Console(stderr=True))
+    for name, e in summary.items():
+        students = ", ".join(f"({k}) {v['dev_metric']:.2f}" for k, v in sorted(e["students"].items()))
+        typer.echo(f"{name}: teacher ({e['teacher']['attach']},{e['teacher']['layers']}) "
+                   f"{e['teacher']['dev_metric']:.2f} {e['metric']}; students {students}")
+
+
+@app.command()
+def plan(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
+    out: Path = typer.Option(None, help="the training output folder (default: next to the recipe)"),
+    criterion: str = typer.Option("mixed", help="mixed (marginal gain per layer) or best"),
+    threshold: float = typer.Option(None, help="mixed: minimum gain in points per added layer (recipe [plan])"),
+    budget: int = typer.Option(None, help="cap on the total branch layers (0: none; recipe [plan])"),
+):
+    """Propose (attach depth, branch layers) per task from the sweep and distillation results."""
+    from toolchain import backbone
+    from toolchain.config import load_recipe
+    from toolchain.plan import candidates, make_plan, plan_markdown, write_plan
+
+    recipe = load_recipe(recipe_path)
+    out_dir = _out_dir(recipe, out)
+    depth = backbone.load(recipe.backbone_spec).depth
+    names = {t.name for t in recipe.tasks}
+    cands = {t: c for t, c in candidates(out_dir).items() if t in names}
+    p = make_plan(cands, depth, criterion, recipe.plan.threshold if threshold is None else threshold,
+                  recipe.plan.budget if budget is None else budget)
+    write_plan(out_dir, p)
+    typer.echo(plan_markdown(p) + f"written: {out_dir / 'plan.json'}")
+
+
+@app.command()
+def report(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
+    out: Path = typer.Option(None, help="the training output folder (default: next to the recipe)"),
+):
+    """Table-2-style comparison: full fine-tune, teacher, KD-1/2/3 and the plan, with overhead."""
+    from toolchain import backbone
+    from toolchain.config import load_recipe
+    from toolchain.plan import table2, table2_markdown, write_table2
+
+    recipe = load_recipe(recipe_path)
+    out_dir = _out_dir(recipe, out)
+    t2 = table2(out_dir, backbone.load(recipe.backbone_spec).depth, [t.name for t in recipe.tasks])
+    write_table2(out_dir, t2)
+    typer.echo(table2_markdown(t2) + f"written: {out_dir / 'table2.md'}")
+
+
+@app.command()
+def merge(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
+    out: Path = typer.Option(None, help="the training output folder (default: next to the recipe)"),
+    store: Path = typer.Option(None, help="store folder to create (default: <out>/store)"),
+    source: str = typer.Option("plan", "--from", help="plan (plan.json) or selected (the sweep's teachers)"),
+    force: bool = typer.Option(False, help="rebuild an existing store"),
+):
+    """Build the merged model store: the frozen trunk once, plus the chosen branch of every task."""
+    import json
+
+    from toolchain import backbone
+    from toolchain.config import load_recipe
+    from toolchain.store import create
+
+    recipe = load_recipe(recipe_path)
+    out_dir = _out_dir(recipe, out)
+    files = {"plan": out_dir / "plan.json", "selected": out_dir / "selected.json"}
+    if source not in files:
+        raise UserError(f"--from {source!r} is not valid; use plan or selected")
+    if not files[source].is_file():
+        raise UserError(f"{files[source]} not found; run `ctb-mobile {'plan' if source == 'plan' else 'train'}` first")
+    chosen = json.loads(files[source].read_text())
+    chosen = chosen["tasks"] if source == "plan" else chosen
+    bb = backbone.load(recipe.backbone_spec)
+    store_dir = store or out_dir / "store"
+    create(store_dir, bb, recipe.backbone, [out_dir / c["run"] for c in chosen.values()], force=force)
+    typer.echo(f"store {store_dir}: {len(chosen)} branches on a {bb.depth}-layer trunk")
+    _print_branches(store_dir)
+
+
+@app.command()
+def predict(
+    store: Path = typer.Argument(..., help="a merged model store"),
+    texts: list[str] = typer.Argument(..., help="one or more texts"),
+    pair: list[str] = typer.Option(None, help="second text for pair tasks (once per text)"),
+    task: list[str] = typer.Option(None, "--task", "-t", help="only these tasks"),
+    max_len: int = typer.Option(128, help="max tokens"),
+):
+    """Run every task of a store on texts (one trunk pass) and print JSON lines."""
+    import json
+
+    from toolchain import infer
+    from toolchain.store import load_merged
+
+    if pair and len(pair) != len(texts):
+        raise UserError(f"{len(pair)} --pair values for {len(texts)} texts; give one --pair per text or none")
+    model, tok, metas = load_merged(store, task)
+    for text, result in zip(texts, infer.predict(model, tok, metas, texts, pair or None, max_len)):
+        typer.echo(json.dumps({"text": text, **result}))
+
+
+branch_app = typer.Typer(no_args_is_help=True, help="Change one branch of a store; the others stay byte-identical.")
+app.add_typer(branch_app, name="branch")
+
+
+def _print_branches(store_dir):
+    from toolchain.store import list_branches
+
+    for m in list_branches(store_dir):
+        typer.echo(f"  {m['task']:<16} {m['type']:<14} ({m['attach']},{m['layers']})  "
+                   f"{m['metric']} {m['dev_metric']:.2f}  {len(m['labels']) or '-'} labels")
+
+
+@branch_app.command("add")
+def branch_add(store: Path = typer.Argument(...), run: Path = typer.Argument(..., help="a run folder")):
+    """Add a task's branch (a training or distillation run folder) to the store."""
+    from toolchain.store import add
+
+    m = add(store, run)
+    typer.echo(f"added {m['task']} ({m['attach']},{m['layers']})")
+
+
+@branch_app.command("update")
+def branch_update(store: Path = typer.Argument(...), run: Path = typer.Argument(..., help="a run folder")):
+    """Replace a task's branch with a newer run of the same task."""
+    from toolchain.store import update
+
+    m = update(store, run)
+    typer.echo(f"updated {m['task']} ({m['attach']},{m['layers']})")
+
+
+@branch_app.command("remove")
+def branch_remove(store: Path = typer.Argument(...), task: str = typer.Argument(...)):
+    """Remove a task's branch from the store."""
+    from toolchain.store import remove
+
+    remove(store, task)
+    typer.echo(f"removed {task}")
+
+
+@branch_app.command("list")
+def branch_list(store: Path = typer.Argument(...)):
+    """List the store's branches."""
+    _print_branches(store)
+
+
+@app.command()
 def check(recipe_path: Path = typer.Argument(..., metavar="RECIPE")):
     """Validate a recipe and its data files without training."""
     from toolchain import backbone

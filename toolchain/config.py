@@ -66,6 +66,37 @@ class SelectConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Vanilla knowledge distillation (Hinton et al.): loss = alpha * T^2 * KL(teacher_T || student_T)
+    + (1 - alpha) * hard-label loss. Regression distils on the teacher's outputs (MSE)."""
+
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+    def check(self, where: str) -> None:
+        _positive(self.temperature, "temperature", where)
+        if not 0 <= self.alpha <= 1:
+            raise UserError(f"{where}: alpha = {self.alpha} must be in [0, 1]")
+
+
+@dataclass
+class PlanConfig:
+    """The planner's choice of (attach depth, branch layers) per task (paper, section 4.2, "mixed").
+
+    A task gets one more branch layer only when that layer raises its expected dev metric by at
+    least `threshold` points (the paper used 1.2); `budget` > 0 caps the total branch layers."""
+
+    threshold: float = 1.2
+    budget: int = 0
+
+    def check(self, where: str) -> None:
+        if self.threshold < 0:
+            raise UserError(f"{where}: threshold = {self.threshold} must be >= 0")
+        if self.budget < 0:
+            raise UserError(f"{where}: budget = {self.budget} must be >= 0 (0: no budget)")
+
+
+@dataclass
 class TaskConfig:
     name: str
     type: str
@@ -115,6 +146,8 @@ class Recipe:
     max_seq_len: int = 128
     train: TrainConfig = field(default_factory=TrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     path: Path = Path(".")  # the recipe file; data paths are relative to its folder
 
     @property
@@ -209,8 +242,10 @@ def load_recipe(path) -> Recipe:
     raw = dict(raw)
     train = _build(TrainConfig, raw.pop("train", {}), f"{where} [train]")
     train.check(f"{where} [train]")
-    select = _build(SelectConfig, raw.pop("select", {}), f"{where} [select]")
-    select.check(f"{where} [select]")
+    sections = {}
+    for key, cls in (("select", SelectConfig), ("distill", DistillConfig), ("plan", PlanConfig)):
+        sections[key] = _build(cls, raw.pop(key, {}), f"{where} [{key}]")
+        sections[key].check(f"{where} [{key}]")
     raw_tasks = raw.pop("tasks", None)
     if not raw_tasks or not isinstance(raw_tasks, list):
         raise UserError(f"{where}: no [[tasks]]; add at least one task table")
@@ -229,7 +264,7 @@ def load_recipe(path) -> Recipe:
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise UserError(f"{where}: duplicate task name {min(dup)!r}; task names must be unique")
-    recipe = _build(Recipe, raw, where, tasks=tasks, train=train, select=select, path=path.resolve())
+    recipe = _build(Recipe, raw, where, tasks=tasks, train=train, path=path.resolve(), **sections)
     _positive(recipe.max_seq_len, "max_seq_len", where)
     for t in tasks:
         dataclasses.replace(train, **t.train_overrides).check(f"{where} task {t.name!r} [train]")

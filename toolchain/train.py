@@ -88,23 +88,28 @@ def loss_fn(task_type, out, labels):
 
 
 @torch.no_grad()
-def predict(branch, batches, n, task_type, batch_size=128):
-    """Raw predictions for examples 0..n-1: label ids, floats, or per-piece label ids."""
+def raw_outputs(branch, batches, n, batch_size=128) -> list:
+    """Branch outputs for examples 0..n-1, unpadded: (C,) logits, a scalar, or (len, C) per piece."""
     branch.eval()
     order = sorted(range(n), key=lambda i: len(batches.encoded.input_ids[i]))
-    preds = [None] * n
+    outs = [None] * n
     for s in range(0, n, batch_size):
         idx = order[s: s + batch_size]
         hidden, mask = batches.hidden(idx)
         out = branch(hidden, mask).float().cpu()
         for r, i in enumerate(idx):
-            if task_type == "regression":
-                preds[i] = out[r].item()
-            elif task_type == "classification":
-                preds[i] = int(out[r].argmax())
-            else:
-                preds[i] = out[r, : len(batches.encoded.input_ids[i])].argmax(-1).tolist()
-    return preds
+            outs[i] = out[r, : len(batches.encoded.input_ids[i])] if out.dim() == 3 else out[r]
+    return outs
+
+
+def predict(branch, batches, n, task_type):
+    """Predictions for examples 0..n-1: label ids, floats, or per-piece label ids."""
+    outs = raw_outputs(branch, batches, n)
+    if task_type == "regression":
+        return [o.item() for o in outs]
+    if task_type == "classification":
+        return [int(o.argmax()) for o in outs]
+    return [o.argmax(-1).tolist() for o in outs]
 
 
 def score(task, labels, encoded, preds) -> float:

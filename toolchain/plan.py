@@ -1,0 +1,164 @@
+"""Planner and the Table-2 report: choose (attach depth, branch layers) per task from finished runs.
+
+Candidates are every finished run under <out>: partial fine-tuning teachers (runs/) and distilled
+students (distill/), each an "(x, y)" model in the paper's notation (x frozen layers, y task layers)
+with its dev metric.
+
+Overhead is the paper's measure (section 4.1): transformer layers needed to run every task. A merged
+model runs the trunk once up to the deepest attach point, then each branch: max(x) + sum(y),
+against N x (number of tasks) for separate full models.
+"""
+
+import json
+from pathlib import Path
+
+from toolchain import UserError
+from toolchain.fsutil import write_json_atomic, write_text_atomic
+
+CRITERIA = ("mixed", "best")
+
+
+def candidates(out) -> dict:
+    """task -> list of {attach, layers, dev_metric, metric, run, kind} from finished runs (best seed kept)."""
+    out = Path(out)
+    found = {}
+    for kind, pattern in (("teacher", "runs/*/*/result.json"), ("student", "distill/*/*/result.json")):
+        for res_file in sorted(out.glob(pattern)):
+            meta = json.loads((res_file.parent / "branch.json").read_text())
+            key = (meta["attach"], meta["layers"])
+            c = {"attach": meta["attach"], "layers": meta["layers"], "dev_metric": meta["dev_metric"],
+                 "metric": meta["metric"], "run": str(res_file.parent.relative_to(out)), "kind": kind}
+            per_task = found.setdefault(meta["task"], {})
+            if key not in per_task or c["dev_metric"] > per_task[key]["dev_metric"]:
+                per_task[key] = c
+    return {t: sorted(v.values(), key=lambda c: (c["layers"], c["attach"])) for t, v in found.items()}
+
+
+def _best_by_size(cands) -> dict:
+    best = {}
+    for c in cands:
+        if c["layers"] not in best or c["dev_metric"] > best[c["layers"]]["dev_metric"]:
+            best[c["layers"]] = c
+    return best
+
+
+def overhead(choice: dict, depth: int) -> dict:
+    trunk = max(c["attach"] for c in choice.values())
+    branch = sum(c["layers"] for c in choice.values())
+    full = depth * len(choice)
+    return {"trunk_layers": trunk, "branch_layers": branch, "total_layers": trunk + branch,
+            "separate_full_models": full, "fraction": (trunk + branch) / full}
+
+
+def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=0) -> dict:
+    """mixed: every task starts at its smallest branch; a task gets more layers only while each added
+    layer gains >= threshold points, largest gain first, within the budget (0: none).
+    best: each task's best candidate, whatever its size."""
+    if criterion not in CRITERIA:
+        raise UserError(f"criterion {criterion!r} is not valid; use one of: {', '.join(CRITERIA)}")
+    if not cands:
+        raise UserError("no finished runs to plan from; run `ctb-mobile train` (and `ctb-mobile distill`) first")
+    if criterion == "best":
+        choice = {t: max(c, key=lambda x: (x["dev_metric"], -x["layers"])) for t, c in cands.items()}
+    else:
+        by_size = {t: _best_by_size(c) for t, c in cands.items()}
+        choice = {t: b[min(b)] for t, b in by_size.items()}
+        if budget and sum(c["layers"] for c in choice.values()) > budget:
+            raise UserError(f"budget = {budget} branch layers is below the {len(choice)} tasks' smallest branches "
+                            f"({sum(c['layers'] for c in choice.values())}); raise --budget")
+        while True:
+            used = sum(c["layers"] for c in choice.values())
+            steps = []
+            for t, b in by_size.items():
+                cur = choice[t]
+                for size in sorted(s for s in b if s > cur["layers"]):
+                    gain = (b[size]["dev_metric"] - cur["dev_metric"]) / (size - cur["layers"])
+                    steps.append((gain, t, b[size]))
+                    break  # only the next size up: the paper adds one layer at a time
+            steps = [s for s in steps if s[0] >= threshold and s[0] > 0
+                     and (not budget or used + s[2]["layers"] - choice[s[1]]["layers"] <= budget)]
+            if not steps:
+                break
+            _, t, nxt = max(steps, key=lambda s: s[0])
+            choice[t] = nxt
+    return {"criterion": criterion, "threshold": threshold, "budget": budget, "depth": depth,
+            "tasks": choice, "overhead": overhead(choice, depth)}
+
+
+def plan_markdown(plan: dict) -> str:
+    lines = ["| task | (x, y) | expected dev | metric | from |", "|---|---|---|---|---|"]
+    for t, c in plan["tasks"].items():
+        lines.append(f"| {t} | ({c['attach']},{c['layers']}) | {c['dev_metric']:.2f} | {c['metric']} | {c['run']} |")
+    o = plan["overhead"]
+    lines += ["", f"Overhead: {o['trunk_layers']} + {o['branch_layers']} = {o['total_layers']} transformer layers "
+              f"for {len(plan['tasks'])} tasks, {o['fraction']:.1%} of {o['separate_full_models']} "
+              f"(separate {plan['depth']}-layer models). Criterion: {plan['criterion']}"
+              + (f", threshold {plan['threshold']}" if plan["criterion"] == "mixed" else "")
+              + (f", budget {plan['budget']}" if plan["budget"] else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_plan(out, plan) -> None:
+    write_json_atomic(Path(out) / "plan.json", plan)
+    write_text_atomic(Path(out) / "plan.md", plan_markdown(plan))
+
+
+# ---------------------------------------------------------------------------------------------
+# Table 2 analog
+
+
+def table2(out, depth: int, tasks: list) -> dict:
+    """Rows: full fine-tune (L = N), teacher (selected L), KD-1/2/3 from that teacher, planned mixed."""
+    out = Path(out)
+    cands = candidates(out)
+    selected = json.loads((out / "selected.json").read_text()) if (out / "selected.json").is_file() else {}
+    plan = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else None
+    rows = {}
+
+    def pick(task, attach, layers):
+        return next((c for c in cands.get(task, []) if c["attach"] == attach and c["layers"] == layers), None)
+
+    rows["Full fine-tune (L=N)"] = {t: pick(t, 0, depth) for t in tasks}
+    teacher = {t: pick(t, depth - selected[t]["layers"], selected[t]["layers"]) if t in selected else None
+               for t in tasks}
+    rows["Teacher (w/o KD)"] = teacher
+    for n in (1, 2, 3):
+        rows[f"KD-{n}"] = {t: (pick(t, teacher[t]["attach"], min(n, teacher[t]["layers"])) if teacher[t] else None)
+                           for t in tasks}
+    if plan:
+        rows[f"Mixed (threshold {plan['threshold']})"] = {t: plan["tasks"].get(t) for t in tasks}
+    table = {}
+    for name, cells in rows.items():
+        complete = all(cells.values())
+        avg = sum(c["dev_metric"] for c in cells.values()) / len(cells) if complete else None
+        if name.startswith("Full"):
+            cost = {"total_layers": depth * len(tasks), "fraction": 1.0} if complete else None
+        else:
+            cost = overhead(cells, depth) if complete else None
+        table[name] = {"cells": cells, "average": avg, "overhead": cost}
+    return {"tasks": tasks, "depth": depth, "rows": table}
+
+
+def table2_markdown(t2: dict) -> str:
+    tasks = t2["tasks"]
+    lines = ["| model | " + " | ".join(tasks) + " | avg | overhead |", "|---|" + "---|" * (len(tasks) + 2)]
+    for name, row in t2["rows"].items():
+        cells = [f"{c['dev_metric']:.1f} ({c['attach']},{c['layers']})" if c else "–" for c in row["cells"].values()]
+        avg = f"{row['average']:.1f}" if row["average"] is not None else "–"
+        o = row["overhead"]
+        if o is None:
+            cost = "–"
+        elif "trunk_layers" in o:
+            cost = f"{o['trunk_layers']} + {o['branch_layers']} = {o['total_layers']} ({o['fraction']:.0%})"
+        else:
+            cost = f"{t2['depth']} × {len(tasks)} = {o['total_layers']} (100%)"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg} | {cost} |")
+    lines += ["", ("(x, y): x frozen trunk layers, y task layers. Overhead: transformer layers to run all tasks "
+              "(trunk once + every branch), share of separate full models. Full fine-tune here trains all "
+              "transformer layers with the embeddings frozen.")]
+    return "\n".join(lines) + "\n"
+
+
+def write_table2(out, t2) -> None:
+    write_json_atomic(Path(out) / "table2.json", t2)
+    write_text_atomic(Path(out) / "table2.md", table2_markdown(t2))
