@@ -21,3 +21,35 @@ def test_minilm_partial_fine_tuning_learns_real_tasks(tmp_path, task, layers, lr
     summary = run_sweep(recipe, [task], layers=[layers], out=tmp_path)
     got = summary["selected"][task]
     assert got["layers"] == layers and got["dev_metric"] >= floor, got
+
+
+def test_minilm_distil_merge_and_branch_lifecycle(tmp_path):
+    """Teacher -> 1-layer student -> merged store with MiniLM; merged output equals the student's own."""
+    import json
+
+    import torch
+
+    from toolchain import backbone, infer, store
+    from toolchain.distill import run_distill
+    from toolchain.model import TaskModel, build_trunk
+
+    recipe = load_recipe(ROOT / "models" / "assistant.toml").override(max_train=400, max_dev=100, epochs=1)
+    for t in recipe.tasks:
+        t.unseen_labels = "drop"
+    run_sweep(recipe, ["snips_intent", "clinc_domain"], layers=[2], out=tmp_path)
+    run_distill(recipe, ["snips_intent"], layers=[1], out=tmp_path)
+    bb = backbone.load("minilm")
+    student = tmp_path / "distill/snips_intent/l1-from-L2-s0"
+    sd = tmp_path / "store"
+    store.create(sd, bb, "minilm", [student])
+    texts = (ROOT / "models/data/snips/test/seq.in").read_text().splitlines()[:16]
+    _, (ids, tt, mask) = infer.encode(bb.tokenizer(), texts, max_len=64)
+    single = TaskModel(build_trunk(bb.cfg, bb.state, 4), store.load_branch(bb.cfg, student)).eval()
+    model, _, _ = store.load_merged(sd)
+    with torch.no_grad():
+        ref, before = single(ids, tt, mask), model(ids, tt, mask)["snips_intent"]
+        assert (ref - before).abs().max().item() <= 1e-5
+        store.add(sd, tmp_path / "runs/clinc_domain/L2-s0")
+        after = store.load_merged(sd)[0](ids, tt, mask)
+    assert torch.equal(after["snips_intent"], before) and set(after) == {"snips_intent", "clinc_domain"}
+    assert json.loads((student / "branch.json").read_text())["distilled_from"]["layers"] == 2

@@ -1,0 +1,47 @@
+import pytest
+
+from toolchain import UserError
+from toolchain.plan import make_plan, overhead
+
+
+def c(attach, layers, metric, run=""):
+    return {"attach": attach, "layers": layers, "dev_metric": metric, "metric": "accuracy", "run": run, "kind": ""}
+
+
+def test_overhead_matches_the_papers_mixed_model():
+    # Table 2, "Ours (mixed)": (2,3) (7,5) (2,1) (4,3) (6,2) (7,3) (4,3) (4,1) on 12-layer BERT -> 7 + 21 = 28, 29.2%
+    shapes = [(2, 3), (7, 5), (2, 1), (4, 3), (6, 2), (7, 3), (4, 3), (4, 1)]
+    o = overhead({str(i): c(x, y, 0) for i, (x, y) in enumerate(shapes)}, 12)
+    assert (o["trunk_layers"], o["branch_layers"], o["total_layers"]) == (7, 21, 28)
+    assert o["fraction"] == pytest.approx(28 / 96)
+
+
+CANDS = {
+    "a": [c(5, 1, 80.0), c(4, 2, 82.0), c(4, 1, 80.5), c(3, 3, 82.5)],  # +1.5 then +0.5
+    "b": [c(2, 1, 70.0), c(2, 2, 75.0), c(2, 3, 76.0)],                 # +5 then +1
+}
+
+
+def test_mixed_adds_a_layer_only_for_enough_gain():
+    p = make_plan(CANDS, 6, "mixed", threshold=1.2)
+    assert {t: (v["attach"], v["layers"]) for t, v in p["tasks"].items()} == {"a": (4, 2), "b": (2, 2)}
+    assert p["overhead"]["total_layers"] == 4 + 4
+    p = make_plan(CANDS, 6, "mixed", threshold=0.9)
+    assert p["tasks"]["b"]["layers"] == 3 and p["tasks"]["a"]["layers"] == 2
+
+
+def test_budget_gives_layers_to_the_largest_gain_first():
+    p = make_plan(CANDS, 6, "mixed", threshold=0.0, budget=3)
+    assert (p["tasks"]["a"]["layers"], p["tasks"]["b"]["layers"]) == (1, 2)
+    assert p["tasks"]["a"]["attach"] == 4  # the best 1-layer candidate of a
+    with pytest.raises(UserError, match="budget = 1 branch layers is below"):
+        make_plan(CANDS, 6, "mixed", budget=1)
+
+
+def test_best_and_bad_criteria():
+    p = make_plan(CANDS, 6, "best")
+    assert (p["tasks"]["a"]["layers"], p["tasks"]["b"]["layers"]) == (3, 3)
+    with pytest.raises(UserError, match="criterion 'greedy' is not valid"):
+        make_plan(CANDS, 6, "greedy")
+    with pytest.raises(UserError, match="no finished runs"):
+        make_plan({}, 6)
