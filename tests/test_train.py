@@ -95,9 +95,14 @@ def test_sweep_writes_the_table_selects_L_and_reuses_finished_runs(tmp_path):
     assert meta["backbone_fingerprint"] == backbone.load("tiny-random").fingerprint
     assert "| L | intent (accuracy) |" in (tmp_path / "out/sweep.md").read_text()
     mtime = (run / "branch.safetensors").stat().st_mtime_ns
+    summary_fp = json.loads((tmp_path / "out/runs/intent/L1-s0/result.json").read_text())["data_fingerprint"]
     again = run_sweep(recipe, layers=[1, 2, 4], seeds=[0, 1], out=tmp_path / "out")
     assert again["selected"] == summary["selected"]
     assert (run / "branch.safetensors").stat().st_mtime_ns == mtime
+    recipe.tasks[0].max_seq_len = 16  # other token ids: the finished runs no longer count
+    run_sweep(recipe, layers=[1], seeds=[0], out=tmp_path / "out")
+    assert json.loads((tmp_path / "out/runs/intent/L1-s0/result.json").read_text())["data_fingerprint"] != \
+        summary_fp, "a run on other data must be retrained"
 
 
 def test_layer_count_beyond_the_backbone_is_refused_before_anything_is_written(tmp_path):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from toolchain import UserError
-from toolchain.train import branch_meta, fit, loss_fn, raw_outputs, run_result, save_run, trunk_batches
+from toolchain.train import branch_meta, finished, fit, loss_fn, raw_outputs, run_result, save_run, trunk_batches
 
 
 def kd_loss(task_type, student, teacher, labels, temperature: float, alpha: float):
@@ -160,12 +160,10 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
                     continue
                 for s in seeds:
                     run_dir = out / "distill" / t.name / f"l{n}-from-L{tmeta['layers']}-s{s}"
-                    done = run_dir / "result.json"
-                    if force and run_dir.exists():
-                        shutil.rmtree(run_dir)
-                    if done.is_file():
-                        res = json.loads(done.read_text())
-                    else:
+                    res = None if force else finished(run_dir, datas[t.name])
+                    if res is None:
+                        if force or (run_dir / "result.json").exists():  # forced, or finished on other data
+                            shutil.rmtree(run_dir)
                         res = distill_one(recipe, bb, t, datas[t.name], tdir, n, s, run_dir, accelerator,
                                           use_cache, out / "cache", progress)
                     key = f"{tmeta['attach']},{n}"

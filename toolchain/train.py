@@ -168,9 +168,10 @@ def fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, los
     branch, opt = accelerator.prepare(branch, opt)
 
     ckpt = Path(run_dir) / "ckpt"
-    state = {"epoch": 0, "losses": [], "history": [], "epoch_seconds": []}
-    if (ckpt / "trainer.json").is_file():  # resume from the last finished epoch
-        state = json.loads((ckpt / "trainer.json").read_text())
+    state = {"epoch": 0, "losses": [], "history": [], "epoch_seconds": [], "data": data_fingerprint(data)}
+    saved = json.loads((ckpt / "trainer.json").read_text()) if (ckpt / "trainer.json").is_file() else None
+    if saved and saved.get("data") == state["data"]:  # resume from the last finished epoch
+        state = saved
         weights = load_file(str(ckpt / "branch.safetensors"))
         torch.set_rng_state(weights.pop("__rng__"))
         accelerator.unwrap_model(branch).load_state_dict(weights)
@@ -239,12 +240,28 @@ def branch_meta(recipe, bb, task, data, attach, layers, metric_value, seed) -> d
     }
 
 
+def data_fingerprint(data) -> str:
+    return data.train.fingerprint()[:16] + data.dev.fingerprint()[:16]
+
+
+def finished(run_dir: Path, data) -> dict | None:
+    """The result of a finished run on exactly this data (same token ids), else None."""
+    done = Path(run_dir) / "result.json"
+    if not done.is_file():
+        return None
+    res = json.loads(done.read_text())
+    same = res["data_fingerprint"] == data_fingerprint(data) if "data_fingerprint" in res \
+        else res.get("train_examples") == len(data.train)  # runs written before fingerprints were recorded
+    return res if same else None
+
+
 def run_result(state, task, data, accelerator, use_cache, cache_hit, cache_seconds, **extra) -> dict:
     return {
         "task": task.name, **extra, "metric": task.metric, "dev_metric": state["history"][-1][task.metric],
-        "history": state["history"], "losses": state["losses"], "epoch_seconds": state["epoch_seconds"],
+        **{k: state[k] for k in ("history", "losses", "epoch_seconds")},
         "cache": use_cache, "cache_hit": cache_hit, "cache_seconds": cache_seconds,
         "train_examples": len(data.train), "dev_examples": len(data.dev), "dev_dropped": data.dropped_dev,
+        "data_fingerprint": data_fingerprint(data),
         "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
     }
 
@@ -365,14 +382,12 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
         overall = progress.add_task("[bold]runs", total=len(grid))
         for t, L, s in grid:
             run_dir = out / "runs" / t.name / f"L{L}-s{s}"
-            done = run_dir / "result.json"
-            if done.is_file() and not force:
-                res = json.loads(done.read_text())
-                if res.get("train_examples") == len(datas[t.name].train):
-                    results[(t.name, L, s)] = res
-                    progress.advance(overall)
-                    continue
-            if force and run_dir.exists():
+            res = None if force else finished(run_dir, datas[t.name])
+            if res is not None:
+                results[(t.name, L, s)] = res
+                progress.advance(overall)
+                continue
+            if force or (run_dir / "result.json").exists():  # forced, or finished on other data
                 shutil.rmtree(run_dir)
             results[(t.name, L, s)] = train_one(recipe, bb, t, datas[t.name], L, s, run_dir, accelerator,
                                                 use_cache=use_cache, cache_dir=out / "cache", progress=progress)
