@@ -412,5 +412,7 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
     summary["runs"] = {f"{k[0]}/L{k[1]}-s{k[2]}": {"dev_metric": v["dev_metric"],
                                                    "seconds": sum(v["epoch_seconds"])} for k, v in results.items()}
     write_json_atomic(out / "sweep.json", summary)
-    write_json_atomic(out / "selected.json", summary["selected"])
+    selected_file = out / "selected.json"  # kept across invocations: sweeping one task keeps the others
+    selected = json.loads(selected_file.read_text()) if selected_file.is_file() else {}
+    write_json_atomic(selected_file, {**selected, **summary["selected"]})
     return summary
