@@ -77,7 +77,9 @@ class Embeddings(nn.Module):
         self.position_offset = cfg.position_offset
 
     def forward(self, input_ids, token_type_ids):
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device) + self.position_offset
+        # arange(start, end) rather than arange + offset: quantization passes turn that scalar into a float
+        start = self.position_offset
+        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         x = self.word(input_ids) + self.position(positions)[None] + self.token_type(token_type_ids)
         return self.dropout(self.norm(x))
 
