@@ -190,6 +190,45 @@ def predict(
         typer.echo(json.dumps({"text": text, **result}))
 
 
+@app.command()
+def export(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="the recipe (dev sets for the guard, max_seq_len)"),
+    target: str = typer.Option(..., help="android (ExecuTorch), ios (CoreML), onnx, or all"),
+    precision: str = typer.Option(None, help="android: fp32|int8; ios: fp16|int8|fp32; onnx: fp32|int8|int8-static"),
+    layout: str = typer.Option("fused", help="fused (one program) or split (trunk + one program per branch)"),
+    store: Path = typer.Option(None, help="merged store (default: <out>/store)"),
+    out: Path = typer.Option(None, help="the training output folder (default: next to the recipe)"),
+    out_dir: Path = typer.Option(None, help="bundle folder (default: <out>/bundles/<target>-<layout>-<precision>)"),
+    max_drop: float = typer.Option(None, help="guard: max dev-metric drop per task (recipe [export])"),
+):
+    """Quantize and export the merged model as a bundle for a device target."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from toolchain.config import load_recipe
+    from toolchain.export import TARGETS, check_request, export_bundle
+
+    recipe = load_recipe(recipe_path)
+    targets = list(TARGETS) if target == "all" else [target]
+    if precision and target == "all":
+        raise UserError("--precision cannot be combined with --target all; export one target at a time")
+    requests = [(t, *check_request(t, precision, layout)) for t in targets]  # all checks before any work
+    base = _out_dir(recipe, out)
+    console = Console(stderr=True)
+    table = Table(title="bundles")
+    for col in ("bundle", "file", "bytes", "precision"):
+        table.add_column(col)
+    for t, _, p in requests:
+        dest = out_dir if out_dir is not None and len(targets) == 1 else (out_dir or base / "bundles") / f"{t}-{layout}-{p}"
+        with console.status(f"exporting {t} ({layout}, {p})"):
+            manifest = export_bundle(recipe, store or base / "store", t, p, layout, dest, max_drop,
+                                     log=lambda m: console.log(m))
+        for f, info in manifest["files"].items():
+            prog = next((pr for pr in manifest["programs"] if f in pr["files"]), None)
+            table.add_row(str(dest), f, f"{info['bytes']:,}", prog["precision"] if prog else "-")
+    Console().print(table)
+
+
 branch_app = typer.Typer(no_args_is_help=True, help="Change one branch of a store; the others stay byte-identical.")
 app.add_typer(branch_app, name="branch")
 
@@ -263,8 +302,13 @@ def version():
 
 
 def main():
+    import logging
+
+    # Third-party import chatter (torchao registering types with torch) is not for our users' stderr.
+    for name in ("torch.utils._pytree", "torchao"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        app(standalone_mode=False)
+        app(prog_name="ctb-mobile")  # usage errors are handled by typer itself (exit code 2)
     except UserError as e:
         if os.environ.get("CTB_DEBUG"):
             raise
@@ -274,17 +318,6 @@ def main():
         print("interrupted; finished runs are kept, and an unfinished run resumes from its last epoch",
               file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":

@@ -97,6 +97,17 @@ class PlanConfig:
 
 
 @dataclass
+class ExportConfig:
+    """The quantization guard: an int8 bundle may lose at most this many dev-metric points per task."""
+
+    max_metric_drop: float = 1.0
+
+    def check(self, where: str) -> None:
+        if self.max_metric_drop < 0:
+            raise UserError(f"{where}: max_metric_drop = {self.max_metric_drop} must be >= 0")
+
+
+@dataclass
 class TaskConfig:
     name: str
     type: str
@@ -148,6 +159,7 @@ class Recipe:
     select: SelectConfig = field(default_factory=SelectConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     path: Path = Path(".")  # the recipe file; data paths are relative to its folder
 
     @property
@@ -243,7 +255,7 @@ def load_recipe(path) -> Recipe:
     train = _build(TrainConfig, raw.pop("train", {}), f"{where} [train]")
     train.check(f"{where} [train]")
     sections = {}
-    for key, cls in (("select", SelectConfig), ("distill", DistillConfig), ("plan", PlanConfig)):
+    for key, cls in (("select", SelectConfig), ("distill", DistillConfig), ("plan", PlanConfig), ("export", ExportConfig)):
         sections[key] = _build(cls, raw.pop(key, {}), f"{where} [{key}]")
         sections[key].check(f"{where} [{key}]")
     raw_tasks = raw.pop("tasks", None)

@@ -1,0 +1,206 @@
+"""Export to ONNX / ONNX Runtime Mobile, ExecuTorch (XNNPACK) and CoreML, checked on real text."""
+
+import json
+import platform
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, write_recipe
+
+from toolchain import UserError, infer, store
+from toolchain.config import load_recipe
+from toolchain.export import check, export_bundle, sha256
+from toolchain.train import run_sweep
+
+TEXTS = [line.strip() for line in (ROOT / "models/data/snips/test/seq.in").read_text().splitlines()[:12]]
+TEXTS += ["what's my credit score", "set an alarm for 6 am tomorrow and play some jazz please right away now ok"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    recipe_path = write_recipe(out, (ROOT / "models/tiny.toml").read_text().replace('"data/', '"@DATA@/'))
+    recipe = load_recipe(recipe_path).override(epochs=1)
+    run_sweep(recipe, layers=[2], out=out)
+    sel = json.loads((out / "selected.json").read_text())
+    runs = [out / sel["snips_intent"]["run"], out / sel["snips_slots"]["run"]]
+    store.create(out / "store", store_bb(), "tiny-random", runs)
+    run_sweep(recipe, ["clinc_domain"], layers=[1], out=out)  # a second attach depth
+    store.add(out / "store", out / "runs/clinc_domain/L1-s0")
+    return out, recipe
+
+
+def store_bb():
+    from toolchain import backbone
+
+    return backbone.load("tiny-random")
+
+
+def reference_and_inputs(store_dir, texts, max_len=32):
+    model, tok, _ = store.load_merged(store_dir)
+    _, (ids, tt, mask) = infer.encode(tok, texts, max_len=max_len)
+    with torch.no_grad():
+        ref = {k: v.numpy() for k, v in model(ids, tt, mask).items()}
+    return ref, ids, mask, tt
+
+
+def assert_parity(run, manifest, store_dir, atol):
+    """Batch of real texts (padded), single texts, and a 1-token input: every output within atol."""
+    for texts in (TEXTS, TEXTS[:1], TEXTS[-1:]):
+        ref, ids, mask, tt = reference_and_inputs(store_dir, texts)
+        got = check.run_bundle(run, manifest, ids.numpy(), mask.numpy(), tt.numpy())
+        for name in ref:
+            valid = mask.numpy().astype(bool) if ref[name].ndim == 3 else np.ones(len(texts), bool)
+            diff = np.abs(ref[name] - got[name])[valid].max()
+            assert diff <= atol, (name, len(texts), diff)
+    ref, ids, mask, tt = reference_and_inputs(store_dir, ["hi"])
+    got = check.run_bundle(run, manifest, ids[:, :1].numpy(), mask[:, :1].numpy(), tt[:, :1].numpy())
+    model = store.load_merged(store_dir)[0]
+    with torch.no_grad():
+        one = model(ids[:, :1], tt[:, :1], mask[:, :1])
+    assert all(np.abs(one[k].numpy() - got[k]).max() <= atol for k in one)
+
+
+def check_bundle_files(bundle, store_dir):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for name, info in manifest["files"].items():
+        assert sha256(bundle / name) == info["sha256"], name
+    metas = {m["task"]: m for m in store.list_branches(store_dir)}
+    assert {t["name"]: t["labels"] for t in manifest["tasks"]} == {n: m["labels"] for n, m in metas.items()}
+    assert {t["name"]: t["attach"] for t in manifest["tasks"]} == {n: m["attach"] for n, m in metas.items()}
+    assert manifest["trunk_fingerprint"] == store_bb().fingerprint
+    assert (bundle / "tokenizer.json").is_file() and (bundle / "vocab.txt").is_file()
+    assert "| task |" in (bundle / "README.md").read_text()
+    return manifest
+
+
+@pytest.mark.parametrize("layout", ["fused", "split"])
+def test_onnx_fp32_matches_pytorch(tiny, tmp_path, layout):
+    import onnx
+
+    from toolchain.export import onnx as onnx_backend
+
+    out, recipe = tiny
+    manifest = export_bundle(recipe, out / "store", "onnx", "fp32", layout, tmp_path / "b", log=lambda m: None)
+    check_bundle_files(tmp_path / "b", out / "store")
+    assert_parity(onnx_backend.runner(tmp_path / "b"), manifest, out / "store", 1e-4)
+    ort_manifest = {**manifest, "programs": [{**p, "file": p["file"].replace(".onnx", ".ort")}
+                                             for p in manifest["programs"]]}
+    assert_parity(onnx_backend.runner(tmp_path / "b"), ort_manifest, out / "store", 1e-4)
+    first = onnx.load(str(tmp_path / "b" / manifest["programs"][0]["file"]))
+    assert first.opset_import[0].version >= 17
+    meta = json.loads({p.key: p.value for p in first.metadata_props}["ctb_mobile_manifest"])
+    assert meta["trunk_fingerprint"] == manifest["trunk_fingerprint"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int8-static"])
+def test_onnx_int8_passes_the_guard_and_shrinks(tiny, tmp_path, precision):
+    out, recipe = tiny
+    manifest = export_bundle(recipe, out / "store", "onnx", precision, "fused", tmp_path / "q", log=lambda m: None)
+    guard = manifest["quantization"]["guard"]
+    assert set(guard) == {"snips_intent", "snips_slots", "clinc_domain"}
+    assert all(g["drop"] <= 1.0 for g in guard.values())
+    fp32 = export_bundle(recipe, out / "store", "onnx", "fp32", "fused", tmp_path / "f", log=lambda m: None)
+    assert manifest["files"]["model.onnx"]["bytes"] < 0.5 * fp32["files"]["model.onnx"]["bytes"]
+
+
+def test_executorch_fp32_and_int8(tiny, tmp_path):
+    from executorch.runtime import Runtime
+
+    from toolchain.export import executorch as et
+
+    out, recipe = tiny
+    manifest = export_bundle(recipe, out / "store", "android", "fp32", "fused", tmp_path / "a", log=lambda m: None)
+    check_bundle_files(tmp_path / "a", out / "store")
+    assert_parity(et.runner(tmp_path / "a"), manifest, out / "store", 1e-4)
+    program = Runtime.get().load_program(str(tmp_path / "a/model.pte"))
+    embedded = json.loads(program.load_method("manifest").execute([])[0])
+    assert embedded["tasks"] == [t["name"] for t in manifest["tasks"]]
+    q = export_bundle(recipe, out / "store", "android", "int8", "fused", tmp_path / "q", log=lambda m: None)
+    assert all(g["drop"] <= 1.0 for g in q["quantization"]["guard"].values())
+    assert q["files"]["model.pte"]["bytes"] < manifest["files"]["model.pte"]["bytes"]
+
+
+def test_executorch_split_layout(tiny, tmp_path):
+    from toolchain.export import executorch as et
+
+    out, recipe = tiny
+    manifest = export_bundle(recipe, out / "store", "android", "fp32", "split", tmp_path / "s", log=lambda m: None)
+    names = sorted(p["file"] for p in manifest["programs"])
+    assert names == ["branch_clinc_domain.pte", "branch_snips_intent.pte", "branch_snips_slots.pte", "trunk.pte"]
+    assert_parity(et.runner(tmp_path / "s"), manifest, out / "store", 1e-4)
+
+
+@pytest.mark.parametrize("precision, layout", [("int8", "fused"), ("fp16", "split")])
+def test_coreml_package_structure(tiny, tmp_path, precision, layout):
+    from toolchain.export import coreml
+
+    out, recipe = tiny
+    manifest = export_bundle(recipe, out / "store", "ios", precision, layout, tmp_path / "i", log=lambda m: None)
+    assert manifest["quantization"] is None or manifest["quantization"]["guard_skipped"]
+    for p in manifest["programs"]:
+        d = coreml.describe(tmp_path / "i" / p["file"])
+        assert d["outputs"] == p["outputs"]
+        for name in p["inputs"]:
+            assert d["inputs"][name]["ranges"][-1] == (1, recipe.max_seq_len), d["inputs"][name]
+        assert json.loads(d["metadata"]["ctb_mobile_manifest"])["program"] == p["name"]
+        assert ("constexpr_affine_dequantize" in d["ops"]) == (precision == "int8"), d["ops"]
+
+
+@pytest.mark.skipif(platform.system() != "Darwin", reason="CoreML prediction needs macOS; the package is checked "
+                    "structurally on Linux by test_coreml_package_structure")
+def test_coreml_prediction_matches_pytorch(tiny, tmp_path):
+    import coremltools as ct
+
+    out, recipe = tiny
+    export_bundle(recipe, out / "store", "ios", "fp32", "fused", tmp_path / "i", log=lambda m: None)
+    ml = ct.models.MLModel(str(tmp_path / "i/model.mlpackage"))
+    ref, ids, mask, tt = reference_and_inputs(out / "store", TEXTS[:1])
+    got = ml.predict({"input_ids": ids.numpy().astype(np.int32), "attention_mask": mask.numpy().astype(np.int32),
+                      "token_type_ids": tt.numpy().astype(np.int32)})
+    assert all(np.abs(ref[k] - got[k]).max() <= 1e-3 for k in ref)
+
+
+def test_guard_keeps_a_sensitive_branch_in_fp32_or_fails_with_a_report(tiny, tmp_path, monkeypatch):
+    out, recipe = tiny
+    real = check.compare
+
+    def slots_lose_points(task, *a):
+        r = real(task, *a)
+        return {**r, "drop": 5.0} if task.name == "snips_slots" else r
+
+    monkeypatch.setattr(check, "compare", slots_lose_points)
+    m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
+    assert m["quantization"]["fp32_branches"] == ["snips_slots"]
+    assert {t["name"]: t["precision"] for t in m["tasks"]}["snips_slots"] == "fp32"
+    assert {p["name"]: p["precision"] for p in m["programs"]}["branch_snips_slots"] == "fp32"
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()}
+    monkeypatch.setattr(check, "compare", lambda task, *a: {**real(task, *a), "drop": 3.0})
+    with pytest.raises(UserError, match=r"loses more than 1.0 points.*snips_intent: accuracy"):
+        export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()} == before
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--target", "windows"], "unknown target 'windows'; use one of: android, ios, onnx, all"),
+    (["--target", "android", "--precision", "int4"], "precision 'int4' is not supported for android"),
+    (["--target", "ios", "--precision", "int8-static"], "precision 'int8-static' is not supported for ios"),
+    (["--target", "onnx", "--layout", "stacked"], "unknown layout 'stacked'"),
+    (["--target", "onnx", "--store", "/no/store"], "store /no/store not found"),
+])
+def test_bad_export_requests(tiny, cli, args, needle):
+    out, recipe = tiny
+    code, _, err = cli("export", recipe.path, "--out", out, *args)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err
+
+
+def test_unwritable_output_keeps_nothing_half_written(tiny, tmp_path, cli):
+    out, recipe = tiny
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = cli("export", recipe.path, "--out", out, "--target", "onnx", "--precision", "fp32",
+                       "--out-dir", tmp_path / "file" / "bundle")
+    lines = [x for x in err.splitlines() if x.strip() and not x.startswith("[")]
+    assert code == 2 and "not writable" in lines[-1], err
+    assert (tmp_path / "file").read_text() == "not a folder"

@@ -1,0 +1,216 @@
+"""Export a merged model store as a self-describing bundle for one target.
+
+    bundle/
+      model.<ext>            fused layout (or trunk.<ext> + branch_<task>.<ext> for the split layout)
+      tokenizer.json, vocab.txt
+      manifest.json          schema, inputs, programs, per task: name, type, output, labels, attach
+                             depth, precision; max_seq_len; trunk fingerprint; sha256 of every file
+      README.md              the model card
+
+Targets are one module each, registered here: android (ExecuTorch + XNNPACK), ios (CoreML), onnx
+(ONNX + ORT format). After an int8 export the quantization guard compares every task's dev metric
+with PyTorch fp32; a task that drops more than the limit has its branch kept in fp32 and the bundle
+is exported again; if that is not enough the export fails with the per-task report. Nothing is
+written unless the whole bundle succeeds (the previous bundle stays as it was).
+"""
+
+import hashlib
+import importlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from toolchain import UserError, __version__
+from toolchain.fsutil import atomic_dir
+
+TARGETS = {"android": "toolchain.export.executorch", "ios": "toolchain.export.coreml", "onnx": "toolchain.export.onnx"}
+EXTRAS = {"android": ("executorch", "executorch"), "ios": ("coremltools", "coreml"), "onnx": ("onnxruntime", "onnx")}
+DEFAULT_PRECISION = {"android": "int8", "ios": "fp16", "onnx": "int8"}
+LAYOUTS = ("fused", "split")
+SCHEMA = 1
+
+
+def backend(target: str):
+    if target not in TARGETS:
+        raise UserError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}, all")
+    package, extra = EXTRAS[target]
+    if importlib.util.find_spec(package) is None:
+        raise UserError(f"target {target} needs {package}; run: pip install 'ctb-mobile[{extra}]'")
+    return importlib.import_module(TARGETS[target])
+
+
+def check_request(target: str, precision: str | None, layout: str):
+    mod = backend(target)
+    precision = precision or DEFAULT_PRECISION[target]
+    if precision not in mod.PRECISIONS:
+        raise UserError(f"precision {precision!r} is not supported for {target}; use one of: {', '.join(mod.PRECISIONS)}")
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
+    return mod, precision
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in paths:  # a .mlpackage is a folder: hash its files in order, with their relative names
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def dev_sets(recipe, tok, metas, limit: int):
+    """task name -> (TaskConfig, labels, Encoded dev) for every store task the recipe describes."""
+    from toolchain.data import load_task
+
+    out = {}
+    for name in metas:
+        try:
+            task = recipe.task(name)
+        except UserError:
+            continue
+        if limit:
+            task.max_dev_examples = min(task.max_dev_examples or limit, limit)
+        data = load_task(recipe, task, tok)
+        if data.labels != metas[name]["labels"]:
+            raise UserError(f"task {name!r}: the store's labels differ from the recipe's data; retrain or fix the recipe")
+        out[name] = (task, data.labels, data.dev, data.dev_examples)
+    return out
+
+
+def manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs, task_precision) -> dict:
+    seq = f"seq (1..{max_seq_len})"
+    batch = "1" if target == "ios" else "batch (1..64)"
+    dtype = "int32" if target == "ios" else "int64"
+    return {
+        "schema_version": SCHEMA, "target": target, "layout": layout, "precision": precision,
+        "toolchain_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "backbone": store_meta["backbone"], "trunk_fingerprint": store_meta["backbone_fingerprint"],
+        "max_seq_len": max_seq_len,
+        "inputs": [{"name": n, "dtype": dtype, "shape": [batch, seq]} for n in ("input_ids", "attention_mask",
+                                                                                 "token_type_ids")],
+        "tokenizer": {"file": "tokenizer.json", "vocab": "vocab.txt", "pair_template": "[CLS] A [SEP] B [SEP]",
+                      "truncation": "longest_first", "max_seq_len": max_seq_len},
+        "programs": programs,
+        "tasks": [{"name": n, "type": m["type"], "output": n, "labels": m["labels"], "attach": m["attach"],
+                   "layers": m["layers"], "metric": m["metric"], "dev_metric": m["dev_metric"],
+                   "pair": m.get("pair", False), "precision": task_precision.get(n, precision),
+                   "program": "model" if layout == "fused" else f"branch_{n}"} for n, m in metas.items()],
+    }
+
+
+def model_card(manifest: dict, files: dict, guard: dict | None) -> str:
+    lines = [f"# ctb-mobile bundle: {manifest['target']}, {manifest['layout']}, {manifest['precision']}", "",
+             (f"Backbone {manifest['backbone']} (trunk fingerprint `{manifest['trunk_fingerprint'][:16]}`), "
+             f"max {manifest['max_seq_len']} tokens, toolchain {manifest['toolchain_version']}."), "",
+             "| task | type | output | (attach, layers) | labels | precision | dev metric (training) |",
+             "|---|---|---|---|---|---|---|"]
+    for t in manifest["tasks"]:
+        lines.append(f"| {t['name']} | {t['type']} | `{t['output']}` | ({t['attach']}, {t['layers']}) | "
+                     f"{len(t['labels']) or '-'} | {t['precision']} | {t['metric']} {t['dev_metric']:.2f} |")
+    if guard:
+        lines += ["", "Quantization guard (dev sets, exported vs PyTorch fp32):", "",
+                  "| task | metric | fp32 | exported | drop | agreement |", "|---|---|---|---|---|---|"]
+        for name, g in guard.items():
+            lines.append(f"| {name} | {g['metric']} | {g['reference']:.2f} | {g['exported']:.2f} | {g['drop']:.2f} | "
+                         f"{g['agreement']:.2%} |")
+    lines += ["", "| file | bytes | sha256 |", "|---|---|---|"]
+    lines += [f"| {f} | {v['bytes']:,} | `{v['sha256'][:16]}` |" for f, v in files.items()]
+    lines += ["", ("Inputs: WordPiece ids from `tokenizer.json` (`[CLS] text [SEP]`, pairs `[CLS] a [SEP] b [SEP]`), "
+              "attention mask 1/0, token type ids 0/1. Read labels, outputs and attach depths from `manifest.json`.")]
+    return "\n".join(lines) + "\n"
+
+
+def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out_dir=None, max_drop=None,
+                  guard_examples=500, log=print) -> dict:
+    """Export the store for one target; returns the manifest. See the module docstring."""
+    from toolchain.export import check
+    from toolchain.export.graph import calibration_for, example_inputs, graphs
+    from toolchain.store import load_merged, read_store
+
+    mod, precision = check_request(target, precision, layout)
+    store_meta = read_store(store_dir)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output {out_dir} exists and is not a folder; choose another --out-dir")
+    model, tok, metas = load_merged(store_dir)
+    max_seq_len = max(recipe.seq_len(t) for t in recipe.tasks)
+    devs = dev_sets(recipe, tok, metas, guard_examples)
+    texts = [ex.text or " ".join(ex.tokens) for _, _, _, exs in devs.values() for ex in exs[:4]] or ["hello world"]
+    example = example_inputs(tok, texts[:4], max_seq_len)
+    calibration = [example_inputs(tok, texts[i: i + 8], max_seq_len) for i in range(0, min(len(texts), 64), 8)]
+    if precision == "int8-static":
+        calib_texts = [ex.text or " ".join(ex.tokens) for _, _, _, exs in devs.values() for ex in exs[:64]]
+        calibration = [example_inputs(tok, calib_texts[i: i + 16], max_seq_len) for i in range(0, len(calib_texts), 16)]
+    quantized = precision.startswith("int8")
+    max_drop = recipe.export.max_metric_drop if max_drop is None else max_drop
+
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        probe = out_dir.parent / f".{out_dir.name}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output folder {out_dir.parent} is not writable ({e.strerror}); choose another --out-dir") from None
+
+    keep_fp32, guard = [], None
+    ref_rows = {name: check.outputs_on(dev, check.torch_runner(model)) for name, (_, _, dev, _) in devs.items()} \
+        if quantized and mod.runner is not None else {}
+    with atomic_dir(out_dir) as tmp:
+        for attempt in range(2):
+            for f in tmp.iterdir():
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+            programs = []
+            for g in graphs(model, metas, layout, example):
+                keep = [t for t in keep_fp32 if g.name in ("model", f"branch_{t}")]
+                p = "fp32" if layout == "split" and keep else precision
+                log(f"exporting {g.name} ({target}, {p})")
+                files = mod.export(g, tmp, p, max_seq_len, {"target": target, "program": g.name,
+                                                            "trunk_fingerprint": store_meta["backbone_fingerprint"],
+                                                            "tasks": list(g.outputs)},
+                                   calibration_for(g, model, calibration), keep if layout == "fused" else ())
+                programs.append({"name": g.name, "file": files[0], "files": files, "inputs": list(g.inputs),
+                                 "outputs": list(g.outputs), "precision": p})
+            manifest = manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs,
+                                    {t: "fp32" for t in keep_fp32})
+            if not ref_rows:
+                break
+            run = mod.runner(tmp)
+            guard = {}
+            for name, (task, labels, dev, _) in devs.items():
+                got = check.outputs_on(dev, check.bundle_runner(run, manifest))
+                guard[name] = check.compare(task, labels, dev, ref_rows[name], got)
+            failing = [n for n, g in guard.items() if g["drop"] > max_drop]
+            log("guard: " + ", ".join(f"{n} {g['metric']} {g['reference']:.2f} -> {g['exported']:.2f}"
+                                      for n, g in guard.items()))
+            if not failing:
+                break
+            if attempt == 1 or set(failing) <= set(keep_fp32):
+                report = "; ".join(f"{n}: {guard[n]['metric']} {guard[n]['reference']:.2f} -> "
+                                   f"{guard[n]['exported']:.2f} (drop {guard[n]['drop']:.2f})" for n in failing)
+                raise UserError(f"int8 export loses more than {max_drop} points even with those branches in fp32: "
+                                f"{report}; export fp32 or raise [export] max_metric_drop")
+            keep_fp32 = failing
+            log(f"guard: {', '.join(failing)} dropped more than {max_drop} points; keeping their branches in fp32")
+
+        for name in ("tokenizer.json", "vocab.txt"):
+            src = Path(store_dir) / "tokenizer" / name
+            if src.is_file():
+                shutil.copyfile(src, tmp / name)
+        if quantized:
+            skipped = None if mod.runner is not None else f"{target} programs cannot run on this machine (CoreML " \
+                "prediction needs macOS); check the bundle on a Mac with `ctb-mobile verify`"
+            if skipped:
+                log(f"guard: not run: {skipped}")
+            manifest["quantization"] = {"guard": guard, "guard_skipped": skipped, "max_metric_drop": max_drop,
+                                        "fp32_branches": keep_fp32}
+        files = {f.name: {"sha256": sha256(f), "bytes": size(f)} for f in sorted(tmp.iterdir())}
+        manifest["files"] = files
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(manifest, files, guard))
+    return manifest

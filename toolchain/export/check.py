@@ -1,0 +1,90 @@
+"""Run an exported bundle on real dev text and compare it with the PyTorch original: per output max
+abs difference, per task prediction agreement and dev metric. Used by the quantization guard and
+the parity tests."""
+
+import numpy as np
+import torch
+
+from toolchain.cache import pad_batch
+
+# One tolerance table keyed by (target, precision): fp32 outputs must match PyTorch within max_abs;
+# quantized ones are judged on predictions (agreement) and on the dev metric (drop in points).
+TOLERANCES = {
+    ("onnx", "fp32"): {"max_abs": 1e-4}, ("android", "fp32"): {"max_abs": 1e-4}, ("ios", "fp32"): {"max_abs": 1e-4},
+    ("ios", "fp16"): {"agreement": 0.99, "max_drop": 1.0},
+    ("onnx", "int8"): {"agreement": 0.99, "max_drop": 1.0}, ("onnx", "int8-static"): {"agreement": 0.98, "max_drop": 1.0},
+    ("android", "int8"): {"agreement": 0.99, "max_drop": 1.0}, ("ios", "int8"): {"agreement": 0.99, "max_drop": 1.0},
+}
+
+
+def run_bundle(run, manifest, ids, mask, tt) -> dict:
+    """task -> numpy output, for one padded batch, through the bundle's program(s)."""
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
+    programs = {p["name"]: p for p in manifest["programs"]}
+    if manifest["layout"] == "fused":
+        p = programs["model"]
+        return dict(zip(p["outputs"], run(p["file"], feeds)))
+    trunk = programs["trunk"]
+    hidden = dict(zip(trunk["outputs"], run(trunk["file"], feeds)))
+    out = {}
+    for t in manifest["tasks"]:
+        p = programs[f"branch_{t['name']}"]
+        out[t["name"]] = run(p["file"], {"hidden": hidden[f"hidden_{t['attach']}"], "attention_mask": mask})[0]
+    return out
+
+
+def outputs_on(encoded, run_batch, batch_size=32) -> list:
+    """Per example dict of task -> output (unpadded), for an Encoded dataset."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded.input_ids[i]))
+    rows = [None] * len(encoded)
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        ids, tt, mask = pad_batch([encoded.input_ids[i] for i in idx], [encoded.type_ids[i] for i in idx], "cpu")
+        out = run_batch(ids, mask, tt)
+        for r, i in enumerate(idx):
+            n = len(encoded.input_ids[i])
+            rows[i] = {k: (np.asarray(v[r][:n]) if np.ndim(v) == 3 else np.asarray(v[r])) for k, v in out.items()}
+    return rows
+
+
+def torch_runner(model):
+    @torch.no_grad()
+    def run_batch(ids, mask, tt):
+        return {k: v.numpy() for k, v in model(ids, tt, mask).items()}
+
+    return run_batch
+
+
+def bundle_runner(run, manifest):
+    def run_batch(ids, mask, tt):
+        return run_bundle(run, manifest, ids.numpy(), mask.numpy(), tt.numpy())
+
+    return run_batch
+
+
+def predictions(task_type, outs):
+    if task_type == "regression":
+        return [float(o) for o in outs]
+    if task_type == "classification":
+        return [int(np.argmax(o)) for o in outs]
+    return [np.argmax(o, -1).tolist() for o in outs]
+
+
+def compare(task, labels, encoded, ref_rows, got_rows) -> dict:
+    """Per task: max abs difference, prediction agreement, dev metric of both and the drop."""
+    from toolchain.train import IGNORE, score
+
+    ref = [r[task.name] for r in ref_rows]
+    got = [g[task.name] for g in got_rows]
+    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got))
+    pr, pg = predictions(task.type, ref), predictions(task.type, got)
+    if task.type == "regression":
+        agree = float(np.mean([abs(a - b) <= 0.1 for a, b in zip(pr, pg)]))  # within 0.1 on a 0-5 scale
+    elif task.type == "classification":
+        agree = float(np.mean([a == b for a, b in zip(pr, pg)]))
+    else:  # tagging: over labelled word pieces
+        pairs = [(a[j], b[j]) for a, b, gold in zip(pr, pg, encoded.labels) for j, lab in enumerate(gold) if lab != IGNORE]
+        agree = float(np.mean([a == b for a, b in pairs])) if pairs else 1.0
+    m_ref, m_got = score(task, labels, encoded, pr), score(task, labels, encoded, pg)
+    return {"max_abs": max_abs, "agreement": agree, "metric": task.metric, "reference": m_ref, "exported": m_got,
+            "drop": m_ref - m_got}

@@ -1,0 +1,58 @@
+"""iOS: a CoreML ML program (.mlpackage, iOS 17+), converted from torch.export.
+
+Precisions: fp16 (default: fp16 compute and weights) | int8 (fp16 compute, int8 per-channel
+linear-symmetric weights through coremltools.optimize) | fp32. Sequence length is a range
+(1..max_seq_len), not enumerated shapes: every length in between is valid, which matches dynamic
+text; batch is 1 (CoreML apps run one request at a time). The manifest is stored in the model's
+user-defined metadata. Prediction needs macOS; on Linux the package is checked structurally.
+"""
+
+import json
+from pathlib import Path
+
+PRECISIONS = ("fp16", "int8", "fp32")
+SUFFIX = ".mlpackage"
+
+
+def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
+           keep_fp32=()) -> list:
+    import coremltools as ct
+    import torch
+
+    example = tuple(t[:1] for t in graph.example)
+    ep = torch.export.export(graph.module, example, dynamic_shapes=graph.dynamic_shapes(max_seq_len, batch=False))
+    ml = ct.convert(ep.run_decompositions({}), outputs=[ct.TensorType(name=n) for n in graph.outputs],
+                    minimum_deployment_target=ct.target.iOS17, convert_to="mlprogram",
+                    compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
+    if precision == "int8":
+        from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+
+        cfg = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                      weight_threshold=2048)
+        ml = linear_quantize_weights(ml, config=OptimizationConfig(global_config=cfg))
+    ml.user_defined_metadata["ctb_mobile_manifest"] = json.dumps(metadata, sort_keys=True)
+    name = f"{graph.name}{SUFFIX}"
+    ml.save(str(Path(out_dir) / name))
+    return [name]
+
+
+def describe(path: Path) -> dict:
+    """What a package declares, read without running it (works on Linux)."""
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    ops = set()
+    for fn in spec.mlProgram.functions.values():
+        for block in fn.block_specializations.values():
+            ops.update(op.type for op in block.operations)
+    inputs = {}
+    for i in spec.description.input:
+        ranges = [(r.lowerBound, r.upperBound) for r in i.type.multiArrayType.shapeRange.sizeRanges]
+        inputs[i.name] = {"dtype": i.type.multiArrayType.DataType.Name(i.type.multiArrayType.dataType),
+                          "ranges": ranges}
+    return {"inputs": inputs, "outputs": [o.name for o in spec.description.output], "ops": sorted(ops),
+            "metadata": dict(spec.description.metadata.userDefined),
+            "spec_version": spec.specificationVersion}
+
+
+runner = None  # CoreML prediction needs macOS

@@ -1,0 +1,66 @@
+"""Android: an ExecuTorch program (.pte) lowered to the XNNPACK delegate.
+
+Precisions: fp32 | int8 (PT2E with the XNNPACK quantizer on Linear layers: int8 per-channel
+weights, int8 activations quantized dynamically at run time). The bundle's manifest is stored in
+the program as the constant method `manifest` (a JSON string), so the .pte describes itself.
+"""
+
+import json
+from pathlib import Path
+
+PRECISIONS = ("fp32", "int8")
+SUFFIX = ".pte"
+
+
+def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
+           keep_fp32=()) -> list:
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    shapes = graph.dynamic_shapes(max_seq_len)
+    module = graph.module
+    if precision == "int8":
+        module = _quantize(graph, shapes, calibration, keep_fp32)
+    ep = torch.export.export(module, graph.example, dynamic_shapes=shapes)
+    program = to_edge_transform_and_lower(
+        ep, partitioner=[XnnpackPartitioner()],
+        constant_methods={"manifest": json.dumps(metadata, sort_keys=True)}).to_executorch()
+    name = f"{graph.name}{SUFFIX}"
+    (Path(out_dir) / name).write_bytes(program.buffer)
+    return [name]
+
+
+def _quantize(graph, shapes, calibration, keep_fp32):
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_module_type(torch.nn.Linear, get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    for prefix in keep_fp32:  # the guard's fallback: these modules stay fp32
+        quantizer.set_module_name(prefix, None)
+    m = torch.export.export(graph.module, graph.example, dynamic_shapes=shapes).module()
+    m = prepare_pt2e(m, quantizer)
+    m(*graph.example)  # dynamic activations: no ranges to calibrate, one pass records the graph
+    return convert_pt2e(m)
+
+
+def runner(bundle_dir: Path):
+    from executorch.runtime import Runtime
+
+    rt = Runtime.get()
+    methods = {}
+
+    def run(file, feeds):
+        import torch
+
+        if file not in methods:
+            methods[file] = rt.load_program(str(Path(bundle_dir) / file)).load_method("forward")
+        order = ("hidden", "attention_mask") if "hidden" in feeds else ("input_ids", "attention_mask", "token_type_ids")
+        return [o.numpy() for o in methods[file].execute([torch.from_numpy(feeds[k]) for k in order])]
+
+    return run

@@ -1,0 +1,93 @@
+"""The graphs that leave PyTorch: plain positional tensors in, a tuple of named tensors out.
+
+fused: input_ids, attention_mask, token_type_ids -> one output per task (the trunk runs once).
+split: a trunk program (-> hidden state at every attach depth) plus one program per branch
+       (hidden state, attention_mask -> output), so one task can be updated by replacing one file.
+Output names: the task name (fused, branch programs) and `hidden_<depth>` (trunk program).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class Fused(nn.Module):
+    def __init__(self, model, tasks):
+        super().__init__()
+        self.model, self.tasks = model, list(tasks)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids, token_type_ids, attention_mask)
+        return tuple(out[t] for t in self.tasks)
+
+
+class TrunkOnly(nn.Module):
+    def __init__(self, trunk, depths):
+        super().__init__()
+        self.trunk, self.depths = trunk, sorted(set(depths))
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        states = self.trunk(input_ids, token_type_ids, attention_mask, depths=self.depths)
+        return tuple(states) if len(self.depths) > 1 else (states,)
+
+
+class BranchOnly(nn.Module):
+    def __init__(self, branch):
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, hidden, attention_mask):
+        return (self.branch(hidden, attention_mask),)
+
+
+@dataclass
+class Graph:
+    name: str  # file stem: "model", "trunk" or "branch_<task>"
+    module: nn.Module
+    inputs: tuple
+    outputs: tuple
+    example: tuple  # example tensors, in `inputs` order
+
+    def dynamic_shapes(self, max_seq_len: int, batch: bool = True) -> dict:
+        seq = torch.export.Dim("seq", min=1, max=max_seq_len)
+        dims = {1: seq}
+        if batch:
+            dims[0] = torch.export.Dim("batch", min=1, max=64)
+        return {name: dict(dims) for name in self.inputs}
+
+
+def example_inputs(tok, texts, max_seq_len):
+    from toolchain.infer import encode
+
+    _, (ids, tt, mask) = encode(tok, texts, max_len=max_seq_len)
+    return ids, mask, tt
+
+
+def graphs(model, metas: dict, layout: str, example) -> list:
+    """The graphs to export for a layout, with example inputs (real text) for tracing."""
+    tasks = list(metas)
+    model = model.eval()
+    if layout == "fused":
+        return [Graph("model", Fused(model, tasks), INPUTS, tuple(tasks), example)]
+    depths = sorted({m["attach"] for m in metas.values()})
+    trunk = TrunkOnly(model.trunk, depths)
+    with torch.no_grad():
+        hidden = dict(zip(depths, trunk(*example)))
+    out = [Graph("trunk", trunk, INPUTS, tuple(f"hidden_{d}" for d in depths), example)]
+    for t in tasks:
+        b = model.branches[t]
+        out.append(Graph(f"branch_{t}", BranchOnly(b), ("hidden", "attention_mask"), (t,),
+                         (hidden[b.attach], example[1])))
+    return out
+
+
+@torch.no_grad()
+def calibration_for(graph: Graph, model, token_batches) -> list:
+    """Calibration batches in the graph's own inputs: token batches, or the trunk's hidden states."""
+    if graph.inputs == INPUTS:
+        return list(token_batches)
+    attach = model.branches[graph.outputs[0]].attach
+    return [(model.trunk(ids, tt, mask, depths=[attach]), mask) for ids, mask, tt in token_batches]
