@@ -163,6 +163,8 @@ def test_coreml_prediction_matches_pytorch(tiny, tmp_path):
 
 
 def test_guard_keeps_a_sensitive_branch_in_fp32_or_fails_with_a_report(tiny, tmp_path, monkeypatch):
+    import onnx
+
     out, recipe = tiny
     real = check.compare
 
@@ -171,6 +173,13 @@ def test_guard_keeps_a_sensitive_branch_in_fp32_or_fails_with_a_report(tiny, tmp
         return {**r, "drop": 5.0} if task.name == "snips_slots" else r
 
     monkeypatch.setattr(check, "compare", slots_lose_points)
+    fused = export_bundle(recipe, out / "store", "onnx", "int8", "fused", tmp_path / "f", log=lambda m: None)
+    assert fused["quantization"]["fp32_branches"] == ["snips_slots"]
+    float_matmuls = lambda p: sum(n.op_type == "MatMul" for n in onnx.load(str(p)).graph.node)
+    plain = export_bundle(recipe, out / "store", "onnx", "int8", "fused", tmp_path / "p", max_drop=100.0,
+                          log=lambda m: None)
+    assert plain["quantization"]["fp32_branches"] == []
+    assert float_matmuls(tmp_path / "f/model.onnx") > float_matmuls(tmp_path / "p/model.onnx")
     m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
     assert m["quantization"]["fp32_branches"] == ["snips_slots"]
     assert {t["name"]: t["precision"] for t in m["tasks"]}["snips_slots"] == "fp32"

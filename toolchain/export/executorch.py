@@ -1,7 +1,8 @@
 """Android: an ExecuTorch program (.pte) lowered to the XNNPACK delegate.
 
 Precisions: fp32 | int8 (PT2E with the XNNPACK quantizer on Linear layers: int8 per-channel
-weights, int8 activations quantized dynamically at run time). The bundle's manifest is stored in
+weights, int8 activations quantized dynamically at run time; word embeddings stored as int8 rows
+with per-row scales). The bundle's manifest is stored in
 the program as the constant method `manifest` (a JSON string), so the .pte describes itself.
 """
 
@@ -40,10 +41,19 @@ def _quantize(graph, shapes, calibration, keep_fp32):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer()
-    quantizer.set_module_type(torch.nn.Linear, get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
-    for prefix in keep_fp32:  # the guard's fallback: these modules stay fp32
-        quantizer.set_module_name(prefix, None)
-    m = torch.export.export(graph.module, graph.example, dynamic_shapes=shapes).module()
+    cfg = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+    if not keep_fp32:
+        quantizer.set_module_type(torch.nn.Linear, cfg)
+    else:  # the guard's fallback: quantize the trunk and every branch but those kept in fp32
+        for name, _ in graph.module.named_modules():
+            parts = name.split(".")
+            if name == "model.trunk" or (parts[:2] == ["model", "branches"] and len(parts) == 3
+                                         and parts[2] not in keep_fp32):
+                quantizer.set_module_name(name, cfg)
+    from toolchain.export.graph import with_int8_embeddings
+
+    module = with_int8_embeddings(graph.module)
+    m = torch.export.export(module, graph.example, dynamic_shapes=shapes).module()
     m = prepare_pt2e(m, quantizer)
     m(*graph.example)  # dynamic activations: no ranges to calibrate, one pass records the graph
     return convert_pt2e(m)

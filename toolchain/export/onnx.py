@@ -6,6 +6,7 @@ Precisions: fp32 | int8 (dynamic: int8 weights, activations quantized at run tim
 """
 
 import json
+import re
 from pathlib import Path
 
 PRECISIONS = ("fp32", "int8", "int8-static")
@@ -15,8 +16,8 @@ OPSET = 18
 
 def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
            keep_fp32=()) -> list:
-    """Write <name>.onnx and <name>.ort; returns the file names. `keep_fp32`: name prefixes of
-    MatMul/Gather nodes' weights left in fp32 (the quantization guard's fallback)."""
+    """Write <name>.onnx and <name>.ort; returns the file names. `keep_fp32`: tasks whose branch
+    weights stay fp32 (the quantization guard's fallback, fused layout)."""
     import onnx
     import torch
 
@@ -45,7 +46,11 @@ def _excluded_nodes(path, keep_fp32):
     if not keep_fp32:
         return []
     model = onnx.load(str(path))
-    return [n.name for n in model.graph.node if any(any(k in i for k in keep_fp32) for i in n.input)]
+    # the exporter records each node's module path in its metadata ("...branches.<task>: Branch/...")
+    marks = [re.compile(rf"branches\.{re.escape(t)}[':./]") for t in keep_fp32]
+    return [n.name for n in model.graph.node
+            if any(m.search(p.value) for p in n.metadata_props for m in marks)
+            or any(m.search(i + ".") for i in n.input for m in marks)]
 
 
 def _quantize(src, dst, precision, graph, calibration, keep_fp32):
