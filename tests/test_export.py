@@ -13,6 +13,9 @@ from toolchain.config import load_recipe
 from toolchain.export import check, export_bundle, sha256
 from toolchain.train import run_sweep
 
+for _package in ("onnxruntime", "executorch", "coremltools"):
+    pytest.importorskip(_package, reason=f"export tests need {_package}: pip install -e '.[onnx,executorch,coreml]'")
+
 TEXTS = [line.strip() for line in (ROOT / "models/data/snips/test/seq.in").read_text().splitlines()[:12]]
 TEXTS += ["what's my credit score", "set an alarm for 6 am tomorrow and play some jazz please right away now ok"]
 
