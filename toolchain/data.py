@@ -242,7 +242,8 @@ def label_names(task, train: list, where: str) -> list:
     return sorted({str(ex.label) for ex in train})
 
 
-def _unseen(task, ex, known) -> str | None:
+def unseen(task, ex, known) -> str | None:
+    """The first label of `ex` missing from `known`, or None."""
     if task.type == "tagging":
         bad = [t for t in ex.tags if t not in known]
         return bad[0] if bad else None
@@ -259,7 +260,7 @@ def load_task(recipe, task, tokenizer) -> TaskData:
     known = set(labels)
     kept, dropped = [], 0
     for ex in dev:
-        bad = _unseen(task, ex, known)
+        bad = unseen(task, ex, known)
         if bad is None:
             kept.append(ex)
         elif task.unseen_labels == "drop":

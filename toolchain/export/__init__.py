@@ -65,21 +65,24 @@ def size(path: Path) -> int:
 
 
 def dev_sets(recipe, tok, metas, limit: int):
-    """task name -> (TaskConfig, labels, Encoded dev) for every store task the recipe describes."""
-    from toolchain.data import load_task
+    """task name -> (TaskConfig, labels, Encoded dev, examples) for every store task in the recipe.
+
+    The branch's own label list is authoritative; dev rows whose label it lacks are left out."""
+    from toolchain.data import encode, read_examples, unseen
 
     out = {}
-    for name in metas:
+    for name, meta in metas.items():
         try:
             task = recipe.task(name)
         except UserError:
             continue
         if limit:
             task.max_dev_examples = min(task.max_dev_examples or limit, limit)
-        data = load_task(recipe, task, tok)
-        if data.labels != metas[name]["labels"]:
-            raise UserError(f"task {name!r}: the store's labels differ from the recipe's data; retrain or fix the recipe")
-        out[name] = (task, data.labels, data.dev, data.dev_examples)
+        labels = meta["labels"]
+        known = set(labels)
+        examples = [ex for ex in read_examples(recipe, task, "dev") if unseen(task, ex, known) is None]
+        if examples:
+            out[name] = (task, labels, encode(examples, tok, task, labels, recipe.seq_len(task)), examples)
     return out
 
 
