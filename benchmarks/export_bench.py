@@ -1,17 +1,19 @@
 """Exported bundles against PyTorch eager fp32, measured in one run.
 
-    python benchmarks/export_bench.py models/assistant.toml [--store DIR] [--targets onnx,android,ios]
-                                      [--lengths 16,64,128] [--repeats 30]
+    python benchmarks/export_bench.py models/assistant.toml [--store DIR] [--bundles DIR]
+                                      [--targets onnx,android,ios] [--lengths 16,64,128] [--repeats 30]
 
 For each target and precision: bundle bytes (and ratio to the fp32 PyTorch weights), and for the
 targets that run here (ONNX Runtime, ExecuTorch) the median latency of one request (batch 1) at each
-sequence length, as a ratio to PyTorch eager fp32 on the same inputs. Inputs are real dev text,
+sequence length, as a ratio to PyTorch eager fp32 on the same inputs. Fused bundles already in
+--bundles (default <out>/bundles, named <target>-fused-<precision>) are measured as they are;
+missing ones are exported first. Inputs are real dev text,
 repeated up to the length. CoreML latency needs an Apple device; only its bytes are reported.
 """
 
 import argparse
+import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +51,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("recipe")
     ap.add_argument("--store")
-    ap.add_argument("--out")
+    ap.add_argument("--bundles")
     ap.add_argument("--targets", default="onnx,android,ios")
     ap.add_argument("--lengths", default="16,64,128")
     ap.add_argument("--repeats", type=int, default=30)
@@ -71,13 +73,15 @@ def main():
     header = "| target | precision | bundle bytes | ÷ fp32 weights | " + " | ".join(
         f"seq {n} ms (÷ eager)" for n in lengths) + " |"
     rows = [header, "|" + "---|" * (4 + len(lengths))]
-    out_root = Path(args.out or tempfile.mkdtemp(prefix="ctb-bench-"))
+    out_root = Path(args.bundles or recipe.root / recipe.name / "bundles")
     for target in args.targets.split(","):
         mod = backend(target)
         for precision in PRECISIONS.get(target, [DEFAULT_PRECISION[target]]):
-            dest = out_root / f"{target}-{precision}"
-            manifest = export_bundle(recipe, store_dir, target, precision, "fused", dest, max_drop=100.0,
-                                     guard_examples=50, log=lambda m: None)
+            dest = out_root / f"{target}-fused-{precision}"
+            if (dest / "manifest.json").is_file():
+                manifest = json.loads((dest / "manifest.json").read_text())
+            else:
+                manifest = export_bundle(recipe, store_dir, target, precision, "fused", dest, log=lambda m: None)
             model_bytes = sum(v["bytes"] for f, v in manifest["files"].items()
                               if f.startswith("model") and not f.endswith(".ort"))
             cells = []
