@@ -128,8 +128,8 @@ class Trunk(nn.Module):
     def forward(self, input_ids, token_type_ids, attention_mask, depths=None):
         """Hidden states at each requested depth (0 = embeddings), running only as deep as needed."""
         depths = sorted(set(depths if depths is not None else [self.depth]))
-        mask = additive_mask(attention_mask, self.embeddings.word.weight.dtype)
         x = self.embeddings(input_ids, token_type_ids)
+        mask = additive_mask(attention_mask, x.dtype)
         out = {0: x}
         for i, layer in enumerate(self.layers[: depths[-1]]):
             x = layer(x, mask)
