@@ -103,6 +103,11 @@ def test_sweep_writes_the_table_selects_L_and_reuses_finished_runs(tmp_path):
     run_sweep(recipe, layers=[1], seeds=[0], out=tmp_path / "out")
     assert json.loads((tmp_path / "out/runs/intent/L1-s0/result.json").read_text())["data_fingerprint"] != \
         summary_fp, "a run on other data must be retrained"
+    mtime = (tmp_path / "out/runs/intent/L1-s0/result.json").stat().st_mtime_ns
+    recipe.train.lr = 5e-4  # other settings: retrained too
+    run_sweep(recipe, layers=[1], seeds=[0], out=tmp_path / "out")
+    res = json.loads((tmp_path / "out/runs/intent/L1-s0/result.json").read_text())
+    assert res["settings"]["lr"] == 5e-4 and (tmp_path / "out/runs/intent/L1-s0/result.json").stat().st_mtime_ns != mtime
 
 
 def test_layer_count_beyond_the_backbone_is_refused_before_anything_is_written(tmp_path):

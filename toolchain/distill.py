@@ -11,6 +11,7 @@ Output: <out>/distill/<task>/l<l>-from-L<L>-s<seed>/ with the same files as a tr
 branch.json recording the teacher it came from.
 """
 
+import dataclasses
 import json
 import shutil
 import time
@@ -92,7 +93,8 @@ def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run
 
     student, state = fit(student, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, loss_of, progress,
                          f"distill {task.name} L={tmeta['layers']}->l={layers} s={seed}")
-    result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds, layers=layers,
+    result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds, settings(recipe, task),
+                        layers=layers,
                         attach=tmeta["attach"], seed=seed, teacher_layers=tmeta["layers"],
                         teacher_dev_metric=tmeta["dev_metric"])
     meta = branch_meta(recipe, bb, task, data, tmeta["attach"], layers, result["dev_metric"], seed)
@@ -100,6 +102,11 @@ def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run
                               "temperature": kd.temperature, "alpha": kd.alpha}
     save_run(run_dir, student, meta, result, accelerator)
     return result
+
+
+def settings(recipe, task) -> dict:
+    """What a student's result depends on besides its data: training and distillation settings."""
+    return {**dataclasses.asdict(recipe.train_for(task)), **dataclasses.asdict(recipe.distill)}
 
 
 def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
@@ -160,7 +167,7 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
                     continue
                 for s in seeds:
                     run_dir = out / "distill" / t.name / f"l{n}-from-L{tmeta['layers']}-s{s}"
-                    res = None if force else finished(run_dir, datas[t.name])
+                    res = None if force else finished(run_dir, datas[t.name], settings(recipe, t))
                     if res is None:
                         if force or (run_dir / "result.json").exists():  # forced, or finished on other data
                             shutil.rmtree(run_dir)

@@ -14,6 +14,7 @@ Output layout (all under --out):
   sweep.json, sweep.md, selected.json           the sweep table and the chosen L per task
 """
 
+import dataclasses
 import io
 import json
 import math
@@ -244,24 +245,24 @@ def data_fingerprint(data) -> str:
     return data.train.fingerprint()[:16] + data.dev.fingerprint()[:16]
 
 
-def finished(run_dir: Path, data) -> dict | None:
-    """The result of a finished run on exactly this data (same token ids), else None."""
+def finished(run_dir: Path, data, settings: dict) -> dict | None:
+    """The result of a finished run on exactly this data (same token ids) and settings, else None."""
     done = Path(run_dir) / "result.json"
     if not done.is_file():
         return None
     res = json.loads(done.read_text())
     same = res["data_fingerprint"] == data_fingerprint(data) if "data_fingerprint" in res \
         else res.get("train_examples") == len(data.train)  # runs written before fingerprints were recorded
-    return res if same else None
+    return res if same and res.get("settings", settings) == settings else None
 
 
-def run_result(state, task, data, accelerator, use_cache, cache_hit, cache_seconds, **extra) -> dict:
+def run_result(state, task, data, accelerator, use_cache, cache_hit, cache_seconds, settings, **extra) -> dict:
     return {
         "task": task.name, **extra, "metric": task.metric, "dev_metric": state["history"][-1][task.metric],
         **{k: state[k] for k in ("history", "losses", "epoch_seconds")},
         "cache": use_cache, "cache_hit": cache_hit, "cache_seconds": cache_seconds,
         "train_examples": len(data.train), "dev_examples": len(data.dev), "dev_dropped": data.dropped_dev,
-        "data_fingerprint": data_fingerprint(data),
+        "data_fingerprint": data_fingerprint(data), "settings": settings,
         "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
     }
 
@@ -287,7 +288,7 @@ def train_one(recipe, bb, task, data, L: int, seed: int, run_dir: Path, accelera
     branch, state = fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b,
                         lambda idx, out, labels: loss_fn(task.type, out, labels), progress,
                         f"train {task.name} L={L} s={seed}")
-    result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds,
+    result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds, dataclasses.asdict(cfg),
                         layers=L, attach=attach, seed=seed)
     save_run(run_dir, branch, branch_meta(recipe, bb, task, data, attach, L, result["dev_metric"], seed),
              result, accelerator)
@@ -382,7 +383,7 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
         overall = progress.add_task("[bold]runs", total=len(grid))
         for t, L, s in grid:
             run_dir = out / "runs" / t.name / f"L{L}-s{s}"
-            res = None if force else finished(run_dir, datas[t.name])
+            res = None if force else finished(run_dir, datas[t.name], dataclasses.asdict(recipe.train_for(t)))
             if res is not None:
                 results[(t.name, L, s)] = res
                 progress.advance(overall)
