@@ -87,15 +87,15 @@ def dev_sets(recipe, tok, metas, limit: int):
 
 
 def manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs, task_precision) -> dict:
-    seq = f"seq (1..{max_seq_len})"
-    batch = "1" if target == "ios" else "batch (1..64)"
+    seq = {"name": "seq", "min": 1, "max": max_seq_len}
+    batch = {"name": "batch", "min": 1, "max": 1 if target == "ios" else 64}
     dtype = "int32" if target == "ios" else "int64"
     return {
         "schema_version": SCHEMA, "target": target, "layout": layout, "precision": precision,
         "toolchain_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "backbone": store_meta["backbone"], "trunk_fingerprint": store_meta["backbone_fingerprint"],
         "max_seq_len": max_seq_len,
-        "inputs": [{"name": n, "dtype": dtype, "shape": [batch, seq]} for n in ("input_ids", "attention_mask",
+        "inputs": [{"name": n, "dtype": dtype, "dims": [batch, seq]} for n in ("input_ids", "attention_mask",
                                                                                  "token_type_ids")],
         "tokenizer": {"file": "tokenizer.json", "vocab": "vocab.txt", "pair_template": "[CLS] A [SEP] B [SEP]",
                       "truncation": "longest_first", "max_seq_len": max_seq_len},
@@ -205,6 +205,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
             src = Path(store_dir) / "tokenizer" / name
             if src.is_file():
                 shutil.copyfile(src, tmp / name)
+        manifest["quantization"] = None
         if quantized:
             skipped = None if mod.runner is not None else f"{target} programs cannot run on this machine (CoreML " \
                 "prediction needs macOS); check the bundle on a Mac with `ctb-mobile verify`"

@@ -48,8 +48,8 @@ def describe(path: Path) -> dict:
     inputs = {}
     for i in spec.description.input:
         ranges = [(r.lowerBound, r.upperBound) for r in i.type.multiArrayType.shapeRange.sizeRanges]
-        inputs[i.name] = {"dtype": i.type.multiArrayType.DataType.Name(i.type.multiArrayType.dataType),
-                          "ranges": ranges}
+        dtype = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(i.type.multiArrayType.dataType)
+        inputs[i.name] = {"dtype": dtype, "ranges": ranges}
     return {"inputs": inputs, "outputs": [o.name for o in spec.description.output], "ops": sorted(ops),
             "metadata": dict(spec.description.metadata.userDefined),
             "spec_version": spec.specificationVersion}
