@@ -30,6 +30,12 @@ def test_mixed_adds_a_layer_only_for_enough_gain():
     assert p["tasks"]["b"]["layers"] == 3 and p["tasks"]["a"]["layers"] == 2
 
 
+def test_a_noisy_size_does_not_hide_a_deeper_branch_that_pays_off():
+    cands = {"stsb": [c(5, 1, 31.8), c(4, 2, 19.3), c(1, 3, 74.1), c(2, 4, 70.2)]}
+    p = make_plan(cands, 6, "mixed", threshold=1.2)
+    assert (p["tasks"]["stsb"]["attach"], p["tasks"]["stsb"]["layers"]) == (1, 3)
+
+
 def test_budget_gives_layers_to_the_largest_gain_first():
     p = make_plan(CANDS, 6, "mixed", threshold=0.0, budget=3)
     assert (p["tasks"]["a"]["layers"], p["tasks"]["b"]["layers"]) == (1, 2)

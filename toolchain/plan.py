@@ -51,8 +51,8 @@ def overhead(choice: dict, depth: int) -> dict:
 
 
 def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=0) -> dict:
-    """mixed: every task starts at its smallest branch; a task gets more layers only while each added
-    layer gains >= threshold points, largest gain first, within the budget (0: none).
+    """mixed: every task starts at its smallest branch; a task gets more layers only while the added
+    layers gain >= threshold points each (on average), largest gain first, within the budget (0: none).
     best: each task's best candidate, whatever its size."""
     if criterion not in CRITERIA:
         raise UserError(f"criterion {criterion!r} is not valid; use one of: {', '.join(CRITERIA)}")
@@ -71,15 +71,15 @@ def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=
             steps = []
             for t, b in by_size.items():
                 cur = choice[t]
-                for size in sorted(s for s in b if s > cur["layers"]):
+                for size in (s for s in b if s > cur["layers"]):
+                    # gain per added layer; looking past the next size up lets one noisy size not
+                    # hide a deeper branch that pays for every layer it adds
                     gain = (b[size]["dev_metric"] - cur["dev_metric"]) / (size - cur["layers"])
-                    steps.append((gain, t, b[size]))
-                    break  # only the next size up: the paper adds one layer at a time
-            steps = [s for s in steps if s[0] >= threshold and s[0] > 0
-                     and (not budget or used + s[2]["layers"] - choice[s[1]]["layers"] <= budget)]
+                    if gain >= threshold and gain > 0 and (not budget or used + size - cur["layers"] <= budget):
+                        steps.append((gain, -size, t, b[size]))
             if not steps:
                 break
-            _, t, nxt = max(steps, key=lambda s: s[0])
+            _, _, t, nxt = max(steps, key=lambda s: (s[0], s[1]))  # ties: the smaller step
             choice[t] = nxt
     return {"criterion": criterion, "threshold": threshold, "budget": budget, "depth": depth,
             "tasks": choice, "overhead": overhead(choice, depth)}
