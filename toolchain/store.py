@@ -153,29 +153,24 @@ def create(store_dir, bb, backbone_spec: str, branch_dirs: list, force: bool = F
     return store_meta
 
 
-def add(store_dir, branch_dir) -> dict:
-    store_dir = Path(store_dir)
+def _incoming(store_dir, branch_dir):
+    """Validate a branch run folder against the store; its metadata and destination folder."""
     store_meta = read_store(store_dir)
     meta = _validate_new(store_meta, _encoder_cfg(store_meta), branch_dir)
-    dest = store_dir / "branches" / meta["task"]
+    return meta, Path(store_dir) / "branches" / meta["task"]
+
+
+def add(store_dir, branch_dir) -> dict:
+    meta, dest = _incoming(store_dir, branch_dir)
     if dest.exists():
         raise UserError(f"task {meta['task']!r} is already in the store; use `ctb-mobile branch update` to replace it")
-    tmp = dest.with_name(f".{meta['task']}.adding-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(dest) as tmp:
         _copy_branch(branch_dir, tmp)
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
 def update(store_dir, branch_dir) -> dict:
-    store_dir = Path(store_dir)
-    store_meta = read_store(store_dir)
-    meta = _validate_new(store_meta, _encoder_cfg(store_meta), branch_dir)
-    dest = store_dir / "branches" / meta["task"]
+    meta, dest = _incoming(store_dir, branch_dir)
     if not dest.is_dir():
         raise UserError(f"task {meta['task']!r} is not in the store (it has: {', '.join(branch_names(store_dir))}); "
                         "use `ctb-mobile branch add`")
