@@ -208,7 +208,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
         manifest["quantization"] = None
         if quantized:
             skipped = None if mod.runner is not None else f"{target} programs cannot run on this machine (CoreML " \
-                "prediction needs macOS); check the bundle on a Mac with `ctb-mobile verify`"
+                "prediction needs macOS); compare its outputs with the PyTorch original on a Mac before shipping"
             if skipped:
                 log(f"guard: not run: {skipped}")
             manifest["quantization"] = {"guard": guard, "guard_skipped": skipped, "max_metric_drop": max_drop,
