@@ -64,6 +64,7 @@ def test_too_many_layers_leaves_an_earlier_result_intact(tmp_path, cli):
     (["--layers", "one"], ["--layers 'one'", "comma-separated"]),
     (["--task", "nope"], ["unknown task 'nope'", "intent"]),
     (["--epochs", "0"], ["--epochs = 0"]),
+    (["--max-train", "-5"], ["--max-train -5 must be at least 1"]),
 ])
 def test_bad_options(tmp_path, cli, args, needles):
     code, _, err = cli("train", write_recipe(tmp_path, TINY_TASK), "--out", tmp_path / "out", *args)

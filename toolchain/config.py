@@ -185,6 +185,9 @@ class Recipe:
 
     def override(self, max_train: int | None = None, max_dev: int | None = None, epochs: int | None = None):
         """Command-line overrides (quick runs on a CPU): cap every task's data, set the epochs."""
+        for flag, value in (("--max-train", max_train), ("--max-dev", max_dev)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} {value} must be at least 1; e.g. {flag} 2000")
         for t in self.tasks:
             if max_train:
                 t.max_train_examples = min(t.max_train_examples or max_train, max_train)
