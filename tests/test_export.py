@@ -16,6 +16,7 @@ from toolchain.train import run_sweep
 for _package in ("onnxruntime", "executorch", "coremltools"):
     pytest.importorskip(_package, reason=f"export tests need {_package}: pip install -e '.[onnx,executorch,coreml]'")
 
+FP32 = {t: check.TOLERANCES[(t, "fp32")]["max_abs"] for t in ("onnx", "android")}  # the one tolerance table
 TEXTS = [line.strip() for line in (ROOT / "models/data/snips/test/seq.in").read_text().splitlines()[:12]]
 TEXTS += ["what's my credit score", "set an alarm for 6 am tomorrow and play some jazz please right away now ok"]
 
@@ -87,10 +88,10 @@ def test_onnx_fp32_matches_pytorch(tiny, tmp_path, layout):
     out, recipe = tiny
     manifest = export_bundle(recipe, out / "store", "onnx", "fp32", layout, tmp_path / "b", log=lambda m: None)
     check_bundle_files(tmp_path / "b", out / "store")
-    assert_parity(onnx_backend.runner(tmp_path / "b"), manifest, out / "store", 1e-4)
+    assert_parity(onnx_backend.runner(tmp_path / "b"), manifest, out / "store", FP32["onnx"])
     ort_manifest = {**manifest, "programs": [{**p, "file": p["file"].replace(".onnx", ".ort")}
                                              for p in manifest["programs"]]}
-    assert_parity(onnx_backend.runner(tmp_path / "b"), ort_manifest, out / "store", 1e-4)
+    assert_parity(onnx_backend.runner(tmp_path / "b"), ort_manifest, out / "store", FP32["onnx"])
     first = onnx.load(str(tmp_path / "b" / manifest["programs"][0]["file"]))
     assert first.opset_import[0].version >= 17
     meta = json.loads({p.key: p.value for p in first.metadata_props}["ctb_mobile_manifest"])
@@ -116,7 +117,7 @@ def test_executorch_fp32_and_int8(tiny, tmp_path):
     out, recipe = tiny
     manifest = export_bundle(recipe, out / "store", "android", "fp32", "fused", tmp_path / "a", log=lambda m: None)
     check_bundle_files(tmp_path / "a", out / "store")
-    assert_parity(et.runner(tmp_path / "a"), manifest, out / "store", 1e-4)
+    assert_parity(et.runner(tmp_path / "a"), manifest, out / "store", FP32["android"])
     program = Runtime.get().load_program(str(tmp_path / "a/model.pte"))
     embedded = json.loads(program.load_method("manifest").execute([])[0])
     assert embedded["tasks"] == [t["name"] for t in manifest["tasks"]]
@@ -132,7 +133,7 @@ def test_executorch_split_layout(tiny, tmp_path):
     manifest = export_bundle(recipe, out / "store", "android", "fp32", "split", tmp_path / "s", log=lambda m: None)
     names = sorted(p["file"] for p in manifest["programs"])
     assert names == ["branch_clinc_domain.pte", "branch_snips_intent.pte", "branch_snips_slots.pte", "trunk.pte"]
-    assert_parity(et.runner(tmp_path / "s"), manifest, out / "store", 1e-4)
+    assert_parity(et.runner(tmp_path / "s"), manifest, out / "store", FP32["android"])
 
 
 @pytest.mark.parametrize("precision, layout", [("int8", "fused"), ("fp16", "split")])

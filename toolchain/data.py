@@ -234,7 +234,7 @@ def _read_hf(path, task, split, where):
 # Labels and encoding
 
 
-def label_names(task, train: list, where: str) -> list:
+def label_names(task, train: list) -> list:
     if task.type == "regression":
         return []
     if task.type == "tagging":
@@ -256,7 +256,7 @@ def load_task(recipe, task, tokenizer) -> TaskData:
     """Read, check and encode one task's train and dev splits."""
     train = read_examples(recipe, task, "train")
     dev = read_examples(recipe, task, "dev")
-    labels = label_names(task, train, task.name)
+    labels = label_names(task, train)
     known = set(labels)
     kept, dropped = [], 0
     for ex in dev:
