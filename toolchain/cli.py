@@ -7,6 +7,7 @@ CTB_DEBUG=1 to see the full traceback instead.
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -28,6 +29,16 @@ def _ints(value: str | None, name: str):
     return out
 
 
+# Options shared by the training commands, declared once.
+Tasks = Annotated[list[str] | None, typer.Option("--task", "-t", help="only this task (repeatable)")]
+Out = Annotated[Path | None, typer.Option(help="the training output folder (default: next to the recipe)")]
+Cache = Annotated[bool, typer.Option(help="reuse frozen-trunk features across epochs and runs")]
+Force = Annotated[bool, typer.Option(help="redo runs that already finished")]
+MaxTrain = Annotated[int | None, typer.Option(help="cap each task's train set (seeded random subset)")]
+MaxDev = Annotated[int | None, typer.Option(help="cap each task's dev set (seeded random subset)")]
+Epochs = Annotated[int | None, typer.Option(help="override the recipe's epochs")]
+
+
 def _out_dir(recipe, out: Path | None) -> Path:
     return out if out is not None else recipe.root / recipe.name
 
@@ -35,15 +46,15 @@ def _out_dir(recipe, out: Path | None) -> Path:
 @app.command()
 def train(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="recipe file, e.g. models/assistant.toml"),
-    task: list[str] = typer.Option(None, "--task", "-t", help="train only this task (repeatable)"),
+    task: Tasks = None,
     layers: str = typer.Option(None, help="sweep: fine-tune the top L layers for each L, e.g. 1,2,3,4,5,6"),
     seeds: str = typer.Option(None, help="seeds per L, e.g. 0,1,2 (default: the recipe's seed)"),
-    out: Path = typer.Option(None, help="output folder (default: next to the recipe, named after it)"),
-    cache: bool = typer.Option(True, help="reuse frozen-trunk features across epochs and runs"),
-    force: bool = typer.Option(False, help="retrain runs that already finished"),
-    max_train: int = typer.Option(None, help="cap each task's train set (seeded random subset)"),
-    max_dev: int = typer.Option(None, help="cap each task's dev set (seeded random subset)"),
-    epochs: int = typer.Option(None, help="override the recipe's epochs"),
+    out: Out = None,
+    cache: Cache = True,
+    force: Force = False,
+    max_train: MaxTrain = None,
+    max_dev: MaxDev = None,
+    epochs: Epochs = None,
 ):
     """Partially fine-tune each task's top L layers; with --layers, sweep L and select one per task."""
     from rich.console import Console
@@ -71,16 +82,16 @@ def train(
 @app.command()
 def distill(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
-    task: list[str] = typer.Option(None, "--task", "-t", help="distil only this task (repeatable)"),
+    task: Tasks = None,
     layers: str = typer.Option("1,2,3", help="student sizes l (task layers), e.g. 1,2,3"),
     teacher_layers: int = typer.Option(None, help="teacher L (default: the sweep's selected L per task)"),
     seeds: str = typer.Option(None, help="seeds, e.g. 0,1"),
-    out: Path = typer.Option(None, help="the training output folder (default: next to the recipe)"),
-    cache: bool = typer.Option(True, help="reuse frozen-trunk features"),
-    force: bool = typer.Option(False, help="redo finished students"),
-    max_train: int = typer.Option(None, help="cap each task's train set"),
-    max_dev: int = typer.Option(None, help="cap each task's dev set"),
-    epochs: int = typer.Option(None, help="override the recipe's epochs"),
+    out: Out = None,
+    cache: Cache = True,
+    force: Force = False,
+    max_train: MaxTrain = None,
+    max_dev: MaxDev = None,
+    epochs: Epochs = None,
 ):
     """Distil each task's teacher (L fine-tuned layers) into l-layer branches (vanilla KD)."""
     from rich.console import Console
@@ -100,7 +111,7 @@ def distill(
 @app.command()
 def plan(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
-    out: Path = typer.Option(None, help="the training output folder (default: next to the recipe)"),
+    out: Out = None,
     criterion: str = typer.Option("mixed", help="mixed (marginal gain per layer) or best"),
     threshold: float = typer.Option(None, help="mixed: minimum gain in points per added layer (recipe [plan])"),
     budget: int = typer.Option(None, help="cap on the total branch layers (0: none; recipe [plan])"),
@@ -124,7 +135,7 @@ def plan(
 @app.command()
 def report(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
-    out: Path = typer.Option(None, help="the training output folder (default: next to the recipe)"),
+    out: Out = None,
 ):
     """Table-2-style comparison: full fine-tune, teacher, KD-1/2/3 and the plan, with overhead."""
     from toolchain import backbone
@@ -141,7 +152,7 @@ def report(
 @app.command()
 def merge(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
-    out: Path = typer.Option(None, help="the training output folder (default: next to the recipe)"),
+    out: Out = None,
     store: Path = typer.Option(None, help="store folder to create (default: <out>/store)"),
     source: str = typer.Option("plan", "--from", help="plan (plan.json) or selected (the sweep's teachers)"),
     force: bool = typer.Option(False, help="rebuild an existing store"),
@@ -197,7 +208,7 @@ def export(
     precision: str = typer.Option(None, help="android: fp32|int8; ios: fp16|int8|fp32; onnx: fp32|int8|int8-static"),
     layout: str = typer.Option("fused", help="fused (one program) or split (trunk + one program per branch)"),
     store: Path = typer.Option(None, help="merged store (default: <out>/store)"),
-    out: Path = typer.Option(None, help="the training output folder (default: next to the recipe)"),
+    out: Out = None,
     out_dir: Path = typer.Option(None, help="bundle folder (default: <out>/bundles/<target>-<layout>-<precision>)"),
     max_drop: float = typer.Option(None, help="guard: max dev-metric drop per task (recipe [export])"),
 ):
