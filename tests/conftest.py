@@ -55,3 +55,31 @@ dev = "@DATA@/snips/valid"
 max_train_examples = 96
 max_dev_examples = 32
 """
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny-backbone store on real SNIPS/CLINC text: snips_intent, snips_slots and clinc_domain (a second
+    attach depth), trained one epoch; shared by the export, runtime and bench tests."""
+    import json
+
+    from toolchain import store
+    from toolchain.config import load_recipe
+    from toolchain.train import run_sweep
+
+    out = tmp_path_factory.mktemp("export")
+    recipe_path = write_recipe(out, (ROOT / "models/tiny.toml").read_text().replace('"data/', '"@DATA@/'))
+    recipe = load_recipe(recipe_path).override(epochs=1)
+    run_sweep(recipe, layers=[2], out=out)
+    sel = json.loads((out / "selected.json").read_text())
+    runs = [out / sel["snips_intent"]["run"], out / sel["snips_slots"]["run"]]
+    store.create(out / "store", store_bb(), "tiny-random", runs)
+    run_sweep(recipe, ["clinc_domain"], layers=[1], out=out)  # a second attach depth
+    store.add(out / "store", out / "runs/clinc_domain/L1-s0")
+    return out, recipe
+
+
+def store_bb():
+    from toolchain import backbone
+
+    return backbone.load("tiny-random")

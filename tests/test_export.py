@@ -6,12 +6,11 @@ import platform
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, write_recipe
+from conftest import ROOT, store_bb
 
 from toolchain import UserError, infer, store
 from toolchain.config import load_recipe
 from toolchain.export import check, export_bundle, sha256
-from toolchain.train import run_sweep
 
 for _package in ("onnxruntime", "executorch", "coremltools"):
     pytest.importorskip(_package, reason=f"export tests need {_package}: pip install -e '.[onnx,executorch,coreml]'")
@@ -19,26 +18,6 @@ for _package in ("onnxruntime", "executorch", "coremltools"):
 FP32 = {t: check.TOLERANCES[(t, "fp32")]["max_abs"] for t in ("onnx", "android")}  # the one tolerance table
 TEXTS = [line.strip() for line in (ROOT / "models/data/snips/test/seq.in").read_text().splitlines()[:12]]
 TEXTS += ["what's my credit score", "set an alarm for 6 am tomorrow and play some jazz please right away now ok"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export")
-    recipe_path = write_recipe(out, (ROOT / "models/tiny.toml").read_text().replace('"data/', '"@DATA@/'))
-    recipe = load_recipe(recipe_path).override(epochs=1)
-    run_sweep(recipe, layers=[2], out=out)
-    sel = json.loads((out / "selected.json").read_text())
-    runs = [out / sel["snips_intent"]["run"], out / sel["snips_slots"]["run"]]
-    store.create(out / "store", store_bb(), "tiny-random", runs)
-    run_sweep(recipe, ["clinc_domain"], layers=[1], out=out)  # a second attach depth
-    store.add(out / "store", out / "runs/clinc_domain/L1-s0")
-    return out, recipe
-
-
-def store_bb():
-    from toolchain import backbone
-
-    return backbone.load("tiny-random")
 
 
 def reference_and_inputs(store_dir, texts, max_len=32):
@@ -185,15 +164,17 @@ def test_guard_keeps_a_sensitive_branch_in_fp32_or_fails_with_a_report(tiny, tmp
         monkeypatch.setattr(check, "compare", compare)
 
     slots_lose_points_once()
-    fused = export_bundle(recipe, out / "store", "onnx", "int8", "fused", tmp_path / "f", log=lambda m: None)
+    fused = export_bundle(recipe, out / "store", "onnx", "int8", "fused", tmp_path / "f", log=lambda m: None,
+                          min_agreement=0.0)
     assert fused["quantization"]["fp32_branches"] == ["snips_slots"]
     float_matmuls = lambda p: sum(n.op_type == "MatMul" for n in onnx.load(str(p)).graph.node)
     plain = export_bundle(recipe, out / "store", "onnx", "int8", "fused", tmp_path / "p", max_drop=100.0,
-                          log=lambda m: None)
+                          log=lambda m: None, min_agreement=0.0)
     assert plain["quantization"]["fp32_branches"] == []
     assert float_matmuls(tmp_path / "f/model.onnx") > float_matmuls(tmp_path / "p/model.onnx")
     slots_lose_points_once()
-    m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
+    m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None,
+                      min_agreement=0.0)
     assert m["quantization"]["fp32_branches"] == ["snips_slots"]
     assert {t["name"]: t["precision"] for t in m["tasks"]}["snips_slots"] == "fp32"
     assert {p["name"]: p["precision"] for p in m["programs"]}["branch_snips_slots"] == "fp32"
@@ -202,6 +183,22 @@ def test_guard_keeps_a_sensitive_branch_in_fp32_or_fails_with_a_report(tiny, tmp
     with pytest.raises(UserError, match=r"loses more than 1.0 points.*snips_intent: accuracy"):
         export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
     assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()} == before
+
+
+def test_guard_keeps_a_branch_whose_predictions_disagree_in_fp32(tiny, tmp_path, monkeypatch):
+    out, recipe = tiny
+    real = check.compare
+    calls = []
+
+    def compare(task, *a):  # clinc_domain keeps its metric but agrees on only 95% of predictions at first
+        r = real(task, *a)
+        calls.append(task.name)
+        return {**r, "drop": 0.0, "agreement": 0.95 if task.name == "clinc_domain" and len(calls) <= 3 else 1.0}
+
+    monkeypatch.setattr(check, "compare", compare)
+    m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
+    assert m["quantization"]["fp32_branches"] == ["clinc_domain"] and m["quantization"]["min_agreement"] == 0.99
+    assert {p["name"]: p["precision"] for p in m["programs"]}["branch_clinc_domain"] == "fp32"
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -240,6 +240,36 @@ def export(
     Console().print(table)
 
 
+@app.command()
+def verify(
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="an exported bundle folder"),
+    recipe_path: Path = typer.Option(..., "--recipe", help="the recipe the model was trained from (dev sets)"),
+    store: Path = typer.Option(None, help="merged store the bundle was exported from (default: <out>/store)"),
+    out: Out = None,  # the training output folder: store and the single-task run folders
+    report: Path = typer.Option(None, help="report folder (default: <bundle>.verify next to the bundle)"),
+    limit: int = typer.Option(300, min=1, help="dev examples per task"),
+    golden: int = typer.Option(4, min=0, help="dev texts per task in golden.json (plus edge cases)"),
+):
+    """Check a bundle against the PyTorch originals on real dev text; exit 1 if any check fails."""
+    from rich.console import Console
+
+    from toolchain.config import load_recipe
+    from toolchain.verify import verify as run_verify
+
+    if not bundle.is_dir():
+        raise UserError(f"bundle {bundle} not found; give the folder `ctb-mobile export` wrote")
+    recipe = load_recipe(recipe_path)
+    report_dir = report or bundle.with_name(bundle.name + ".verify")
+    console = Console(stderr=True)
+    base = _out_dir(recipe, out)
+    result = run_verify(bundle, recipe, store or base / "store", report_dir, base, limit, golden,
+                        log=lambda m: console.log(m))
+    print((report_dir / "verify.md").read_text())
+    print(f"report: {report_dir / 'verify.json'}, golden vectors: {report_dir / 'golden.json'}")
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
 branch_app = typer.Typer(no_args_is_help=True, help="Change one branch of a store; the others stay byte-identical.")
 app.add_typer(branch_app, name="branch")
 

@@ -98,13 +98,18 @@ class PlanConfig:
 
 @dataclass
 class ExportConfig:
-    """The quantization guard: an int8 bundle may lose at most this many dev-metric points per task."""
+    """The quantization guard: an int8 bundle may lose at most `max_metric_drop` dev-metric points per
+    task (hard limit); a task whose predictions agree with fp32 on fewer than `min_agreement` of dev
+    examples also gets its branch kept in fp32 (default: the target's row in check.TOLERANCES)."""
 
     max_metric_drop: float = 1.0
+    min_agreement: float | None = None
 
     def check(self, where: str) -> None:
         if self.max_metric_drop < 0:
             raise UserError(f"{where}: max_metric_drop = {self.max_metric_drop} must be >= 0")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise UserError(f"{where}: min_agreement = {self.min_agreement} must be between 0 and 1, e.g. 0.99")
 
 
 @dataclass

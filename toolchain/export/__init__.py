@@ -9,18 +9,21 @@
 
 Targets are one module each, registered here: android (ExecuTorch + XNNPACK), ios (CoreML), onnx
 (ONNX + ORT format). After an int8 export the quantization guard compares every task's dev metric
-with PyTorch fp32; a task that drops more than the limit has its branch kept in fp32 and the bundle
-is exported again; if that is not enough the export fails with the per-task report. Nothing is
+with PyTorch fp32; a task that drops more than the limit, or whose predictions agree with fp32 on
+fewer than `min_agreement` of dev examples, has its branch kept in fp32 and the bundle is exported
+again; if the drop is still over the limit the export fails with the per-task report (an agreement
+still short is recorded in the manifest, and `ctb-mobile verify` fails on it). Nothing is
 written unless the whole bundle succeeds (the previous bundle stays as it was).
 """
 
-import hashlib
 import importlib
 import json
 import shutil
 import time
 from pathlib import Path
 
+from runtime_py.bundle import file_bytes as size
+from runtime_py.bundle import file_sha256 as sha256
 from toolchain import UserError, __version__
 from toolchain.fsutil import atomic_dir
 
@@ -48,20 +51,6 @@ def check_request(target: str, precision: str | None, layout: str):
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
     return mod, precision
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in paths:  # a .mlpackage is a folder: hash its files in order, with their relative names
-        if path.is_dir():
-            h.update(str(p.relative_to(path)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def dev_sets(recipe, tok, metas, limit: int):
@@ -130,7 +119,7 @@ def model_card(manifest: dict, files: dict, guard: dict | None) -> str:
 
 
 def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out_dir=None, max_drop=None,
-                  guard_examples=500, log=print) -> dict:
+                  guard_examples=500, log=print, min_agreement=None) -> dict:
     """Export the store for one target; returns the manifest. See the module docstring."""
     from toolchain.export import check
     from toolchain.export.graph import calibration_for, example_inputs, graphs
@@ -152,6 +141,9 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
         calibration = [example_inputs(tok, calib_texts[i: i + 16], max_seq_len) for i in range(0, len(calib_texts), 16)]
     quantized = precision.startswith("int8")
     max_drop = recipe.export.max_metric_drop if max_drop is None else max_drop
+    min_agree = recipe.export.min_agreement if min_agreement is None else min_agreement
+    if min_agree is None:
+        min_agree = check.TOLERANCES.get((target, precision), {}).get("agreement", 0.0)
 
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -189,17 +181,20 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                 got = check.outputs_on(dev, check.bundle_runner(run, manifest))
                 guard[name] = check.compare(task, labels, dev, ref_rows[name], got)
             failing = [n for n, g in guard.items() if g["drop"] > max_drop]
-            log("guard: " + ", ".join(f"{n} {g['metric']} {g['reference']:.2f} -> {g['exported']:.2f}"
-                                      for n, g in guard.items()))
-            if not failing:
-                break
-            if attempt == 1 or set(failing) <= set(keep_fp32):
+            shaky = [n for n, g in guard.items() if g["agreement"] < min_agree and n not in failing]
+            log("guard: " + ", ".join(f"{n} {g['metric']} {g['reference']:.2f} -> {g['exported']:.2f} "
+                                      f"(agreement {g['agreement']:.1%})" for n, g in guard.items()))
+            if attempt == 0 and (failing or shaky):  # fall back once: those branches in fp32
+                keep_fp32 = failing + shaky
+                log(f"guard: {', '.join(keep_fp32)} lost more than {max_drop} points or agree on under "
+                    f"{min_agree:.0%} of predictions; keeping their branches in fp32")
+                continue
+            if failing:  # the metric drop is the hard limit; an agreement shortfall is reported (verify fails it)
                 report = "; ".join(f"{n}: {guard[n]['metric']} {guard[n]['reference']:.2f} -> "
                                    f"{guard[n]['exported']:.2f} (drop {guard[n]['drop']:.2f})" for n in failing)
                 raise UserError(f"int8 export loses more than {max_drop} points even with those branches in fp32: "
                                 f"{report}; export fp32 or raise [export] max_metric_drop")
-            keep_fp32 = failing
-            log(f"guard: {', '.join(failing)} dropped more than {max_drop} points; keeping their branches in fp32")
+            break
 
         for name in ("tokenizer.json", "vocab.txt"):
             src = Path(store_dir) / "tokenizer" / name
@@ -211,7 +206,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                 "prediction needs macOS); compare its outputs with the PyTorch original on a Mac before shipping"
             if skipped:
                 log(f"guard: not run: {skipped}")
-            manifest["quantization"] = {"guard": guard, "guard_skipped": skipped, "max_metric_drop": max_drop,
+            manifest["quantization"] = {"guard": guard, "guard_skipped": skipped, "max_metric_drop": max_drop, "min_agreement": min_agree,
                                         "fp32_branches": keep_fp32}
         files = {f.name: {"sha256": sha256(f), "bytes": size(f)} for f in sorted(tmp.iterdir())}
         manifest["files"] = files

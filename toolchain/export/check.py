@@ -70,21 +70,49 @@ def predictions(task_type, outs):
     return [np.argmax(o, -1).tolist() for o in outs]
 
 
-def compare(task, labels, encoded, ref_rows, got_rows) -> dict:
-    """Per task: max abs difference, prediction agreement, dev metric of both and the drop."""
+def compare(task, labels, encoded, ref_rows, got_rows, got_labels=None, valid=None) -> dict:
+    """Per task: max abs / rel difference, prediction agreement, dev metric of both and the drop.
+
+    `got_labels`: the label names the exported side decodes with (a bundle's manifest), when they
+    may differ from the reference's; predictions are compared by name. `valid`: per example, whether
+    the exported side saw the same token ids; other examples count as disagreements and are left out
+    of the differences."""
     from toolchain.train import IGNORE, score
 
+    valid = [True] * len(ref_rows) if valid is None else list(valid)
     ref = [r[task.name] for r in ref_rows]
     got = [g[task.name] for g in got_rows]
-    max_abs = max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got))
+    same = [(a, b) for a, b, v in zip(ref, got, valid) if v]
+    max_abs = max((float(np.max(np.abs(a - b))) for a, b in same), default=float("nan"))
+    scale = max((float(np.max(np.abs(a))) for a, _ in same), default=1.0)
     pr, pg = predictions(task.type, ref), predictions(task.type, got)
+    if got_labels is not None and task.type != "regression":  # compare by name; unknown names are misses
+        index = {name: i for i, name in enumerate(labels)}
+        rename = (lambda j: index.get(got_labels[j], -1)) if len(got_labels) else (lambda j: -1)
+        pg = [rename(p) for p in pg] if task.type == "classification" else [[rename(j) for j in p] for p in pg]
     if task.type == "regression":
-        agree = float(np.mean([abs(a - b) <= 0.1 for a, b in zip(pr, pg)]))  # within 0.1 on a 0-5 scale
+        hits = [abs(a - b) <= 0.1 and v for a, b, v in zip(pr, pg, valid)]  # within 0.1 on a 0-5 scale
     elif task.type == "classification":
-        agree = float(np.mean([a == b for a, b in zip(pr, pg)]))
+        hits = [a == b and v for a, b, v in zip(pr, pg, valid)]
     else:  # tagging: over labelled word pieces
-        pairs = [(a[j], b[j]) for a, b, gold in zip(pr, pg, encoded.labels) for j, lab in enumerate(gold) if lab != IGNORE]
-        agree = float(np.mean([a == b for a, b in pairs])) if pairs else 1.0
-    m_ref, m_got = score(task, labels, encoded, pr), score(task, labels, encoded, pg)
-    return {"max_abs": max_abs, "agreement": agree, "metric": task.metric, "reference": m_ref, "exported": m_got,
-            "drop": m_ref - m_got}
+        hits = [v and j < len(b) and a[j] == b[j] for a, b, gold, v in zip(pr, pg, encoded.labels, valid)
+                for j, lab in enumerate(gold) if lab != IGNORE]
+    agree = float(np.mean(hits)) if hits else 1.0
+    if task.type == "tagging":  # rows tokenized differently cannot be aligned: scored as tagging nothing
+        pg = [b if v else [-1] * len(a) for a, b, v in zip(pr, pg, valid)]
+    m_ref = score(task, labels, encoded, pr)
+    if task.type == "regression":
+        m_got = score(task, labels, encoded, pg)
+    else:  # a label name the reference lacks is an extra class ("O" for tags): always wrong
+        extra = "O" if task.type == "tagging" else "<unknown>"
+        m_got = score(task, labels + [extra], encoded, [_unknown(p, len(labels)) for p in pg])
+    return {"max_abs": max_abs, "max_rel": max_abs / max(scale, 1e-12), "agreement": agree, "metric": task.metric,
+            "reference": m_ref, "exported": m_got, "drop": m_ref - m_got, "rows": len(ref),
+            "token_mismatches": len(ref) - sum(valid)}
+
+
+def _unknown(pred, n):
+    """Map the -1 of an unknown label name to an extra class index n."""
+    if isinstance(pred, list):
+        return [n if j < 0 else j for j in pred]
+    return n if pred < 0 else pred

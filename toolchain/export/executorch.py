@@ -60,17 +60,7 @@ def _quantize(graph, shapes, calibration, keep_fp32):
 
 
 def runner(bundle_dir: Path):
-    from executorch.runtime import Runtime
+    """program file -> callable(feeds: dict of numpy arrays) -> list of numpy outputs."""
+    from runtime_py.backends import file_runner
 
-    rt = Runtime.get()
-    methods = {}
-
-    def run(file, feeds):
-        import torch
-
-        if file not in methods:
-            methods[file] = rt.load_program(str(Path(bundle_dir) / file)).load_method("forward")
-        order = ("hidden", "attention_mask") if "hidden" in feeds else ("input_ids", "attention_mask", "token_type_ids")
-        return [o.numpy() for o in methods[file].execute([torch.from_numpy(feeds[k]) for k in order])]
-
-    return run
+    return file_runner("android", bundle_dir)

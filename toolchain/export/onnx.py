@@ -93,15 +93,6 @@ def _to_ort(onnx_path, ort_path):
 
 def runner(bundle_dir: Path):
     """program file -> callable(feeds: dict of numpy arrays) -> list of numpy outputs."""
-    import onnxruntime as ort
+    from runtime_py.backends import file_runner
 
-    sessions = {}
-
-    def run(file, feeds):
-        if file not in sessions:
-            sessions[file] = ort.InferenceSession(str(Path(bundle_dir) / file), providers=["CPUExecutionProvider"])
-        s = sessions[file]
-        names = {i.name for i in s.get_inputs()}
-        return s.run(None, {k: v for k, v in feeds.items() if k in names})
-
-    return run
+    return file_runner("onnx", bundle_dir)

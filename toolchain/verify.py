@@ -1,0 +1,208 @@
+"""`ctb-mobile verify`: run an exported bundle through runtime_py and the originals through PyTorch on
+real dev text, and say whether the bundle may ship.
+
+Originals: the merged model (the store) and each task's single-task model before merging (the
+branch's training or distillation run folder on the original backbone). Checks, each pass/fail:
+  bundle        manifest and checksums (a truncated or modified file fails here)
+  trunk         the bundle's trunk fingerprint is the store's
+  labels        per task: type, attach depth and label list equal training's
+  tokenizer     the bundle tokenizes every dev text to the token ids training used
+  merge         merged model = single-task model per task (max abs <= 1e-4)
+  parity        per task, bundle vs merged model, tolerances from check.TOLERANCES by (target,
+                precision): fp32 max abs; quantized prediction agreement and dev-metric drop
+Writes verify.json, verify.md and golden.json (test vectors for the demo apps) into the report folder.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from toolchain import UserError
+from toolchain.fsutil import write_json_atomic, write_text_atomic
+
+MERGE_TOL = 1e-4
+GOLDEN_EDGE_CASES = ["", "wake me up at 7 am tomorrow", "Réveille-moi à 7h — café ☕ please",
+                     "play\tsome\x07 jazz\x00 now", "what is " + "very " * 200 + "long"]
+
+
+def _check(name, ok, detail) -> dict:
+    return {"check": name, "ok": bool(ok), "detail": detail}
+
+
+def single_task_sources(base: Path, store_dir, names) -> dict:
+    """task -> the run folder under `base` (runs/, distill/) whose branch.safetensors the store's branch
+    was copied from, or the store's own copy when that folder is gone."""
+    from runtime_py.bundle import file_sha256
+
+    out = {}
+    for n in names:
+        own = Path(store_dir) / "branches" / n
+        digest = file_sha256(own / "branch.safetensors")
+        runs = sorted((base / "runs" / n).glob("*/branch.safetensors")) + sorted((base / "distill" / n).glob("*/branch.safetensors"))
+        out[n] = next((p.parent for p in runs if file_sha256(p) == digest), own)
+    return out
+
+
+def single_task_outputs(store_meta, source: Path, dev, trunk_cache: dict) -> list:
+    """Outputs of one task's single-task model (original backbone cut at the attach depth + branch)."""
+    from toolchain import backbone
+    from toolchain.export.check import outputs_on, torch_runner
+    from toolchain.model import TaskModel, build_trunk
+    from toolchain.store import _encoder_cfg, load_branch, read_branch_meta
+
+    meta = read_branch_meta(source)
+    if "bb" not in trunk_cache:
+        trunk_cache["bb"] = backbone.load(store_meta["backbone"])
+    bb = trunk_cache["bb"]
+    branch = load_branch(_encoder_cfg(store_meta), source, meta)
+    model = TaskModel(build_trunk(bb.cfg, bb.state, meta["attach"]), branch).eval()
+    return outputs_on(dev, torch_runner(lambda *a: {meta["task"]: model(*a)}))  # TaskModel returns one tensor
+
+
+def runtime_texts(task, examples) -> tuple:
+    """The text (and pair) an app would pass for each dev example; tagging examples are word lists."""
+    texts = [ex.text if ex.text is not None else " ".join(ex.tokens) for ex in examples]
+    pairs = [ex.text_pair or "" for ex in examples] if any(ex.text_pair is not None for ex in examples) else None
+    return texts, pairs
+
+
+def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 300, golden: int = 4,
+           log=print) -> dict:
+    """Run every check; write the report; return it (report["ok"] says pass or fail)."""
+    from runtime_py import BundleError, InputError, Predictor
+    from toolchain.backbone import tokenizer_fingerprint
+    from toolchain.export import dev_sets
+    from toolchain.export.check import TOLERANCES, compare, outputs_on, torch_runner
+    from toolchain.store import load_merged, read_store
+
+    bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
+    checks, tasks = [], {}
+    report = {"bundle": str(bundle_dir), "store": str(store_dir), "recipe": str(recipe.path), "checks": checks,
+              "tasks": tasks}
+    try:
+        predictor = Predictor(bundle_dir)
+    except (BundleError, InputError) as e:
+        checks.append(_check("bundle", False, str(e)))
+        return _finish(report, out_dir, None, log)
+    m = predictor.manifest
+    key = (m["target"], m["precision"])
+    if key not in TOLERANCES:
+        raise UserError(f"no tolerance for target {key[0]} at precision {key[1]}; add it to check.TOLERANCES")
+    tol = TOLERANCES[key]
+    report.update(target=m["target"], layout=m["layout"], precision=m["precision"], tolerance=tol)
+    checks.append(_check("bundle", True, f"{len(m['files'])} files match their sha256"))
+
+    store_meta = read_store(store_dir)
+    names = [t["name"] for t in m["tasks"]]
+    model, tok, metas = load_merged(store_dir, names)
+    checks.append(_check("trunk", m["trunk_fingerprint"] == store_meta["backbone_fingerprint"],
+                         f"bundle {m['trunk_fingerprint'][:16]}, store {store_meta['backbone_fingerprint'][:16]}"))
+    for t in m["tasks"]:
+        meta = metas[t["name"]]
+        diffs = [k for k, mk in (("type", "type"), ("attach", "attach"), ("labels", "labels")) if t[k] != meta[mk]]
+        if "labels" in diffs and len(t["labels"]) == len(meta["labels"]):
+            i = next(i for i, (a, b) in enumerate(zip(t["labels"], meta["labels"])) if a != b)
+            detail = f"label {i} is {t['labels'][i]!r}, training's is {meta['labels'][i]!r}"
+        else:
+            detail = f"differs from training: {', '.join(diffs)}" if diffs else "type, attach depth, labels as trained"
+        checks.append(_check(f"labels {t['name']}", not diffs, detail))
+    bundle_tok = predictor.tokenizer.__class__.from_str(predictor.tokenizer.to_str())
+    bundle_tok.no_truncation()
+    tok.no_truncation()
+    checks.append(_check("tokenizer config", tokenizer_fingerprint(bundle_tok) == tokenizer_fingerprint(tok),
+                         "tokenizer.json equals the store's (training's)" if tokenizer_fingerprint(bundle_tok) ==
+                         tokenizer_fingerprint(tok) else "tokenizer.json differs from the store's (training's)"))
+
+    devs = dev_sets(recipe, tok, metas, limit)
+    missing = [n for n in names if n not in devs]
+    if missing:
+        raise UserError(f"task {missing[0]!r} has no dev set in recipe {recipe.path}; verify with the recipe it was trained from")
+    sources = single_task_sources(Path(runs_dir or recipe.root / recipe.name), store_dir, names)
+    cache = {}
+    labels_by_task = {t["name"]: t["labels"] for t in m["tasks"]}
+    for name, (task, labels, dev, examples) in devs.items():
+        log(f"verify {name}: {len(dev)} dev examples")
+        texts, pairs = runtime_texts(task, examples)
+        encs, got = predictor.raw(texts, pairs, tasks=[name])
+        valid = [e.ids == list(ids) and e.type_ids == list(tt) for e, ids, tt in zip(encs, dev.input_ids, dev.type_ids)]
+        ref = outputs_on(dev, torch_runner(model))
+        single = single_task_outputs(store_meta, sources[name], dev, cache)
+        merge_diff = max(float(np.max(np.abs(r[name] - s[name]))) for r, s in zip(ref, single))
+        c = compare(task, labels, dev, ref, got, got_labels=labels_by_task[name], valid=valid)
+        c.update(merge_max_abs=merge_diff, single_task_source=str(sources[name]),
+                 token_agreement=float(np.mean(valid)))
+        tasks[name] = c
+        checks.append(_check(f"tokenizer {name}", all(valid),
+                             f"{sum(valid)}/{len(valid)} dev texts give training's token ids"))
+        checks.append(_check(f"merge {name}", merge_diff <= MERGE_TOL,
+                             f"merged vs single-task max abs {merge_diff:.2e} (<= {MERGE_TOL:g})"))
+        if "max_abs" in tol:
+            ok = c["max_abs"] <= tol["max_abs"] and c["agreement"] == 1.0
+            detail = f"max abs {c['max_abs']:.2e} (<= {tol['max_abs']:g}), agreement {c['agreement']:.2%}"
+        else:
+            ok = c["agreement"] >= tol["agreement"] and c["drop"] <= tol["max_drop"]
+            detail = (f"agreement {c['agreement']:.2%} (>= {tol['agreement']:.0%}), {c['metric']} "
+                      f"{c['reference']:.2f} -> {c['exported']:.2f} (drop <= {tol['max_drop']:g})")
+        checks.append(_check(f"parity {name}", ok, detail))
+    cases = golden_cases(predictor, model, tok, devs, golden)
+    return _finish(report, out_dir, cases, log)
+
+
+def golden_cases(predictor, model, tok, devs, per_task: int) -> dict:
+    """Test vectors for the apps: text, token ids, the bundle's outputs and PyTorch's, decoded predictions."""
+    import torch
+
+    tasks = [n for n, t in predictor.tasks.items() if not t.get("pair")]  # single-text tasks share the cases
+    texts = [t for n in tasks if n in devs for t in runtime_texts(devs[n][0], devs[n][3][:per_task])[0]]
+    texts = list(dict.fromkeys(texts + GOLDEN_EDGE_CASES))
+    if not tasks:
+        return {"schema_version": 1, "cases": [], "note": "every task takes a text pair; no golden cases"}
+    encs, rows = predictor.raw(texts, tasks=tasks)
+    decoded = predictor.predict(texts, tasks=tasks)
+    cases = []
+    for text, e, row, dec in zip(texts, encs, rows, decoded):
+        ids = torch.tensor([e.ids])
+        with torch.no_grad():
+            ref = model(ids, torch.tensor([e.type_ids]), torch.ones_like(ids))
+        cases.append({"text": text, "input_ids": e.ids, "token_type_ids": e.type_ids,
+                      "attention_mask": [1] * len(e.ids),
+                      "outputs": {n: np.round(row[n].astype(np.float64), 6).tolist() for n in tasks},
+                      "pytorch_fp32": {n: np.round(ref[n][0].double().numpy(), 6).tolist() for n in tasks},
+                      "predictions": dec})
+    m = predictor.manifest
+    return {"schema_version": 1, "target": m["target"], "layout": m["layout"], "precision": m["precision"],
+            "max_seq_len": m["max_seq_len"], "tasks": tasks,
+            "how_to_check": ("tokenize `text` with the bundle's tokenizer: the ids must equal `input_ids` exactly; "
+                             "run the bundle: every output within 1e-3 of `outputs` (this bundle, this runtime) and "
+                             "the same `predictions`; `pytorch_fp32` is the unquantized original"),
+            "cases": cases}
+
+
+def _finish(report, out_dir, golden, log) -> dict:
+    report["ok"] = all(c["ok"] for c in report["checks"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "verify.json", report)
+    write_text_atomic(out_dir / "verify.md", markdown(report))
+    if golden is not None:
+        write_json_atomic(out_dir / "golden.json", golden)
+    for c in report["checks"]:
+        if not c["ok"]:
+            log(f"FAIL {c['check']}: {c['detail']}")
+    return report
+
+
+def markdown(report) -> str:
+    lines = [f"# verify: {'PASS' if report['ok'] else 'FAIL'}", "",
+             f"Bundle `{report['bundle']}` ({report.get('target', '?')}, {report.get('layout', '?')}, "
+             f"{report.get('precision', '?')}) against store `{report['store']}` on the dev sets of "
+             f"`{report['recipe']}`.", "", "| check | result | detail |", "|---|---|---|"]
+    lines += [f"| {c['check']} | {'pass' if c['ok'] else '**FAIL**'} | {c['detail']} |" for c in report["checks"]]
+    if report["tasks"]:
+        lines += ["", "| task | rows | max abs | max rel | agreement | metric | merged | bundle | delta | "
+                  "merged vs single |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for n, c in report["tasks"].items():
+            lines.append(f"| {n} | {c['rows']} | {c['max_abs']:.2e} | {c['max_rel']:.2e} | {c['agreement']:.2%} | "
+                         f"{c['metric']} | {c['reference']:.2f} | {c['exported']:.2f} | {c['exported'] - c['reference']:+.2f} | "
+                         f"{c['merge_max_abs']:.1e} |")
+    return "\n".join(lines) + "\n"
