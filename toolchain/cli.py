@@ -29,6 +29,10 @@ def _ints(value: str | None, name: str):
     return out
 
 
+def _words(value: str) -> list:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 # Options shared by the training commands, declared once.
 Tasks = Annotated[list[str] | None, typer.Option("--task", "-t", help="only this task (repeatable)")]
 Out = Annotated[Path | None, typer.Option(help="the training output folder (default: next to the recipe)")]
@@ -268,6 +272,35 @@ def verify(
     print(f"report: {report_dir / 'verify.json'}, golden vectors: {report_dir / 'golden.json'}")
     if not result["ok"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="the recipe (dev text, max_seq_len)"),
+    store: Path = typer.Option(None, help="merged store (default: <out>/store)"),
+    out: Out = None,
+    out_dir: Path = typer.Option(None, help="benchmark folder (default: <out>/bench)"),
+    targets: str = typer.Option("onnx,android", help="comma-separated: onnx, android"),
+    precisions: str = typer.Option("fp32,int8", help="comma-separated: fp32, int8"),
+    lengths: str = typer.Option("16,64,128", help="sequence lengths; those above max_seq_len are reported, not run"),
+    repeats: int = typer.Option(20, help="timed calls per configuration and length"),
+    peer: bool = typer.Option(True, help="include optimum-onnx single-task models quantized with its ORT quantizer"),
+    guard_examples: int = typer.Option(200, help="dev examples per task for the dev-metric comparison"),
+    threads: int = typer.Option(None, help="threads for PyTorch, the GEMM peak and ONNX Runtime (default: all cores)"),
+):
+    """Merged model vs the same tasks as single-task models (and the optimum peer): latency, memory, bytes."""
+    from rich.console import Console
+
+    from toolchain.bench import run_bench
+    from toolchain.config import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    base = _out_dir(recipe, out)
+    console = Console(stderr=True)
+    dest = out_dir or base / "bench"
+    run_bench(recipe, store or base / "store", dest, _words(targets), _words(precisions), _ints(lengths, "lengths"),
+              repeats, peer, guard_examples, threads, log=lambda m: console.log(m))
+    print((dest / "bench.md").read_text())
 
 
 branch_app = typer.Typer(no_args_is_help=True, help="Change one branch of a store; the others stay byte-identical.")

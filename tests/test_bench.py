@@ -1,0 +1,202 @@
+"""`ctb-mobile bench` on a tiny store: merged vs single-task models and the optimum peer, in one run."""
+
+import json
+
+import pytest
+import torch
+from conftest import ROOT, write_recipe
+
+from toolchain import UserError, backbone, bench, store
+from toolchain.config import load_recipe
+
+for _package in ("onnxruntime", "optimum.exporters.onnx", "matplotlib"):
+    pytest.importorskip(_package, reason=f"bench tests need {_package}: pip install -e '.[onnx]' matplotlib")
+
+# (task, attach depth, branch layers) on the 4-layer tiny backbone: two attach depths, like a real plan
+BRANCHES = [("snips_intent", 2, 2), ("snips_slots", 3, 1), ("clinc_domain", 3, 1)]
+
+
+def make_branch(recipe, bb, tok, run_dir, name, attach, layers, seed):
+    """A branch run folder without training: backbone layers, a seeded random head."""
+    from safetensors.torch import save_file
+
+    from toolchain.data import load_task
+    from toolchain.model import build_branch
+    from toolchain.train import branch_meta
+
+    task = recipe.task(name)
+    data = load_task(recipe, task, tok)
+    n_out = 1 if task.type == "regression" else len(data.labels)
+    branch = build_branch(bb.cfg, bb.state, attach, layers, task.type, n_out, 0.0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in branch.head.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    run_dir.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in branch.state_dict().items()}, str(run_dir / "branch.safetensors"))
+    (run_dir / "branch.json").write_text(json.dumps(branch_meta(recipe, bb, task, data, attach, layers, 0.0, seed)))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    recipe = load_recipe(write_recipe(out, (ROOT / "models/tiny.toml").read_text().replace('"data/', '"@DATA@/')))
+    for t in recipe.tasks:
+        t.max_dev_examples = 24
+    bb = backbone.load("tiny-random")
+    tok = bb.tokenizer()
+    runs = [make_branch(recipe, bb, tok, out / "runs" / n, n, a, layers, i) for i, (n, a, layers) in enumerate(BRANCHES)]
+    store.create(out / "store", bb, "tiny-random", runs)
+    return out, recipe, bb
+
+
+@pytest.fixture(scope="module")
+def result(tiny):
+    out, recipe, _ = tiny
+    lines = []
+    r = bench.run_bench(recipe, out / "store", out / "bench", targets=("onnx",), precisions=("fp32",),
+                        lengths=(8, 16, 64), repeats=3, peer=True, guard_examples=24, threads=1,
+                        log=lines.append)
+    return r, out / "bench", lines
+
+
+def test_writes_report_json_and_plot(result):
+    r, out, lines = result
+    assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(r))
+    md = (out / "bench.md").read_text()
+    assert "## Headline" in md and "| onnx/fp32 | 8 |" in md and "optimum" in md
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any("timing seq 8" in x for x in lines)
+    for t, _, _ in BRANCHES:
+        assert (out / "bundles" / f"single-{t}-onnx-fp32" / "manifest.json").is_file()
+        assert store.branch_names(out / "single_stores" / t) == [t]
+
+
+def test_ratios_are_merged_over_the_sum_of_single_task_models(result):
+    r, _, _ = result
+    tasks = [t for t, _, _ in BRANCHES]
+    assert set(r["latency"]) == {"onnx/fp32", "eager/fp32", "peer/fp32"}
+    for group, by_len in r["latency"].items():
+        assert set(by_len) == {"8", "16"}
+        for k, row in by_len.items():
+            members = row["members"]
+            total = sum(members[t]["p50_ms"] for t in tasks)
+            assert row["single_sum"]["p50_ms"] == pytest.approx(total, rel=1e-12)
+            assert all(0 < m["p50_ms"] <= m["p90_ms"] for m in members.values())
+            if group != "peer/fp32":
+                assert row["ratio_p50"] == pytest.approx(members["merged"]["p50_ms"] / total, rel=1e-12)
+                assert r["summary"]["ratio_p50"][group][k] == row["ratio_p50"]
+    peer = r["summary"]["merged_vs_peer_p50"]["peer/fp32"]
+    for k, v in peer.items():
+        assert v == pytest.approx(r["latency"]["onnx/fp32"][k]["members"]["merged"]["p50_ms"]
+                                  / r["latency"]["peer/fp32"][k]["single_sum"]["p50_ms"], rel=1e-12)
+    b = r["bytes"]["onnx/fp32"]
+    assert b["ratio"] == pytest.approx(b["merged"] / b["single_sum"]) and b["ratio"] < 1
+    assert r["memory_mb"]["onnx/fp32"]["merged"] > 0 and r["memory_mb"]["peer/fp32"]["single_sum"] > 0
+
+
+def test_flops_and_gemm_peak(result):
+    r, _, _ = result
+    metas = {m["task"]: m for m in store.list_branches(r["store"])}
+    heads = {t: bench.head_flops(m, 8, 32) for t, m in metas.items()}
+    # tiny backbone (h 32, ffn 64): the merged model runs the trunk to depth 3, then 2 + 1 + 1 branch layers;
+    # the single-task models run 2 + 2, 3 + 1 and 3 + 1 layers
+    assert r["flops"]["merged"]["8"] == 7 * bench.layer_flops(8, 32, 64) + sum(heads.values())
+    assert r["flops"]["single_sum"]["8"] == 12 * bench.layer_flops(8, 32, 64) + sum(heads.values())
+    for k in ("8", "16"):
+        assert r["flops"]["merged"][k] < r["flops"]["single_sum"][k]
+    assert r["gemm"]["peak_gflops"] == max(s["gflops"] for s in r["gemm"]["shapes"]) > 0
+    row = r["latency"]["onnx/fp32"]["8"]
+    assert row["merged_peak_fraction"] == pytest.approx(row["merged_gflops"] / r["gemm"]["peak_gflops"])
+    assert row["merged_gflops"] == pytest.approx(r["flops"]["merged"]["8"] / (row["members"]["merged"]["p50_ms"] / 1e3)
+                                                 / 1e9)
+
+
+def test_bundles_are_reused_while_their_sources_are_unchanged(tiny, result):
+    out, recipe, _ = tiny
+    bundle = result[1] / "bundles" / "merged-onnx-fp32"
+    before = (bundle / "model.onnx").stat().st_mtime_ns
+    lines = []
+    bench.bundle(recipe, out / "store", "onnx", "fp32", bundle, 24, log=lines.append)
+    assert lines == ["reusing merged-onnx-fp32"] and (bundle / "model.onnx").stat().st_mtime_ns == before
+
+
+def test_lengths_beyond_max_seq_len_are_not_run(result):
+    r, _, _ = result
+    assert r["max_seq_len"] == 32 and "64" in r["not_run"] and "max_seq_len 32" in r["not_run"]["64"]
+    assert all("64" not in by_len for by_len in r["latency"].values())
+
+
+def test_peer_dev_metric_and_conversion(result):
+    r, out, _ = result
+    assert r["peer"]["run"] and "AutoQuantizationConfig" in r["peer"]["quantizer"]
+    assert all(v["hf_max_abs"] <= bench.HF_ATOL for v in r["peer"]["tasks"].values())
+    for t in r["peer"]["tasks"]:  # optimum's export, then its ORT quantizer: int8 weights are smaller
+        peer = out / "peer" / t
+        assert (peer / "onnx-int8/model_quantized.onnx").stat().st_size < 0.5 * (peer / "onnx/model.onnx").stat().st_size
+    for row in r["dev_metric"].values():
+        assert row["examples"] > 0
+        # fp32 exports of the same weights: ours and the peer agree with PyTorch on the dev metric
+        assert row["onnx/fp32"] == pytest.approx(row["pytorch/fp32"], abs=1e-6)
+        assert row["peer/fp32"] == pytest.approx(row["pytorch/fp32"], abs=1e-6)
+
+
+@pytest.mark.parametrize("task_type", ["classification", "tagging", "regression"])
+def test_hf_conversion_matches_the_task_model_and_catches_a_corrupt_weight(tiny, task_type):
+    from toolchain.infer import encode
+    from toolchain.model import MultiTaskModel, build_branch, build_trunk
+
+    _, _, bb = tiny
+    attach, layers = 2, 2
+    meta = {"type": task_type, "attach": attach, "layers": layers,
+            "labels": [] if task_type == "regression" else ["a", "b", "c"]}
+    branch = build_branch(bb.cfg, bb.state, attach, layers, task_type, 1 if task_type == "regression" else 3, 0.0)
+    with torch.no_grad():
+        for p in branch.head.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+    model = MultiTaskModel(build_trunk(bb.cfg, bb.state, attach), {"t": branch.eval()}).eval()
+    _, (ids, tt, mask) = encode(bb.tokenizer(), ["wake me up at seven", "play some jazz in the kitchen please"],
+                                max_len=32)
+    batches = [(ids.numpy(), mask.numpy(), tt.numpy())]  # padded: tagging compares valid positions only
+    hf = bench.hf_model(bb, branch, meta)
+    assert hf.config.num_hidden_layers == attach + layers
+    assert bench.check_hf(hf, model, "t", meta, batches) <= bench.HF_ATOL
+    for layer in (0, attach):  # a trunk layer (from the backbone) and a branch layer
+        hf = bench.hf_model(bb, branch, meta)
+        with torch.no_grad():
+            hf.bert.encoder.layer[layer].output.dense.weight[0] += 0.5  # one output feature
+        with pytest.raises(bench.ConversionMismatch, match="differs from our task model"):
+            bench.check_hf(hf, model, "t", meta, batches)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"targets": ("windows",)}, "unknown target 'windows'"),
+    ({"targets": ("ios",)}, "CoreML programs run only on Apple devices"),
+    ({"precisions": ("int4",)}, "precision 'int4' is not supported for onnx"),
+    ({"lengths": (16, 0)}, "sequence length 0 is not valid"),
+    ({"lengths": (16, "64")}, "sequence length '64' is not valid"),
+    ({"lengths": ()}, "no sequence length given"),
+    ({"repeats": 0}, "repeats 0 must be a positive integer"),
+    ({"threads": -1}, "threads -1 must be a positive integer"),
+    ({"lengths": (64, 128)}, "every length (64, 128) is above the recipe's max_seq_len 32"),
+    ({"store": "/no/store"}, "store /no/store not found"),
+])
+def test_bad_requests_are_one_line_user_errors(tiny, tmp_path, kwargs, needle):
+    out, recipe, _ = tiny
+    args = {"targets": ("onnx",), "precisions": ("fp32",), "lengths": (8,), **kwargs}
+    store_dir = args.pop("store", out / "store")
+    with pytest.raises(UserError) as e:
+        bench.run_bench(recipe, store_dir, tmp_path / "b", log=lambda m: None, **args)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "b").exists()
+
+
+def test_bench_cli_rejects_bad_requests_in_one_line(tiny, cli):
+    out, recipe, _ = tiny
+    for args, needle in ((["--targets", "ios"], "target 'ios' cannot be benchmarked"),
+                         (["--lengths", "16,x"], "--lengths '16,x' is not a comma-separated list"),
+                         (["--precisions", "int4"], "int4")):
+        code, _, err = cli("bench", recipe.path, "--store", out / "store", "--out-dir", out / "cli-bench", *args)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (out / "cli-bench").exists()
