@@ -7,7 +7,8 @@
 Input rules (each breaks with a one-line `InputError`, never a crash): texts are `str` (or UTF-8
 `bytes`); text longer than the bundle's max_seq_len tokens is truncated (pairs: longest first);
 the empty string is a valid input ([CLS] [SEP]); control characters are dropped by the tokenizer's
-normaliser as in training; pairs only go to pair tasks; unknown task names are errors.
+normaliser as in training; pairs go to pair tasks only, and pair tasks need pairs; unknown task
+names are errors.
 """
 
 from pathlib import Path
@@ -152,6 +153,10 @@ class Predictor:
                 raise InputError(f"task {single[0]!r} takes one text, but pairs were given; "
                                  "pass tasks=[...] naming only pair tasks")
             return self.tokenizer.encode_batch(list(zip(texts, pairs)))
+        paired = [n for n in chosen if self.tasks[n].get("pair")]
+        if paired:
+            raise InputError(f"task {paired[0]!r} takes a text pair; pass pairs=[...] (and tasks=[...] naming "
+                             "only pair tasks)")
         return self.tokenizer.encode_batch(texts)
 
     def run(self, input_ids, attention_mask, token_type_ids, tasks=None) -> dict:

@@ -1,6 +1,7 @@
 """runtime_py (the reference runtime) and `ctb-mobile verify`, on tiny-backbone bundles and real text."""
 
 import json
+import platform
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -255,8 +256,14 @@ def test_verify_fails_when_the_tokenizer_differs_from_training(cli, tiny, bundle
     assert "| tokenizer snips_intent | **FAIL** |" in stdout
 
 
-def test_verify_bad_input(cli, tiny, tmp_path):
+def test_verify_bad_input(cli, tiny, bundles, tmp_path):
     out, recipe = tiny
+    if platform.system() != "Darwin":  # a CoreML bundle cannot run here: say so instead of failing it
+        b = copy_bundle(bundles[("onnx", "fused")], tmp_path)
+        m = json.loads((b / "manifest.json").read_text())
+        (b / "manifest.json").write_text(json.dumps({**m, "target": "ios"}))
+        code, _, err = cli("verify", b, "--recipe", recipe.path, "--out", out, "--report", tmp_path / "r")
+        assert code == 2 and "CoreML bundle" in err and "macOS" in err
     code, _, err = cli("verify", tmp_path / "nope", "--recipe", recipe.path, "--out", out,
                        "--report", tmp_path / "r")
     assert code == 2 and "bundle" in err and "not found" in err
@@ -264,3 +271,22 @@ def test_verify_bad_input(cli, tiny, tmp_path):
     code, _, err = cli("verify", tmp_path / "empty", "--recipe", recipe.path, "--out", out,
                        "--report", tmp_path / "r")
     assert code == 1 and "FAIL bundle" in err and "no manifest.json" in err
+
+
+def test_pair_tasks_need_pairs_and_single_text_tasks_refuse_them(bundles, tmp_path):
+    b = copy_bundle(bundles[("onnx", "fused")], tmp_path)
+    m = json.loads((b / "manifest.json").read_text())
+    next(t for t in m["tasks"] if t["name"] == "clinc_domain")["pair"] = True  # as if trained on sentence pairs
+    (b / "manifest.json").write_text(json.dumps(m))
+    p = Predictor(b)
+    with pytest.raises(InputError, match="task 'clinc_domain' takes a text pair"):
+        p.predict(["play jazz"])
+    with pytest.raises(InputError, match="task 'snips_intent' takes one text"):
+        p.predict(["play jazz"], pairs=["now"])
+    (row,) = p.predict(["play jazz"], pairs=["in the kitchen"], tasks=["clinc_domain"])
+    labels = next(t for t in m["tasks"] if t["name"] == "clinc_domain")["labels"]
+    assert set(row) == {"clinc_domain"} and row["clinc_domain"]["label"] in labels
+    enc = p.encode(["play jazz"], pairs=["in the kitchen"], tasks=["clinc_domain"])[0]
+    assert enc.type_ids.count(1) == len(p.tokenizer.encode("in the kitchen", add_special_tokens=False).ids) + 1
+    assert len(p.predict(["a " * 100], pairs=["b " * 100], tasks=["clinc_domain"])) == 1  # longest-first truncation
+    assert len(p.encode(["a " * 100], pairs=["b " * 100], tasks=["clinc_domain"])[0].ids) == p.max_seq_len

@@ -14,6 +14,7 @@ Writes verify.json, verify.md and golden.json (test vectors for the demo apps) i
 """
 
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,13 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
     report = {"bundle": str(bundle_dir), "store": str(store_dir), "recipe": str(recipe.path), "checks": checks,
               "tasks": tasks}
     try:
+        target = json.loads((bundle_dir / "manifest.json").read_text()).get("target")
+    except (OSError, ValueError, AttributeError):  # read_manifest below reports it
+        target = None
+    if target == "ios" and platform.system() != "Darwin":
+        raise UserError(f"bundle {bundle_dir} is a CoreML bundle: its programs run only on macOS/iOS; run verify "
+                        "on a Mac (the package structure is checked at export)")
+    try:
         predictor = Predictor(bundle_dir)
     except (BundleError, InputError) as e:
         checks.append(_check("bundle", False, str(e)))
@@ -110,9 +118,9 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
     bundle_tok = predictor.tokenizer.__class__.from_str(predictor.tokenizer.to_str())
     bundle_tok.no_truncation()
     tok.no_truncation()
-    checks.append(_check("tokenizer config", tokenizer_fingerprint(bundle_tok) == tokenizer_fingerprint(tok),
-                         "tokenizer.json equals the store's (training's)" if tokenizer_fingerprint(bundle_tok) ==
-                         tokenizer_fingerprint(tok) else "tokenizer.json differs from the store's (training's)"))
+    same = tokenizer_fingerprint(bundle_tok) == tokenizer_fingerprint(tok)
+    checks.append(_check("tokenizer config", same, f"tokenizer.json {'equals' if same else 'differs from'} "
+                         "the store's (training's)"))
 
     devs = dev_sets(recipe, tok, metas, limit)
     missing = [n for n in names if n not in devs]
