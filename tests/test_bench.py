@@ -200,3 +200,23 @@ def test_bench_cli_rejects_bad_requests_in_one_line(tiny, cli):
         code, _, err = cli("bench", recipe.path, "--store", out / "store", "--out-dir", out / "cli-bench", *args)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (out / "cli-bench").exists()
+
+
+def test_single_task_models_can_come_from_another_store(tiny, tmp_path):
+    """A distilled store benchmarked against the full-depth models it replaces (here: 4-layer branches)."""
+    out, recipe, bb = tiny
+    tok = bb.tokenizer()
+    runs = [make_branch(recipe, bb, tok, tmp_path / "runs" / n, n, 0, 4, i) for i, (n, _, _) in enumerate(BRANCHES)]
+    store.create(tmp_path / "full", bb, "tiny-random", runs)
+    r = bench.run_bench(recipe, out / "store", tmp_path / "b", targets=("onnx",), precisions=("fp32",), lengths=(8,),
+                        repeats=2, peer=False, guard_examples=8, threads=1, log=lambda m: None,
+                        singles_from=tmp_path / "full")
+    assert [t["single"] for t in r["tasks"]] == [[0, 4]] * 3 and r["singles_from"] == str(tmp_path / "full")
+    heads = sum(bench.head_flops(m, 8, 32) for m in store.list_branches(tmp_path / "full"))
+    assert r["flops"]["single_sum"]["8"] == 12 * bench.layer_flops(8, 32, 64) + heads
+    assert "/ (0, 4)" in (tmp_path / "b" / "bench.md").read_text()
+    store.remove(tmp_path / "full", "snips_slots")
+    with pytest.raises(UserError, match="must hold the same tasks"):
+        bench.run_bench(recipe, out / "store", tmp_path / "c", targets=("onnx",), precisions=("fp32",), lengths=(8,),
+                        repeats=2, peer=False, guard_examples=8, threads=1, log=lambda m: None,
+                        singles_from=tmp_path / "full")

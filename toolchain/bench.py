@@ -474,12 +474,16 @@ def peak_rss_mb(kind: str, path, ids) -> float:
 
 
 def run_bench(recipe, store_dir, out_dir, targets=("onnx", "android"), precisions=("fp32", "int8"),
-              lengths=(16, 64, 128), repeats=20, peer=True, guard_examples=200, threads=None, log=print) -> dict:
+              lengths=(16, 64, 128), repeats=20, peer=True, guard_examples=200, threads=None, log=print,
+              singles_from=None) -> dict:
     """Benchmark the merged store against its tasks as single-task models (and the optimum peer);
     writes out_dir/bench.json, bench.md, latency.png and returns the result dict.
 
     `threads`: threads for PyTorch eager, the GEMM peak and ONNX Runtime (ours and the peer's);
-    default: each runtime's own (one per core). ExecuTorch always runs with its default pool."""
+    default: each runtime's own (one per core). ExecuTorch always runs with its default pool.
+    `singles_from`: another store (same trunk and tasks) whose branches are the single-task models,
+    e.g. the full-depth teachers when the merged store holds distilled branches; default: the
+    merged store's own branches."""
     import torch
 
     targets, precisions, lengths = check_request(recipe, store_dir, targets, precisions, lengths, repeats,
@@ -491,7 +495,7 @@ def run_bench(recipe, store_dir, out_dir, targets=("onnx", "android"), precision
         torch.set_num_threads(threads)
     try:
         result = measure(recipe, Path(store_dir), Path(out_dir), targets, precisions, lengths, repeats, peer,
-                         guard_examples, threads, log)
+                         guard_examples, threads, log, Path(singles_from or store_dir))
     finally:
         torch.set_num_threads(before)
     out_dir = Path(out_dir)
@@ -503,13 +507,13 @@ def run_bench(recipe, store_dir, out_dir, targets=("onnx", "android"), precision
 
 
 def measure(recipe, store_dir, out_dir, targets, precisions, lengths, repeats, peer, guard_examples, threads,
-            log) -> dict:
+            log, singles_from) -> dict:
     """The benchmark itself (validated arguments); returns the result dict that run_bench writes."""
     import torch
 
     from toolchain import backbone
     from toolchain.export import dev_sets
-    from toolchain.store import load_merged, read_store
+    from toolchain.store import list_branches, load_merged, read_store
 
     load_start = load_average()
     store_meta = read_store(store_dir)
@@ -530,7 +534,11 @@ def measure(recipe, store_dir, out_dir, targets, precisions, lengths, repeats, p
         f"{', '.join(precisions)}, lengths {', '.join(map(str, run_lengths))}, {repeats} repeats")
 
     # the models: single-task stores, bundles, PyTorch eager, the peer
-    singles = {t: single_store(store_dir, t, bb, recipe.backbone_spec, out_dir / "single_stores" / t, log)
+    single_metas = {m["task"]: m for m in list_branches(singles_from)}
+    if sorted(single_metas) != sorted(tasks) or read_store(singles_from)["backbone_fingerprint"] != bb.fingerprint:
+        raise UserError(f"store {singles_from} must hold the same tasks ({', '.join(tasks)}) on the same trunk "
+                        "to serve as the single-task models")
+    singles = {t: single_store(singles_from, t, bb, recipe.backbone_spec, out_dir / "single_stores" / t, log)
                for t in tasks}
     bundles = {}  # (target, precision, "merged" | task) -> (bundle dir, manifest)
     for target in targets:
@@ -572,7 +580,7 @@ def measure(recipe, store_dir, out_dir, targets, precisions, lengths, repeats, p
         k = str(n)
         flops["merged"][k] = model_flops(metas, n, cfg.hidden_size, cfg.intermediate_size)
         for t in tasks:
-            flops["single"][t][k] = model_flops({t: metas[t]}, n, cfg.hidden_size, cfg.intermediate_size)
+            flops["single"][t][k] = model_flops({t: single_metas[t]}, n, cfg.hidden_size, cfg.intermediate_size)
         flops["single_sum"][k] = sum(flops["single"][t][k] for t in tasks)
         flops["ratio"][k] = flops["merged"][k] / flops["single_sum"][k]
 
@@ -592,6 +600,7 @@ def measure(recipe, store_dir, out_dir, targets, precisions, lengths, repeats, p
     result = {
         "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "toolchain_version": __version__, "recipe": str(recipe.path), "store": str(store_dir),
+        "singles_from": str(singles_from),
         "trunk_fingerprint": store_meta["backbone_fingerprint"], "backbone": store_meta["backbone"],
         "machine": machine(torch, load_start, threads, "android" in targets), "max_seq_len": max_seq_len,
         "settings": {"targets": list(targets), "precisions": list(precisions), "lengths": lengths,
@@ -599,7 +608,8 @@ def measure(recipe, store_dir, out_dir, targets, precisions, lengths, repeats, p
                      "guard_examples": guard_examples,
                      "order": "every configuration once per round, each round in a fresh seeded random order",
                      "threads": threads, "onnxruntime": "CPU execution provider, intra-op spinning off"},
-        "tasks": [{"name": t, "type": m["type"], "attach": m["attach"], "layers": m["layers"]}
+        "tasks": [{"name": t, "type": m["type"], "attach": m["attach"], "layers": m["layers"],
+                   "single": [single_metas[t]["attach"], single_metas[t]["layers"]]}
                   for t, m in metas.items()],
         "not_run": not_run, "gemm": gemm, "flops": flops,
         "latency": summarize_latency(latency, tasks, flops, gemm["peak_gflops"]),
@@ -817,8 +827,9 @@ def markdown(r: dict) -> str:
         f"# ctb-mobile bench: {len(tasks)} tasks, merged vs single-task models", "",
         (f"Store `{r['store']}`, backbone {r['backbone']} (trunk `{r['trunk_fingerprint'][:16]}`), "
          f"max_seq_len {r['max_seq_len']}, toolchain {r['toolchain_version']}, {r['created']}. "
-         "Tasks (attach depth, branch layers): "
-         + ", ".join(f"{t['name']} ({t['attach']}, {t['layers']})" for t in r["tasks"]) + "."), "",
+         "Tasks (attach depth, branch layers) merged / single-task model: "
+         + ", ".join(f"{t['name']} ({t['attach']}, {t['layers']}) / ({t['single'][0]}, {t['single'][1]})"
+                     for t in r["tasks"]) + f"; single-task models from `{r['singles_from']}`."), "",
         (f"Machine: {m['cpu']}, {m['cores']} cores; threads: torch {m['torch_threads']}, ONNX Runtime "
          f"{m['onnxruntime_threads']}, ExecuTorch {_f(m['executorch_threads'], 'd')}; load average "
          f"{m['load_average']['start']} at the start and {m['load_average']['end']} at the end; {versions}."), "",

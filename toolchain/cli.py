@@ -287,6 +287,8 @@ def bench(
     peer: bool = typer.Option(True, help="include optimum-onnx single-task models quantized with its ORT quantizer"),
     guard_examples: int = typer.Option(200, help="dev examples per task for the dev-metric comparison"),
     threads: int = typer.Option(None, help="threads for PyTorch, the GEMM peak and ONNX Runtime (default: all cores)"),
+    singles_from: Path = typer.Option(None, help="store whose branches are the single-task models, e.g. the "
+                                      "teachers for a distilled store (default: the merged store's own)"),
 ):
     """Merged model vs the same tasks as single-task models (and the optimum peer): latency, memory, bytes."""
     from rich.console import Console
@@ -299,7 +301,7 @@ def bench(
     console = Console(stderr=True)
     dest = out_dir or base / "bench"
     run_bench(recipe, store or base / "store", dest, _words(targets), _words(precisions), _ints(lengths, "lengths"),
-              repeats, peer, guard_examples, threads, log=lambda m: console.log(m))
+              repeats, peer, guard_examples, threads, log=lambda m: console.log(m), singles_from=singles_from)
     print((dest / "bench.md").read_text())
 
 
