@@ -33,6 +33,10 @@ def test_assistant_recipe_is_the_documented_default():
     (lambda s: s + 'metric = "bleu"\n', "metric = 'bleu' is not valid"),
     (lambda s: s + "training = { lrr = 1.0 }\n", "unknown key 'lrr'"),
     (lambda s: s.replace("[train]", "[train"), "not valid TOML"),
+    (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[export]\nmin_agreement = 99'),
+     "min_agreement = 99.0 must be between 0 and 1"),
+    (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[export]\nmin_agreement = "high"'),
+     "min_agreement = 'high' must be of type float"),
 ])
 def test_bad_recipes_give_one_line_errors(tmp_path, edit, message):
     path = write_recipe(tmp_path, edit(TINY_TASK))
@@ -40,6 +44,13 @@ def test_bad_recipes_give_one_line_errors(tmp_path, edit, message):
         load_recipe(path)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_export_guard_settings(tmp_path):
+    body = TINY_TASK.replace("max_seq_len = 32", "max_seq_len = 32\n[export]\nmin_agreement = 0.98\nmax_metric_drop = 2")
+    recipe = load_recipe(write_recipe(tmp_path, body))
+    assert recipe.export.min_agreement == 0.98 and recipe.export.max_metric_drop == 2.0
+    assert load_recipe(write_recipe(tmp_path, TINY_TASK, "d.toml")).export.min_agreement is None
 
 
 def test_per_task_training_overrides(tmp_path):

@@ -231,7 +231,9 @@ def _build(cls, raw: dict, where: str, **extra):
     kwargs = {}
     for key, value in raw.items():
         f = fields[key]
-        if f.default is not dataclasses.MISSING:
+        if f.default is None:  # an optional number such as [export] min_agreement: absent means "the default"
+            want = float
+        elif f.default is not dataclasses.MISSING:
             want = type(f.default)
         elif f.default_factory is not dataclasses.MISSING:
             want = type(f.default_factory())
