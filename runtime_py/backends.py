@@ -27,11 +27,16 @@ def _need(target):
 
 
 class OnnxProgram:
-    def __init__(self, path: Path, threads: int = 0):
+    """`spin=False` stops idle intra-op threads from spinning, so another program timed right after
+    this one gets the cores (the benchmark's setting); threads 0 = one per core."""
+
+    def __init__(self, path: Path, threads: int = 0, spin: bool = True):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -99,15 +104,17 @@ def open_program(target: str, path: Path, inputs: list, outputs: list, threads: 
     return CoreMLProgram(path, outputs)
 
 
-def file_runner(target: str, bundle_dir) -> callable:
-    """run(file, feeds) -> outputs, opening each program on first use (the exporter's guard and tests)."""
+def file_runner(target: str, bundle_dir, threads: int = 0, spin: bool = True) -> callable:
+    """run(file, feeds) -> outputs, opening each program on first use (the exporter's guard, bench, tests).
+    `threads` and `spin` apply to ONNX Runtime; ExecuTorch keeps its own pool."""
     programs = {}
 
     def run(file, feeds):
         if file not in programs:
             inputs = ["hidden", "attention_mask"] if "hidden" in feeds else ["input_ids", "attention_mask",
                                                                              "token_type_ids"]
-            programs[file] = open_program(target, Path(bundle_dir) / file, inputs, [])
+            programs[file] = (OnnxProgram(Path(bundle_dir) / file, threads, spin) if target == "onnx" else
+                              open_program(target, Path(bundle_dir) / file, inputs, []))
         return programs[file].run(feeds)
 
     return run

@@ -355,38 +355,19 @@ def peer_model(bb, single_dir, task, batches, dest, log=print) -> dict:
 
 
 def onnx_session(path, threads=None):
-    """An ONNX Runtime CPU session whose idle worker threads sleep instead of spinning: in the
-    round-robin, a spinning pool left behind by one configuration would take the cores from the
-    next one (measured here: PyTorch eager 2.6 ms after an ORT call without spinning, 15 ms with).
-    `threads`: intra-op threads (None: ONNX Runtime's default, one per core)."""
-    import onnxruntime as ort
+    """A timed ONNX Runtime session: intra-op spinning off, so an idle pool does not take the cores from
+    the next configuration (measured here: PyTorch eager 2.6 ms after an ORT call without spinning, 15 ms
+    with). `threads`: intra-op threads (None: one per core)."""
+    from runtime_py.backends import OnnxProgram
 
-    so = ort.SessionOptions()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def onnx_runner(bundle_dir, threads=None):
-    """toolchain.export.onnx.runner with onnx_session's options: program file -> callable(feeds)."""
-    sessions = {}
-
-    def run(file, feeds):
-        if file not in sessions:
-            sessions[file] = onnx_session(Path(bundle_dir) / file, threads)
-        s = sessions[file]
-        names = {i.name for i in s.get_inputs()}
-        return s.run(None, {k: v for k, v in feeds.items() if k in names})
-
-    return run
+    return OnnxProgram(Path(path), threads or 0, spin=False).session
 
 
 def runner(target, bundle_dir, threads=None):
-    """The target's runner for a bundle (ONNX Runtime: see onnx_session; ExecuTorch: its own pool)."""
-    from toolchain.export import backend
+    """The target's runner for a bundle: file -> callable(feeds) (ONNX Runtime as in onnx_session)."""
+    from runtime_py.backends import file_runner
 
-    return onnx_runner(bundle_dir, threads) if target == "onnx" else backend(target).runner(bundle_dir)
+    return file_runner(target, bundle_dir, threads or 0, spin=False)
 
 
 def peer_runner(session, task, task_type):
