@@ -9,7 +9,6 @@ import torch
 from conftest import ROOT, store_bb
 
 from toolchain import UserError, infer, store
-from toolchain.config import load_recipe
 from toolchain.export import check, export_bundle, sha256
 
 for _package in ("onnxruntime", "executorch", "coremltools"):

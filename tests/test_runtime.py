@@ -44,7 +44,7 @@ def reference(tiny, texts):
 def test_predictor_decodes_like_pytorch_on_real_text(tiny, bundles, key):
     p = Predictor(bundles[key])
     got = p.predict(TEXTS)
-    ref, model, tok = reference(tiny, TEXTS)
+    ref, _model, _tok = reference(tiny, TEXTS)
     for g, r in zip(got, ref):
         assert set(g) == set(r) == {"snips_intent", "snips_slots", "clinc_domain"}
         for task in r:
@@ -181,7 +181,7 @@ def test_verify_passes_and_writes_report_and_golden_vectors(cli, tiny, bundles, 
     assert code == 0, stdout + err
     result = json.loads((report / "verify.json").read_text())
     assert result["ok"] and "# verify: PASS" in (report / "verify.md").read_text()
-    for name, t in result["tasks"].items():
+    for t in result["tasks"].values():
         assert t["max_abs"] <= check.TOLERANCES[(key[0], "fp32")]["max_abs"] and t["agreement"] == 1.0
         assert t["merge_max_abs"] <= 1e-4 and "/runs/" in t["single_task_source"]  # the run before merging
         assert 30 < t["rows"] <= 40 and t["token_agreement"] == 1.0
@@ -213,7 +213,7 @@ def test_verify_fails_on_a_changed_weight_with_a_per_task_report(cli, tiny, bund
     code, stdout, err, _ = verify(cli, tiny, b, tmp_path)
     assert code == 1 and "FAIL bundle: " in err and "model.onnx does not match its sha256" in err
     reseal(b, "model.onnx")  # even with a matching checksum the outputs give it away, for that task only
-    code, stdout, err, report = verify(cli, tiny, b, tmp_path)
+    code, stdout, err, _report = verify(cli, tiny, b, tmp_path)
     assert code == 1 and "| parity snips_intent | **FAIL** |" in stdout
     assert "| parity snips_slots | pass |" in stdout and "| parity clinc_domain | pass |" in stdout
 
@@ -224,7 +224,7 @@ def test_verify_fails_on_swapped_labels(cli, tiny, bundles, tmp_path):
     task = next(t for t in m["tasks"] if t["name"] == "snips_intent")
     task["labels"] = task["labels"][1:] + task["labels"][:1]  # the list in another order: every index moves
     (b / "manifest.json").write_text(json.dumps(m))
-    code, stdout, err, _ = verify(cli, tiny, b, tmp_path)
+    code, stdout, _err, _ = verify(cli, tiny, b, tmp_path)
     assert code == 1 and "| labels snips_intent | **FAIL** | label 0 is" in stdout
     assert "| parity snips_intent | **FAIL** |" in stdout and "| labels snips_slots | pass |" in stdout
 
@@ -233,7 +233,7 @@ def test_verify_fails_on_a_truncated_file(cli, tiny, bundles, tmp_path):
     b = copy_bundle(bundles[("android", "split")], tmp_path)
     f = b / "branch_snips_slots.pte"
     f.write_bytes(f.read_bytes()[:1000])
-    code, stdout, err, report = verify(cli, tiny, b, tmp_path)
+    code, _stdout, err, report = verify(cli, tiny, b, tmp_path)
     assert code == 1 and "branch_snips_slots.pte has 1,000 bytes" in err
     assert not json.loads((report / "verify.json").read_text())["ok"]
 
@@ -244,13 +244,13 @@ def test_verify_fails_when_the_tokenizer_differs_from_training(cli, tiny, bundle
     tok["normalizer"]["lowercase"] = False  # a cased tokenizer against an uncased model
     (b / "tokenizer.json").write_text(json.dumps(tok))
     reseal(b, "tokenizer.json")
-    code, stdout, err, report = verify(cli, tiny, b, tmp_path)
+    code, stdout, _, _ = verify(cli, tiny, b, tmp_path)
     assert code == 1 and "| tokenizer config | **FAIL** |" in stdout  # the dev text is lower case already
     vocab = tok["model"]["vocab"]
     vocab["the"], vocab["to"] = vocab["to"], vocab["the"]  # another model's vocabulary
     (b / "tokenizer.json").write_text(json.dumps(tok))
     reseal(b, "tokenizer.json")
-    code, stdout, err, report = verify(cli, tiny, b, tmp_path)
+    code, stdout, _err, report = verify(cli, tiny, b, tmp_path)
     result = json.loads((report / "verify.json").read_text())
     assert code == 1 and all(t["token_agreement"] < 1 for t in result["tasks"].values())
     assert "| tokenizer snips_intent | **FAIL** |" in stdout

@@ -161,15 +161,17 @@ def golden_cases(predictor, model, tok, devs, per_task: int) -> dict:
     """Test vectors for the apps: text, token ids, the bundle's outputs and PyTorch's, decoded predictions."""
     import torch
 
+    from runtime_py.predictor import decode
+
     tasks = [n for n, t in predictor.tasks.items() if not t.get("pair")]  # single-text tasks share the cases
     texts = [t for n in tasks if n in devs for t in runtime_texts(devs[n][0], devs[n][3][:per_task])[0]]
     texts = list(dict.fromkeys(texts + GOLDEN_EDGE_CASES))
     if not tasks:
         return {"schema_version": 1, "cases": [], "note": "every task takes a text pair; no golden cases"}
     encs, rows = predictor.raw(texts, tasks=tasks)
-    decoded = predictor.predict(texts, tasks=tasks)
     cases = []
-    for text, e, row, dec in zip(texts, encs, rows, decoded):
+    for text, e, row in zip(texts, encs, rows):
+        dec = {n: decode(predictor.tasks[n], row[n], e, text) for n in tasks}  # the bundle's outputs, decoded
         ids = torch.tensor([e.ids])
         with torch.no_grad():
             ref = model(ids, torch.tensor([e.type_ids]), torch.ones_like(ids))
@@ -202,13 +204,13 @@ def _finish(report, out_dir, golden, log) -> dict:
 
 def markdown(report) -> str:
     lines = [f"# verify: {'PASS' if report['ok'] else 'FAIL'}", "",
-             f"Bundle `{report['bundle']}` ({report.get('target', '?')}, {report.get('layout', '?')}, "
+             (f"Bundle `{report['bundle']}` ({report.get('target', '?')}, {report.get('layout', '?')}, "
              f"{report.get('precision', '?')}) against store `{report['store']}` on the dev sets of "
-             f"`{report['recipe']}`.", "", "| check | result | detail |", "|---|---|---|"]
+             f"`{report['recipe']}`."), "", "| check | result | detail |", "|---|---|---|"]
     lines += [f"| {c['check']} | {'pass' if c['ok'] else '**FAIL**'} | {c['detail']} |" for c in report["checks"]]
     if report["tasks"]:
-        lines += ["", "| task | rows | max abs | max rel | agreement | metric | merged | bundle | delta | "
-                  "merged vs single |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", ("| task | rows | max abs | max rel | agreement | metric | merged | bundle | delta | "
+                  "merged vs single |"), "|---|---|---|---|---|---|---|---|---|---|"]
         for n, c in report["tasks"].items():
             lines.append(f"| {n} | {c['rows']} | {c['max_abs']:.2e} | {c['max_rel']:.2e} | {c['agreement']:.2%} | "
                          f"{c['metric']} | {c['reference']:.2f} | {c['exported']:.2f} | {c['exported'] - c['reference']:+.2f} | "

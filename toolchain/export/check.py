@@ -88,7 +88,7 @@ def compare(task, labels, encoded, ref_rows, got_rows, got_labels=None, valid=No
     pr, pg = predictions(task.type, ref), predictions(task.type, got)
     if got_labels is not None and task.type != "regression":  # compare by name; unknown names are misses
         index = {name: i for i, name in enumerate(labels)}
-        rename = lambda j: index.get(got_labels[j], -1) if j < len(got_labels) else -1  # noqa: E731
+        rename = lambda j: index.get(got_labels[j], -1) if j < len(got_labels) else -1
         pg = [rename(p) for p in pg] if task.type == "classification" else [[rename(j) for j in p] for p in pg]
     if task.type == "regression":
         hits = [abs(a - b) <= 0.1 and v for a, b, v in zip(pr, pg, valid)]  # within 0.1 on a 0-5 scale
