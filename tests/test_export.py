@@ -87,6 +87,41 @@ def test_onnx_int8_passes_the_guard_and_shrinks(tiny, tmp_path, precision):
     assert manifest["files"]["model.onnx"]["bytes"] < 0.5 * fp32["files"]["model.onnx"]["bytes"]
 
 
+def test_onnx_int8_scales_activations_per_token():
+    """A token with an outlier dimension must not wipe out the other tokens' precision, as one scale
+    per tensor (ONNX Runtime's dynamic quantizer) does; an excluded MatMul stays fp32."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from toolchain.export.onnx import _per_token_matmuls
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 32)).astype(np.float32)
+    x = rng.normal(size=(1, 3, 64)).astype(np.float32)
+    x[0, 0, 5] = 1000.0
+
+    def rewritten(exclude):
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, 32])], [numpy_helper.from_array(w, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        _per_token_matmuls(model.graph, exclude)
+        onnx.checker.check_model(model)
+        return model
+
+    model = rewritten(set())
+    assert [n.op_type for n in model.graph.node].count("MatMulInteger") == 1
+    assert {i.name: i.data_type for i in model.graph.initializer}["w/q"] == TensorProto.INT8
+    assert "w" not in {i.name for i in model.graph.initializer}
+    y = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    ref = x @ w
+    assert (np.abs(y - ref).max(-1) / np.abs(ref).max(-1)).max() < 0.02  # every token, the small ones too
+    kept = rewritten({"mm"})
+    assert [n.op_type for n in kept.graph.node] == ["MatMul"]
+
+
 def test_executorch_fp32_and_int8(tiny, tmp_path):
     from executorch.runtime import Runtime
 
