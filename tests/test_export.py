@@ -122,6 +122,7 @@ def test_onnx_int8_scales_activations_per_token():
     assert (np.abs(y - ref).max(-1) / np.abs(ref).max(-1)).max() < 0.02  # every token, the small ones too
     kept = rewritten({"mm"})
     assert [n.op_type for n in kept.graph.node] == ["MatMul"]
+    assert [i.name for i in kept.graph.initializer] == ["w"]  # no unused quantization constants
 
 
 def test_executorch_fp32_and_int8(tiny, tmp_path):

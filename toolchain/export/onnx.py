@@ -45,12 +45,7 @@ def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dic
     return [final.name, f"{graph.name}.ort"]
 
 
-def _excluded_nodes(path, keep_fp32):
-    import onnx
-
-    if not keep_fp32:
-        return []
-    model = onnx.load(str(path))
+def _excluded_nodes(model, keep_fp32):
     # the exporter records each node's module path in its metadata ("...branches.<task>: Branch/...")
     marks = [re.compile(rf"branches\.{re.escape(t)}[':./]") for t in keep_fp32]
     return [n.name for n in model.graph.node
@@ -68,12 +63,11 @@ def _quantize(src, dst, precision, graph, calibration, keep_fp32):
         quantize_static,
     )
 
-    exclude = _excluded_nodes(src, keep_fp32)
+    model = onnx.load(str(src))
+    exclude = _excluded_nodes(model, keep_fp32)
     if precision == "int8":
-        model = onnx.load(str(src))
         _per_token_matmuls(model.graph, set(exclude))
-        onnx.save(model, str(src))
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
+        quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
                          nodes_to_exclude=exclude)  # the word embeddings
         return
 
@@ -134,11 +128,11 @@ def _per_token_matmuls(graph, exclude):
         acc = node("Mul", [node("Cast", [acc], f"{y}/f32", to=TensorProto.FLOAT), scale], f"{y}/x_scaled")
         acc = node("Mul", [acc, f"{w.name}/scale"], f"{y}/scaled")
         node("Add", [acc, node("Mul", [low, f"{w.name}/colsum"], f"{y}/offset")], y)
-    needed = {i for m in nodes for i in m.input}
-    kept = [i for i in graph.initializer if i.name in needed]  # fp32 weights only where still used
+    needed = {i for m in nodes for i in m.input}  # fp32 weights and constants only where used
+    inits = list(graph.initializer) + [numpy_helper.from_array(v, k) for k, v in consts.items()]
     del graph.node[:], graph.initializer[:]
     graph.node.extend(nodes)
-    graph.initializer.extend(kept + [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    graph.initializer.extend(i for i in inits if i.name in needed)
 
 
 def _to_ort(onnx_path, ort_path):
