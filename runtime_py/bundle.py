@@ -1,26 +1,28 @@
-"""Read and validate a ctb-mobile bundle: manifest schema, files present, sizes and sha256."""
+"""Read and validate a ctb-mobile bundle: manifest (through the schema), files present, sizes and sha256."""
 
 import hashlib
 import json
 from pathlib import Path
 
-SCHEMA = 1
-TASK_TYPES = ("classification", "regression", "tagging")
-REQUIRED = ("schema_version", "target", "layout", "precision", "trunk_fingerprint", "max_seq_len", "inputs",
-            "tokenizer", "programs", "tasks", "files")
+from runtime_py.manifest import SCHEMA_VERSION as SCHEMA
+from runtime_py.manifest import BundleError, Manifest, parse
+
+__all__ = ["SCHEMA", "BundleError", "file_bytes", "file_sha256", "load_manifest", "read_manifest"]
 
 
-class BundleError(ValueError):
-    """The bundle is missing, malformed, or its files do not match its manifest."""
+def _files(path: Path) -> list:
+    """A folder's files sorted by relative POSIX path, compared as UTF-8 bytes (CONTRACT.md)."""
+    return sorted((p for p in path.rglob("*") if p.is_file()),
+                  key=lambda p: p.relative_to(path).as_posix().encode("utf-8"))
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder (a .mlpackage): its files in order, with their relative names."""
+    """sha256 of a file, or of a folder (a .mlpackage): its files in order, each with its relative name."""
+    path = Path(path)
     h = hashlib.sha256()
-    paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in paths:
+    for p in _files(path) if path.is_dir() else [path]:
         if path.is_dir():
-            h.update(str(p.relative_to(path)).encode())
+            h.update(p.relative_to(path).as_posix().encode("utf-8"))
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
@@ -28,42 +30,28 @@ def file_sha256(path: Path) -> str:
 
 
 def file_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    path = Path(path)
+    return sum(p.stat().st_size for p in _files(path)) if path.is_dir() else path.stat().st_size
 
 
-def read_manifest(bundle_dir, check_files: bool = True) -> dict:
-    """The bundle's manifest, after checking its structure and (by default) every file's size and sha256."""
+def load_manifest(bundle_dir, check_files: bool = True) -> Manifest:
+    """The bundle's typed manifest, after the schema, the cross-field rules and (by default) every
+    file's presence, size and sha256."""
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / "manifest.json"
     if not path.is_file():
         raise BundleError(f"{bundle_dir} is not a bundle (no manifest.json); export one with `ctb-mobile export`")
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{path} is not valid JSON ({e}); export the bundle again") from None
-    missing = [k for k in REQUIRED if k not in m]
-    if missing:
-        raise BundleError(f"{path}: missing {', '.join(missing)}; export the bundle again")
-    if m["schema_version"] != SCHEMA:
-        raise BundleError(f"{path}: schema_version {m['schema_version']!r}, this runtime reads {SCHEMA}; "
-                          "export the bundle with a matching toolchain")
-    programs = {p["name"] for p in m["programs"]}
-    for t in m["tasks"]:
-        if t.get("type") not in TASK_TYPES:
-            raise BundleError(f"{path}: task {t.get('name')!r} has type {t.get('type')!r}; expected one of {TASK_TYPES}")
-        if t["type"] != "regression" and not t.get("labels"):
-            raise BundleError(f"{path}: task {t['name']!r} has no labels; export the bundle again")
-        if t.get("program") not in programs:
-            raise BundleError(f"{path}: task {t['name']!r} names program {t.get('program')!r}, not in the bundle")
-    if m["layout"] == "split" and "trunk" not in programs:
-        raise BundleError(f"{path}: split layout without a trunk program; export the bundle again")
-    needed = {f for p in m["programs"] for f in p["files"]} | {m["tokenizer"]["file"]}
-    unlisted = sorted(needed - set(m["files"]))
-    if unlisted:
-        raise BundleError(f"{path}: {unlisted[0]} is used but has no checksum in the manifest; export the bundle again")
+    m = parse(obj, str(path))
     if check_files:
-        for name, info in m["files"].items():
+        root = bundle_dir.resolve()
+        for name, info in m.files.items():
             f = bundle_dir / name
+            if f.resolve().parent != root:  # names are plain (schema); a symlink out of the folder is refused too
+                raise BundleError(f"{bundle_dir}: {name} points outside the bundle folder; copy the real file in")
             if not f.exists():
                 raise BundleError(f"{bundle_dir}: {name} is missing; copy the whole bundle folder")
             if file_bytes(f) != info["bytes"]:
@@ -73,3 +61,9 @@ def read_manifest(bundle_dir, check_files: bool = True) -> dict:
                 raise BundleError(f"{bundle_dir}: {name} does not match its sha256 in the manifest (modified); "
                                   "copy or export the bundle again")
     return m
+
+
+def read_manifest(bundle_dir, check_files: bool = True) -> dict:
+    """The validated manifest as the JSON object it was read from (see load_manifest)."""
+    m = load_manifest(bundle_dir, check_files)
+    return json.loads((Path(bundle_dir) / "manifest.json").read_text(encoding="utf-8")) if m else None

@@ -11,12 +11,13 @@ normaliser as in training; pairs go to pair tasks only, and pair tasks need pair
 names are errors.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from runtime_py.backends import open_program
-from runtime_py.bundle import BundleError, read_manifest
+from runtime_py.bundle import BundleError, load_manifest
 
 
 class InputError(ValueError):
@@ -38,49 +39,84 @@ def _as_text(value, i: int, what: str = "text") -> str:
     return value
 
 
+def _as_texts(texts, what: str = "texts") -> list:
+    """A list of str/bytes from a list or tuple; anything else (a generator, a dict, None) is refused."""
+    if isinstance(texts, (str, bytes)):
+        raise InputError(f"{what} must be a list of strings; for one text use predict_one")
+    if not isinstance(texts, (list, tuple)):
+        raise InputError(f"{what} is {type(texts).__name__}; pass a list of strings")
+    return list(texts)
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
 
-def spans(tags_by_word: dict, encoding, text: str) -> list:
-    """BIO tags (one per word) -> [{label, start, end, text}] with character offsets into `text`."""
-    word_chars = {}
-    for w, (a, b), seq in zip(encoding.word_ids, encoding.offsets, encoding.sequence_ids):
-        if w is not None and seq == 0:  # spans are over the first text only
-            s, e = word_chars.get(w, (a, b))
-            word_chars[w] = (min(s, a), max(e, b))
-    out, cur = [], None
-    for w in sorted(word_chars):
-        tag = tags_by_word.get(w, "O")
-        kind = tag[2:] if tag[:2] in ("B-", "I-") else None
-        if kind and (tag.startswith("B-") or cur is None or cur["label"] != kind):
-            cur = {"label": kind, "start": word_chars[w][0], "end": word_chars[w][1]}
-            out.append(cur)
-        elif kind:
-            cur["end"] = word_chars[w][1]
-        else:
-            cur = None
-    for s in out:
-        s["text"] = text[s["start"]: s["end"]]
+def word_breaks(tables: dict) -> frozenset:
+    """From tokenizer_tables.json: the code points the normaliser makes a space (`space`), and those the
+    pre-tokenizer splits at (`whitespace`) that the normaliser keeps (not in `remove`)."""
+    def points(key):
+        return {cp for a, b in tables[key] for cp in range(a, b + 1)}
+
+    return frozenset(points("space") | (points("whitespace") - points("remove")))
+
+
+def words(encoding, text: str, breaks: frozenset) -> list:
+    """(word index, first token position) of the first text's tokens, grouped as training grouped them:
+    a token starts a new word when the original text between the previous token and it holds a word
+    break (whitespace). So "U.S." or "O'Brien" is one word, as in the training data (CONTRACT.md)."""
+    out, prev_end, w = [], None, -1
+    for j, ((a, b), seq) in enumerate(zip(encoding.offsets, encoding.sequence_ids)):
+        if seq != 0 or encoding.special_tokens_mask[j]:
+            continue
+        if prev_end is None or any(ord(c) in breaks for c in text[prev_end:a]):
+            w += 1
+        out.append((w, j))
+        prev_end = b
     return out
 
 
-def decode(task: dict, out: np.ndarray, encoding, text: str) -> dict:
+def bio_spans(tags: list, extents: list, text: str) -> list:
+    """BIO tags, one per word, and each word's [start, end) -> [{label, start, end, text}] as seqeval
+    extracts entities: B-X starts a span, I-X continues one of type X or starts one, anything else ends it."""
+    out, cur = [], None
+    for tag, (start, end) in zip(tags, extents):
+        kind = tag[2:] if tag[:2] in ("B-", "I-") else None
+        if kind and (tag.startswith("B-") or cur is None or cur["label"] != kind):
+            cur = {"label": kind, "start": start, "end": end}
+            out.append(cur)
+        elif kind:
+            cur["end"] = end
+        else:
+            cur = None
+    for span in out:
+        span["text"] = text[span["start"]: span["end"]]
+    return out
+
+
+def tag_spans(label_ids, labels, encoding, text: str, breaks: frozenset) -> list:
+    """Per-token label ids -> spans: a word's tag is its first token's label."""
+    first, extent = {}, {}
+    for w, j in words(encoding, text, breaks):
+        a, b = encoding.offsets[j]
+        first.setdefault(w, j)
+        s, e = extent.get(w, (a, b))
+        extent[w] = (min(s, a), max(e, b))
+    order = sorted(first)
+    return bio_spans([labels[label_ids[first[w]]] for w in order], [extent[w] for w in order], text)
+
+
+def decode(task, out: np.ndarray, encoding, text: str, breaks: frozenset) -> dict:
     """One task's raw output for one input -> label and score, value, or labelled spans."""
-    if task["type"] == "regression":
-        return {"value": float(out)}
-    if task["type"] == "classification":
+    if task.type == "regression":
+        return {"value": float(np.asarray(out).reshape(-1)[0])}
+    if task.type == "classification":
         probs = softmax(np.asarray(out, dtype=np.float64))
         i = int(probs.argmax())
-        return {"label": task["labels"][i], "score": float(probs[i])}
+        return {"label": task.labels[i], "score": float(probs[i])}
     ids = np.asarray(out)[: len(encoding.ids)].argmax(-1).tolist()
-    tags, seen = {}, set()
-    for j, (w, seq) in enumerate(zip(encoding.word_ids, encoding.sequence_ids)):
-        if w is not None and seq == 0 and w not in seen:  # a word's tag is its first piece's
-            seen.add(w)
-            tags[w] = task["labels"][ids[j]]
-    return {"spans": spans(tags, encoding, text)}
+    return {"spans": tag_spans(ids, task.labels, encoding, text, breaks)}
 
 
 def pad(encodings, dtype) -> tuple:
@@ -102,73 +138,122 @@ class Predictor:
     def __init__(self, bundle_dir, tasks=None, check_files: bool = True, threads: int = 0):
         from tokenizers import Tokenizer
 
+        from runtime_py.manifest import tokenizer_fingerprint
+
         self.dir = Path(bundle_dir)
-        self.manifest = m = read_manifest(self.dir, check_files)
-        self.target, self.layout, self.max_seq_len = m["target"], m["layout"], int(m["max_seq_len"])
-        all_tasks = {t["name"]: t for t in m["tasks"]}
+        self.spec = m = load_manifest(self.dir, check_files)
+        self.manifest = m.to_json()
+        self.target, self.layout, self.max_seq_len = m.target, m.layout, m.max_seq_len
+        all_tasks = {t.name: t for t in m.tasks}
         self.tasks = {n: all_tasks[n] for n in self._check_tasks(tasks, all_tasks)} if tasks else all_tasks
-        dims = m["inputs"][0]["dims"]
-        self.max_batch = int(dims[0]["max"])
-        self.dtype = np.dtype(m["inputs"][0]["dtype"])
-        self.tokenizer = Tokenizer.from_file(str(self.dir / m["tokenizer"]["file"]))
+        first = m.program("model" if self.layout == "fused" else "trunk").inputs[0]
+        self.max_batch = first.dims[0].max or first.dims[0].size
+        self.dtype = np.dtype(first.dtype)
+        tok = m.tokenizer
+        if tokenizer_fingerprint({k: m.files[getattr(tok, k)]["sha256"] for k in ("file", "vocab", "tables")}) \
+                != tok.fingerprint:
+            raise BundleError(f"{self.dir}: the tokenizer files do not match manifest field tokenizer/fingerprint "
+                              "(tokenizer.json, vocab.txt or tokenizer_tables.json replaced); export the bundle again")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.dir / tok.file))
+            self.breaks = word_breaks(json.loads((self.dir / tok.tables).read_text(encoding="utf-8")))
+        except Exception as e:  # noqa: BLE001 - any parse failure of a checked file is one bundle error
+            raise BundleError(f"{self.dir}: cannot read the tokenizer files ({type(e).__name__}: "
+                              f"{str(e)[:120]}); export the bundle again") from None
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_seq_len)  # as training: longest first
-        self._programs = programs = {p["name"]: p for p in m["programs"]}
-        needed = ["model"] if self.layout == "fused" else ["trunk"] + [t["program"] for t in self.tasks.values()]
+        needed = ["model"] if self.layout == "fused" else ["trunk"] + [t.program for t in self.tasks.values()]
         self.programs = {}
         for name in needed:
-            p = programs[name]
-            prog = open_program(self.target, self.dir / p["file"], p["inputs"], p["outputs"], threads)
-            self.programs[name] = prog
+            p = m.program(name)
+            prog = open_program(self.target, self.dir / p.file, [i.name for i in p.inputs],
+                                [o.name for o in p.outputs], threads)
             self._check_embedded(p, prog)
+            self.programs[name] = prog
+        self._probe()
 
     def _check_tasks(self, tasks, known) -> list:
+        if isinstance(tasks, (str, bytes)) or not isinstance(tasks, (list, tuple)):
+            raise InputError(f"tasks is {type(tasks).__name__}; pass a list of task names")
         unknown = [t for t in tasks if t not in known]
         if unknown:
             raise InputError(f"unknown task {unknown[0]!r}; this bundle has: {', '.join(known)}")
         return list(tasks)
 
-    def _check_embedded(self, program: dict, prog) -> None:
-        """A program must come from this trunk (split: a branch file swapped in from another bundle)."""
-        meta = prog.metadata()
-        if meta and meta.get("trunk_fingerprint") != self.manifest["trunk_fingerprint"]:
-            raise BundleError(f"{program['file']} was exported for trunk {str(meta.get('trunk_fingerprint'))[:16]}, "
-                              f"this bundle's trunk is {self.manifest['trunk_fingerprint'][:16]}; export the branch "
-                              "against this trunk")
+    def _check_embedded(self, program, prog) -> None:
+        """The program's own metadata must name this trunk, this tokenizer and the manifest's output order
+        (a split branch swapped in from another bundle, a tokenizer swapped with its checksum updated)."""
+        try:
+            meta = prog.metadata()
+        except Exception as e:  # noqa: BLE001 - unreadable metadata is a bad program
+            raise BundleError(f"{program.file}: cannot read its embedded metadata ({type(e).__name__}); "
+                              "export the bundle again") from None
+        m = self.spec
+        for key, want in (("trunk_fingerprint", m.trunk_fingerprint), ("tokenizer_fingerprint", m.tokenizer.fingerprint)):
+            if meta.get(key) != want:
+                what = key.split('_')[0]
+                raise BundleError(f"{program.file} was exported for {what} {str(meta.get(key))[:16]}, "
+                                  f"this bundle's {what} is {want[:16]}; export the program against this bundle")
+        names = [o.name for o in program.outputs]
+        if meta.get("outputs") != names:
+            raise BundleError(f"{program.file} returns outputs {meta.get('outputs')}, manifest field "
+                              f"programs/{program.name}/outputs lists {names}; export the bundle again")
+
+    def _probe(self) -> None:
+        """Run `[CLS] [SEP]` once and check every output's rank and fixed sizes against the manifest."""
+        enc = self.tokenizer.encode("")
+        feeds = dict(zip(("input_ids", "attention_mask", "token_type_ids"), pad([enc], self.dtype)))
+        for name, prog in self.programs.items():
+            p = self.spec.program(name)
+            if name.startswith("branch_"):
+                hidden = self._hidden_probe[f"hidden_{self.tasks[p.outputs[0].task].attach}"]
+                got = prog.run({"hidden": hidden, "attention_mask": feeds["attention_mask"]})
+            else:
+                got = prog.run(feeds)
+            if len(got) != len(p.outputs):
+                raise BundleError(f"{p.file} returns {len(got)} outputs, manifest field programs/{name}/outputs "
+                                  f"lists {len(p.outputs)}; export the bundle again")
+            sizes = {"batch": 1, "seq": len(enc.ids)}
+            for o, arr in zip(p.outputs, got):
+                want = tuple(d.size if d.size is not None else sizes.get(d.name, -1) for d in o.dims)
+                if tuple(np.shape(arr)) != want:
+                    raise BundleError(f"{p.file}: output {o.index} has shape {list(np.shape(arr))}, manifest field "
+                                      f"programs/{name}/outputs/{o.index} ({o.name}) says {o.shape_str()}; "
+                                      "its outputs are not in the manifest's order or shape; export the bundle again")
+            if name == "trunk":
+                self._hidden_probe = {o.name: arr for o, arr in zip(p.outputs, got)}
 
     # ---------------------------------------------------------------------------------------------
 
     def encode(self, texts, pairs=None, tasks=None) -> list:
         """`tokenizers` Encodings, exactly as training encoded its text (truncated to max_seq_len)."""
-        if isinstance(texts, (str, bytes)):
-            raise InputError("texts must be a list of strings; for one text use predict_one")
-        texts = [_as_text(t, i) for i, t in enumerate(texts)]
-        chosen = self._check_tasks(tasks, self.tasks) if tasks else list(self.tasks)
+        texts = [_as_text(t, i) for i, t in enumerate(_as_texts(texts))]
+        chosen = self._check_tasks(tasks, self.tasks) if tasks is not None else list(self.tasks)
         if pairs is not None:
-            pairs = [_as_text(t, i, "pair") for i, t in enumerate(pairs)]
+            pairs = [_as_text(t, i, "pair") for i, t in enumerate(_as_texts(pairs, "pairs"))]
             if len(pairs) != len(texts):
                 raise InputError(f"{len(texts)} texts but {len(pairs)} pairs; give one pair per text")
-            single = [n for n in chosen if not self.tasks[n].get("pair")]
+            single = [n for n in chosen if not self.tasks[n].pair]
             if single:
                 raise InputError(f"task {single[0]!r} takes one text, but pairs were given; "
                                  "pass tasks=[...] naming only pair tasks")
-            return self.tokenizer.encode_batch(list(zip(texts, pairs)))
-        paired = [n for n in chosen if self.tasks[n].get("pair")]
+            return self.tokenizer.encode_batch(list(zip(texts, pairs))) if texts else []
+        paired = [n for n in chosen if self.tasks[n].pair]
         if paired:
             raise InputError(f"task {paired[0]!r} takes a text pair; pass pairs=[...] (and tasks=[...] naming "
                              "only pair tasks)")
-        return self.tokenizer.encode_batch(texts)
+        return self.tokenizer.encode_batch(texts) if texts else []
 
     def run(self, input_ids, attention_mask, token_type_ids, tasks=None) -> dict:
-        """Raw outputs for one padded batch: task -> array (batch, ...) in the bundle's order."""
+        """Raw outputs for one padded batch: task -> array (batch, ...), mapped by the manifest's output order."""
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         names = list(tasks or self.tasks)
         if self.layout == "fused":
-            out = dict(zip(self._programs["model"]["outputs"], self.programs["model"].run(feeds)))
-            return {n: out[n] for n in names}
-        hidden = dict(zip(self._programs["trunk"]["outputs"], self.programs["trunk"].run(feeds)))
-        return {n: self.programs[self.tasks[n]["program"]].run(
-            {"hidden": hidden[f"hidden_{self.tasks[n]['attach']}"], "attention_mask": attention_mask})[0]
+            out = dict(zip((o.name for o in self.spec.program("model").outputs), self.programs["model"].run(feeds)))
+            return {n: out[self.tasks[n].output] for n in names}
+        hidden = dict(zip((o.name for o in self.spec.program("trunk").outputs), self.programs["trunk"].run(feeds)))
+        return {n: self.programs[self.tasks[n].program].run(
+            {"hidden": hidden[f"hidden_{self.tasks[n].attach}"], "attention_mask": attention_mask})[0]
             for n in names}
 
     def raw(self, texts, pairs=None, tasks=None, batch_size: int = 16):
@@ -186,11 +271,15 @@ class Predictor:
                 rows[i] = {k: (v[r][:n] if v.ndim == 3 else v[r]) for k, v in out.items()}
         return encs, rows
 
+    def decode(self, task: str, out, encoding, text: str) -> dict:
+        return decode(self.tasks[task], out, encoding, text, self.breaks)
+
     def predict(self, texts, pairs=None, tasks=None, batch_size: int = 16) -> list:
         """One dict per input: task -> {"label", "score"} | {"value"} | {"spans": [...]}."""
+        texts = _as_texts(texts)
         encs, rows = self.raw(texts, pairs, tasks, batch_size)
         texts = [_as_text(t, i) for i, t in enumerate(texts)]
-        return [{n: decode(self.tasks[n], row[n], e, t) for n in row} for e, row, t in zip(encs, rows, texts)]
+        return [{n: self.decode(n, row[n], e, t) for n in row} for e, row, t in zip(encs, rows, texts)]
 
     def predict_one(self, text, pair=None, tasks=None) -> dict:
         return self.predict([text], None if pair is None else [pair], tasks)[0]

@@ -79,7 +79,22 @@ def tiny(tmp_path_factory):
     return out, recipe
 
 
+@pytest.fixture(scope="session")
+def tiny_bundles(tiny, tmp_path_factory):
+    """fp32 bundles of the tiny store, exported once per session: onnx fused, android fused and split."""
+    from toolchain.export import export_bundle
+
+    out, recipe = tiny
+    base = tmp_path_factory.mktemp("bundles")
+    made = {}
+    for target, layout in (("onnx", "fused"), ("android", "fused"), ("android", "split")):
+        made[(target, layout)] = base / f"{target}-{layout}"
+        export_bundle(recipe, out / "store", target, "fp32", layout, made[(target, layout)], log=lambda m: None)
+    return made
+
+
 def store_bb():
     from toolchain import backbone
 
     return backbone.load("tiny-random")
+

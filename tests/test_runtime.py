@@ -24,14 +24,8 @@ TEXTS += ["Wake me up at 7 AM tomorrow", "book a table at Chez Panisse for 4 peo
 
 
 @pytest.fixture(scope="module")
-def bundles(tiny, tmp_path_factory):
-    out, recipe = tiny
-    base = tmp_path_factory.mktemp("bundles")
-    made = {}
-    for target, layout in (("onnx", "fused"), ("android", "split")):
-        made[(target, layout)] = base / f"{target}-{layout}"
-        export_bundle(recipe, out / "store", target, "fp32", layout, made[(target, layout)], log=lambda m: None)
-    return made
+def bundles(tiny_bundles):
+    return tiny_bundles
 
 
 def reference(tiny, texts):
@@ -243,16 +237,24 @@ def test_verify_fails_when_the_tokenizer_differs_from_training(cli, tiny, bundle
     tok = json.loads((b / "tokenizer.json").read_text())
     tok["normalizer"]["lowercase"] = False  # a cased tokenizer against an uncased model
     (b / "tokenizer.json").write_text(json.dumps(tok))
-    reseal(b, "tokenizer.json")
-    code, stdout, _, _ = verify(cli, tiny, b, tmp_path)
-    assert code == 1 and "| tokenizer config | **FAIL** |" in stdout  # the dev text is lower case already
-    vocab = tok["model"]["vocab"]
+    reseal(b, "tokenizer.json")  # its checksum updated: the tokenizer fingerprint still gives it away at load
+    code, stdout, err, _ = verify(cli, tiny, b, tmp_path)
+    assert code == 1 and "FAIL bundle: " in err and "tokenizer/fingerprint" in err
+    # a bundle exported from a store whose tokenizer is not training's is consistent in itself: verify sees it
+    out, recipe = tiny
+    store2 = tmp_path / "store2"
+    shutil.copytree(out / "store", store2)
+    t2 = json.loads((store2 / "tokenizer" / "tokenizer.json").read_text())
+    vocab = t2["model"]["vocab"]
     vocab["the"], vocab["to"] = vocab["to"], vocab["the"]  # another model's vocabulary
-    (b / "tokenizer.json").write_text(json.dumps(tok))
-    reseal(b, "tokenizer.json")
-    code, stdout, _err, report = verify(cli, tiny, b, tmp_path)
+    (store2 / "tokenizer" / "tokenizer.json").write_text(json.dumps(t2))
+    (store2 / "tokenizer" / "vocab.txt").unlink()  # the bundle's vocab.txt then comes from the swapped model
+    export_bundle(recipe, store2, "onnx", "fp32", "fused", tmp_path / "b2", log=lambda m: None)
+    Predictor(tmp_path / "b2")  # loads: nothing inside the bundle disagrees
+    code, stdout, _err, report = verify(cli, tiny, tmp_path / "b2", tmp_path)
     result = json.loads((report / "verify.json").read_text())
-    assert code == 1 and all(t["token_agreement"] < 1 for t in result["tasks"].values())
+    assert code == 1 and "| tokenizer config | **FAIL** |" in stdout
+    assert all(t["token_agreement"] < 1 for t in result["tasks"].values())
     assert "| tokenizer snips_intent | **FAIL** |" in stdout
 
 

@@ -275,6 +275,21 @@ def verify(
 
 
 @app.command()
+def embed(
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="an exported and verified bundle folder"),
+    app_name: str = typer.Option(..., "--app", help="android_demo (ExecuTorch bundles) or ios_demo (CoreML bundles)"),
+    app_dir: Path = typer.Option(None, help="the app's folder (default: the app in this repository)"),
+    report: Path = typer.Option(None, help="verify report folder (default: <bundle>.verify next to the bundle)"),
+):
+    """Copy a verified bundle and its golden files into a demo app's assets."""
+    from toolchain.embed import embed as run_embed
+
+    done = run_embed(bundle, app_name, app_dir, report)
+    typer.echo(f"bundle: {done['bundle']} ({len(done['files'])} files)")
+    typer.echo(f"golden: {done['golden']}")
+
+
+@app.command()
 def bench(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="the recipe (dev text, max_seq_len)"),
     store: Path = typer.Option(None, help="merged store (default: <out>/store)"),
@@ -380,12 +395,14 @@ def version():
 def main():
     import logging
 
+    from runtime_py import BundleError, InputError
+
     # Third-party import chatter (torchao registering types with torch) is not for our users' stderr.
     for name in ("torch.utils._pytree", "torchao"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         app(prog_name="ctb-mobile")  # usage errors are handled by typer itself (exit code 2)
-    except UserError as e:
+    except (UserError, BundleError, InputError) as e:
         if os.environ.get("CTB_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

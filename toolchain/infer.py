@@ -3,6 +3,8 @@
 This is "the original" that exported bundles are checked against.
 """
 
+from types import SimpleNamespace
+
 import torch
 
 from runtime_py.predictor import decode
@@ -18,7 +20,11 @@ def encode(tok, texts, pairs=None, max_len=128):
 @torch.no_grad()
 def predict(model, tok, metas, texts, pairs=None, max_len=128) -> list:
     """One dict per text: task name -> decoded output."""
+    from toolchain.export.tokenizer import breaks_of
+
     encs, (ids, tt, mask) = encode(tok, texts, pairs, max_len)
     outs = model(ids, tt, mask)
-    return [{name: decode(metas[name], outs[name][i].float().numpy(), encs[i], texts[i]) for name in outs}
+    tasks = {n: SimpleNamespace(type=m["type"], labels=m["labels"]) for n, m in metas.items()}
+    breaks = breaks_of(tok)
+    return [{name: decode(tasks[name], outs[name][i].float().numpy(), encs[i], texts[i], breaks) for name in outs}
             for i in range(len(texts))]

@@ -79,8 +79,12 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     checks, tasks = [], {}
+    from runtime_py.bundle import file_sha256
+
     report = {"bundle": str(bundle_dir), "store": str(store_dir), "recipe": str(recipe.path), "checks": checks,
-              "tasks": tasks}
+              "tasks": tasks, "manifest_sha256": None}
+    if (bundle_dir / "manifest.json").is_file():  # ties the report to the exact bundle it verified (embed checks it)
+        report["manifest_sha256"] = file_sha256(bundle_dir / "manifest.json")
     try:
         target = json.loads((bundle_dir / "manifest.json").read_text()).get("target")
     except (OSError, ValueError, AttributeError):  # read_manifest below reports it
@@ -154,16 +158,19 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
                       f"{c['reference']:.2f} -> {c['exported']:.2f} (drop <= {tol['max_drop']:g})")
         checks.append(_check(f"parity {name}", ok, detail))
     cases = golden_cases(predictor, model, tok, devs, golden)
-    return _finish(report, out_dir, cases, log)
+    report = _finish(report, out_dir, cases, log)
+    from toolchain.golden import write_all
+
+    report["golden"] = write_all(bundle_dir, out_dir)  # tokenizer and span golden files for the app cores
+    write_json_atomic(out_dir / "verify.json", report)
+    return report
 
 
 def golden_cases(predictor, model, tok, devs, per_task: int) -> dict:
     """Test vectors for the apps: text, token ids, the bundle's outputs and PyTorch's, decoded predictions."""
     import torch
 
-    from runtime_py.predictor import decode
-
-    tasks = [n for n, t in predictor.tasks.items() if not t.get("pair")]  # single-text tasks share the cases
+    tasks = [n for n, t in predictor.tasks.items() if not t.pair]  # single-text tasks share the cases
     texts = [t for n in tasks if n in devs for t in runtime_texts(devs[n][0], devs[n][3][:per_task])[0]]
     texts = list(dict.fromkeys(texts + GOLDEN_EDGE_CASES))
     if not tasks:
@@ -171,7 +178,7 @@ def golden_cases(predictor, model, tok, devs, per_task: int) -> dict:
     encs, rows = predictor.raw(texts, tasks=tasks)
     cases = []
     for text, e, row in zip(texts, encs, rows):
-        dec = {n: decode(predictor.tasks[n], row[n], e, text) for n in tasks}  # the bundle's outputs, decoded
+        dec = {n: predictor.decode(n, row[n], e, text) for n in tasks}  # the bundle's outputs, decoded
         ids = torch.tensor([e.ids])
         with torch.no_grad():
             ref = model(ids, torch.tensor([e.type_ids]), torch.ones_like(ids))
@@ -181,7 +188,7 @@ def golden_cases(predictor, model, tok, devs, per_task: int) -> dict:
                       "pytorch_fp32": {n: np.round(ref[n][0].double().numpy(), 6).tolist() for n in tasks},
                       "predictions": dec})
     m = predictor.manifest
-    return {"schema_version": 1, "target": m["target"], "layout": m["layout"], "precision": m["precision"],
+    return {"schema_version": 2, "target": m["target"], "layout": m["layout"], "precision": m["precision"],
             "max_seq_len": m["max_seq_len"], "tasks": tasks,
             "how_to_check": ("tokenize `text` with the bundle's tokenizer: the ids must equal `input_ids` exactly; "
                              "run the bundle: every output within 1e-3 of `outputs` (this bundle, this runtime) and "

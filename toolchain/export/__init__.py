@@ -24,6 +24,7 @@ from pathlib import Path
 
 from runtime_py.bundle import file_bytes as size
 from runtime_py.bundle import file_sha256 as sha256
+from runtime_py.manifest import parse
 from toolchain import UserError, __version__
 from toolchain.fsutil import atomic_dir
 
@@ -31,7 +32,6 @@ TARGETS = {"android": "toolchain.export.executorch", "ios": "toolchain.export.co
 EXTRAS = {"android": ("executorch", "executorch"), "ios": ("coremltools", "coreml"), "onnx": ("onnxruntime", "onnx")}
 DEFAULT_PRECISION = {"android": "int8", "ios": "fp16", "onnx": "int8"}
 LAYOUTS = ("fused", "split")
-SCHEMA = 1
 
 
 def backend(target: str):
@@ -75,25 +75,47 @@ def dev_sets(recipe, tok, metas, limit: int):
     return out
 
 
-def manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs, task_precision) -> dict:
-    seq = {"name": "seq", "min": 1, "max": max_seq_len}
-    batch = {"name": "batch", "min": 1, "max": 1 if target == "ios" else 64}
-    dtype = "int32" if target == "ios" else "int64"
-    return {
-        "schema_version": SCHEMA, "target": target, "layout": layout, "precision": precision,
-        "toolchain_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "backbone": store_meta["backbone"], "trunk_fingerprint": store_meta["backbone_fingerprint"],
-        "max_seq_len": max_seq_len,
-        "inputs": [{"name": n, "dtype": dtype, "dims": [batch, seq]} for n in ("input_ids", "attention_mask",
-                                                                                 "token_type_ids")],
-        "tokenizer": {"file": "tokenizer.json", "vocab": "vocab.txt", "pair_template": "[CLS] A [SEP] B [SEP]",
-                      "truncation": "longest_first", "max_seq_len": max_seq_len},
-        "programs": programs,
-        "tasks": [{"name": n, "type": m["type"], "output": n, "labels": m["labels"], "attach": m["attach"],
-                   "layers": m["layers"], "metric": m["metric"], "dev_metric": m["dev_metric"],
-                   "pair": m.get("pair", False), "precision": task_precision.get(n, precision),
-                   "program": "model" if layout == "fused" else f"branch_{n}"} for n, m in metas.items()],
-    }
+def _dims(target, max_seq_len, *rest) -> tuple:
+    from runtime_py.manifest import Dim
+
+    batch = Dim.range("batch", 1, 1 if target == "ios" else 64)
+    seq = Dim.range("seq", 1, max_seq_len)
+    return tuple({"batch": batch, "seq": seq}.get(d, d) if isinstance(d, str) else Dim(size=d) for d in rest)
+
+
+def program_spec(target, graph, files, precision, metas, hidden_size, max_seq_len):
+    """The manifest entry of one exported program: inputs in positional order, outputs by index with
+    the task each one feeds and its shape (CONTRACT.md)."""
+    from runtime_py.manifest import Program, Tensor
+
+    ints = "int32" if target == "ios" else "int64"
+    inputs = tuple(Tensor(n, "float32" if n == "hidden" else ints,
+                          _dims(target, max_seq_len, "batch", "seq", *((hidden_size,) if n == "hidden" else ())))
+                   for n in graph.inputs)
+    outputs = []
+    for i, name in enumerate(graph.outputs):
+        if name in metas:
+            m = metas[name]
+            rest = {"classification": (len(m["labels"]),), "regression": (), "tagging": ("seq", len(m["labels"]))}
+            outputs.append(Tensor(name, "float32", _dims(target, max_seq_len, "batch", *rest[m["type"]]), i, name))
+        else:  # a split trunk's hidden state at one attach depth
+            outputs.append(Tensor(name, "float32", _dims(target, max_seq_len, "batch", "seq", hidden_size), i, None,
+                                  int(name.rsplit("_", 1)[1])))
+    return Program(graph.name, files[0], tuple(files), precision, inputs, tuple(outputs))
+
+
+def manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs, task_precision,
+                 tokenizer: dict):
+    from runtime_py.manifest import Manifest, Task, TokenizerSpec
+
+    tasks = tuple(Task(n, m["type"], "model" if layout == "fused" else f"branch_{n}", n, tuple(m["labels"]),
+                       m["attach"], m["layers"], bool(m.get("pair", False)), task_precision.get(n, precision),
+                       m.get("metric"), m.get("dev_metric")) for n, m in metas.items())
+    return Manifest(target=target, layout=layout, precision=precision, toolchain_version=__version__,
+                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), backbone=store_meta["backbone"],
+                    trunk_fingerprint=store_meta["backbone_fingerprint"], max_seq_len=max_seq_len,
+                    tokenizer=TokenizerSpec(max_seq_len=max_seq_len, **tokenizer), programs=tuple(programs),
+                    tasks=tasks)
 
 
 def model_card(manifest: dict, files: dict, guard: dict | None) -> str:
@@ -153,32 +175,38 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
     except OSError as e:
         raise UserError(f"output folder {out_dir.parent} is not writable ({e.strerror}); choose another --out-dir") from None
 
+    from toolchain.export import tokenizer as tokfiles
+
+    hidden_size = store_meta["encoder"]["hidden_size"]
     keep_fp32, guard = [], None
     ref_rows = {name: check.outputs_on(dev, check.torch_runner(model)) for name, (_, _, dev, _) in devs.items()} \
         if quantized and mod.runner is not None else {}
     with atomic_dir(out_dir) as tmp:
+        tok_spec = tokfiles.write(tok, Path(store_dir) / "tokenizer", tmp, max_seq_len)
+        tok_names = {tok_spec[k] for k in ("file", "vocab", "tables")}
         for attempt in range(2):
             for f in tmp.iterdir():
-                shutil.rmtree(f) if f.is_dir() else f.unlink()
+                if f.name not in tok_names:
+                    shutil.rmtree(f) if f.is_dir() else f.unlink()
             programs = []
             for g in graphs(model, metas, layout, example):
                 keep = [t for t in keep_fp32 if g.name in ("model", f"branch_{t}")]
                 p = "fp32" if layout == "split" and keep else precision
                 log(f"exporting {g.name} ({target}, {p})")
-                files = mod.export(g, tmp, p, max_seq_len, {"target": target, "program": g.name,
-                                                            "trunk_fingerprint": store_meta["backbone_fingerprint"],
-                                                            "tasks": list(g.outputs)},
-                                   calibration_for(g, model, calibration), keep if layout == "fused" else ())
-                programs.append({"name": g.name, "file": files[0], "files": files, "inputs": list(g.inputs),
-                                 "outputs": list(g.outputs), "precision": p})
+                embedded = {"target": target, "program": g.name, "trunk_fingerprint": store_meta["backbone_fingerprint"],
+                            "tokenizer_fingerprint": tok_spec["fingerprint"], "outputs": list(g.outputs),
+                            "tasks": [t for t in g.outputs if t in metas]}
+                files = mod.export(g, tmp, p, max_seq_len, embedded, calibration_for(g, model, calibration),
+                                   keep if layout == "fused" else ())
+                programs.append(program_spec(target, g, files, p, metas, hidden_size, max_seq_len))
             manifest = manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs,
-                                    {t: "fp32" for t in keep_fp32})
+                                    {t: "fp32" for t in keep_fp32}, tok_spec)
             if not ref_rows:
                 break
             run = mod.runner(tmp)
             guard = {}
             for name, (task, labels, dev, _) in devs.items():
-                got = check.outputs_on(dev, check.bundle_runner(run, manifest))
+                got = check.outputs_on(dev, check.bundle_runner(run, manifest.to_json()))
                 guard[name] = check.compare(task, labels, dev, ref_rows[name], got)
             failing = [n for n, g in guard.items() if g["drop"] > max_drop]
             shaky = [n for n, g in guard.items() if g["agreement"] < min_agree and n not in failing]
@@ -196,20 +224,16 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                                 f"{report}; export fp32 or raise [export] max_metric_drop")
             break
 
-        for name in ("tokenizer.json", "vocab.txt"):
-            src = Path(store_dir) / "tokenizer" / name
-            if src.is_file():
-                shutil.copyfile(src, tmp / name)
-        manifest["quantization"] = None
         if quantized:
             skipped = None if mod.runner is not None else f"{target} programs cannot run on this machine (CoreML " \
                 "prediction needs macOS); compare its outputs with the PyTorch original on a Mac before shipping"
             if skipped:
                 log(f"guard: not run: {skipped}")
-            manifest["quantization"] = {"guard": guard, "guard_skipped": skipped, "max_metric_drop": max_drop, "min_agreement": min_agree,
-                                        "fp32_branches": keep_fp32}
-        files = {f.name: {"sha256": sha256(f), "bytes": size(f)} for f in sorted(tmp.iterdir())}
-        manifest["files"] = files
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(manifest, files, guard))
-    return manifest
+            manifest.quantization = {"guard": guard, "guard_skipped": skipped, "max_metric_drop": max_drop,
+                                     "min_agreement": min_agree, "fp32_branches": keep_fp32}
+        manifest.files = {f.name: {"sha256": sha256(f), "bytes": size(f)} for f in sorted(tmp.iterdir())}
+        out = manifest.to_json()
+        parse(out, f"exported manifest for {out_dir}")  # every bundle written conforms to the schema
+        (tmp / "manifest.json").write_text(json.dumps(out, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(out, manifest.files, guard))
+    return out

@@ -23,9 +23,9 @@ def run_bundle(run, manifest, ids, mask, tt) -> dict:
     programs = {p["name"]: p for p in manifest["programs"]}
     if manifest["layout"] == "fused":
         p = programs["model"]
-        return dict(zip(p["outputs"], run(p["file"], feeds)))
+        return dict(zip((o["name"] for o in p["outputs"]), run(p["file"], feeds)))
     trunk = programs["trunk"]
-    hidden = dict(zip(trunk["outputs"], run(trunk["file"], feeds)))
+    hidden = dict(zip((o["name"] for o in trunk["outputs"]), run(trunk["file"], feeds)))
     out = {}
     for t in manifest["tasks"]:
         p = programs[f"branch_{t['name']}"]
