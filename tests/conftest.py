@@ -31,6 +31,26 @@ def cli(capsys, monkeypatch):
     return run
 
 
+def copy_bundle(src, tmp_path, name="b") -> Path:
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def reseal(bundle, *names):
+    """Update the manifest's checksum of files, as a careless re-export would."""
+    import json
+
+    from runtime_py.bundle import file_bytes, file_sha256
+
+    m = json.loads((bundle / "manifest.json").read_text())
+    for name in names:
+        m["files"][name] = {"sha256": file_sha256(bundle / name), "bytes": file_bytes(bundle / name)}
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
 def write_recipe(tmp_path, body: str, name="r.toml") -> Path:
     """A recipe in tmp_path whose `@DATA@` stands for the shipped models/data folder."""
     p = tmp_path / name

@@ -3,16 +3,15 @@ the runtime refuses what breaks it in one line naming the field, the bundle's to
 bundle's tokenization, outputs are pinned by order and shape, spans decode at training's words, and
 `ctb-mobile embed` puts only verified bundles into the apps."""
 
-import copy
 import json
 import shutil
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import copy_bundle, reseal
 
 from runtime_py import BundleError, Predictor
-from runtime_py.bundle import file_bytes, file_sha256
+from runtime_py.bundle import file_sha256
 from runtime_py.manifest import SCHEMA_FILE, parse
 from runtime_py.predictor import bio_spans
 from toolchain.export import export_bundle
@@ -34,21 +33,10 @@ def bundles(tiny_bundles):
     return tiny_bundles
 
 
-def copy_bundle(src, tmp_path, name="b"):
-    dst = tmp_path / name
-    shutil.copytree(src, dst)
-    return dst
-
-
 def rewrite(bundle, edit):
     m = json.loads((bundle / "manifest.json").read_text())
     edit(m)
     (bundle / "manifest.json").write_text(json.dumps(m))
-
-
-def rehash(m, bundle, *names):
-    for name in names:
-        m["files"][name] = {"sha256": file_sha256(bundle / name), "bytes": file_bytes(bundle / name)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +89,7 @@ MUTATIONS = [
     (lambda m: m["programs"][0].update(file="/etc/passwd"), "field programs/0/file"),
     (lambda m: m["tokenizer"].update(file="../../tokenizer.json"), "field tokenizer/file"),
     (lambda m: m["programs"][0]["outputs"][0].update(index=5), "field programs/0/outputs: indices"),
-    (lambda m: m["programs"][0]["outputs"][1]["dims"].pop(), "field programs/0/outputs/1/dims: a tagging output"),
+    (lambda m: m["programs"][0]["outputs"][1]["dims"].pop(), "field programs/0/outputs/1/dims: a \\w+ output has rank"),
     (lambda m: m["programs"][0]["inputs"][0].update(dtype="int16"), "field programs/0/inputs/0/dtype"),
     (lambda m: m["programs"][0]["inputs"][0]["dims"][1].pop("max"), "field programs/0/inputs/0/dims/1"),
     (lambda m: m["tasks"][0].update(output="nope"), "field tasks/0/output: 'nope' is not an output"),
@@ -121,10 +109,6 @@ def test_an_edited_manifest_is_one_bundle_error_naming_the_field(bundles, tmp_pa
     with pytest.raises(BundleError, match=message) as e:
         Predictor(b)
     assert "\n" not in str(e.value)
-    if "schema_version" not in message:  # the schema itself refuses the same files
-        assert list(schema_validator().iter_errors(json.loads((b / "manifest.json").read_text()))) or \
-            "labels but output" in message or "indices" in message or "not an output" in message \
-            or "program" in message or "no checksum" in message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +137,7 @@ def test_a_tokenizer_swapped_with_its_checksum_updated_is_refused(bundles, tmp_p
     tok = Tokenizer.from_file(str(b / "tokenizer.json"))
     tok.enable_truncation(max_length=16)  # another tokenization, checksums made to match
     tok.save(str(b / "tokenizer.json"))
-    rewrite(b, lambda m: rehash(m, b, "tokenizer.json"))
+    reseal(b, "tokenizer.json")
     with pytest.raises(BundleError, match="tokenizer/fingerprint"):
         Predictor(b)
     rewrite(b, lambda m: m["tokenizer"].update(fingerprint=file_sha256(b / "tokenizer.json")))  # fingerprint forged too
@@ -205,8 +189,8 @@ def _reorder_program(tiny, bundle, target, embedded_truth: bool):
     from toolchain.export.graph import Fused, Graph, example_inputs
     from toolchain.store import load_merged
 
-    out, recipe = tiny
-    model, tok, metas = load_merged(out / "store")
+    out, _ = tiny
+    model, tok, _ = load_merged(out / "store")
     m = json.loads((bundle / "manifest.json").read_text())
     listed = [o["name"] for o in m["programs"][0]["outputs"]]
     order = listed[::-1]
@@ -220,7 +204,7 @@ def _reorder_program(tiny, bundle, target, embedded_truth: bool):
     for f in m["programs"][0]["files"]:
         (bundle / f).unlink()
     files = mod.export(graph, bundle, "fp32", 32, meta)
-    rewrite(bundle, lambda mm: rehash(mm, bundle, *files))
+    reseal(bundle, *files)
 
 
 @pytest.mark.parametrize("target", ["onnx", "android"])
@@ -314,7 +298,6 @@ def test_bio_decoding_equals_seqeval_entity_extraction():
 
 @pytest.fixture(scope="module")
 def verified(tiny, bundles, tmp_path_factory):
-    from toolchain.config import load_recipe  # noqa: F401 - the recipe object comes from the fixture
     from toolchain.verify import verify
 
     out, recipe = tiny
@@ -343,10 +326,10 @@ def test_verify_writes_the_app_golden_files(verified):
 
 
 def test_embed_copies_a_verified_bundle_and_its_golden_files(cli, verified, tmp_path):
-    b, report = verified
+    b, _ = verified
     app = tmp_path / "android_demo"
     app.mkdir()
-    code, out, err = cli("embed", b, "--app", "android_demo", "--app-dir", app)
+    code, _, err = cli("embed", b, "--app", "android_demo", "--app-dir", app)
     assert code == 0, err
     dest = app / "app/src/main/assets/bundle"
     assert Predictor(dest).predict_one("play some jazz") == Predictor(b).predict_one("play some jazz")
@@ -354,13 +337,13 @@ def test_embed_copies_a_verified_bundle_and_its_golden_files(cli, verified, tmp_
         ["golden.json", "golden_spans.json", "golden_tokenizer.json", "verify.json"]
 
 
-def test_embed_refuses_unverified_failed_stale_tampered_and_foreign_bundles(cli, tiny, verified, bundles, tmp_path):
+def test_embed_refuses_unverified_failed_stale_tampered_and_foreign_bundles(cli, verified, bundles, tmp_path):
     b, report = verified
     app = tmp_path / "android_demo"
     app.mkdir()
 
     def embed(bundle, *extra, app_name="android_demo"):
-        code, out, err = cli("embed", bundle, "--app", app_name, "--app-dir", app, *extra)
+        code, _, err = cli("embed", bundle, "--app", app_name, "--app-dir", app, *extra)
         assert code == 2 and err.count("\n") == 1, err
         assert not (app / "app").exists()  # nothing written
         return err
@@ -406,4 +389,4 @@ def test_golden_json_is_decoded_identically_from_its_recorded_outputs(verified):
                 assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < 1e-5
             else:
                 assert got == want
-    assert copy.deepcopy(golden["tasks"]) == [t for t in p.tasks]
+    assert golden["tasks"] == list(p.tasks)

@@ -7,12 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, copy_bundle, reseal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime_py import BundleError, InputError, Predictor
-from runtime_py.bundle import file_bytes, file_sha256
 from toolchain import infer, store
 from toolchain.export import check, export_bundle
 
@@ -120,19 +119,6 @@ def _shared_predictor(bundles):
 
 # ---------------------------------------------------------------------------------------------
 # Bundle validation
-
-
-def copy_bundle(src, tmp_path, name="b"):
-    dst = tmp_path / name
-    shutil.copytree(src, dst)
-    return dst
-
-
-def reseal(bundle, name):
-    """Update the manifest's checksum of one file, as a careless re-export would."""
-    m = json.loads((bundle / "manifest.json").read_text())
-    m["files"][name] = {"sha256": file_sha256(bundle / name), "bytes": file_bytes(bundle / name)}
-    (bundle / "manifest.json").write_text(json.dumps(m))
 
 
 def test_truncated_modified_or_missing_files_are_refused(bundles, tmp_path):
