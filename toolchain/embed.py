@@ -49,7 +49,7 @@ def embed(bundle_dir, app: str, app_dir=None, report_dir=None) -> dict:
     except BundleError as e:
         raise UserError(f"{e} (embed copies only intact bundles)") from None
     if m.target != spec.target:
-        raise UserError(f"{app} runs {spec.target} bundles ({spec.runtime}); {bundle_dir} is a {m.target} bundle; "
+        raise UserError(f"{app} runs {spec.target} bundles ({spec.runtime}); {bundle_dir} is for target {m.target}; "
                         f"export one with `ctb-mobile export RECIPE --target {spec.target}`")
     report = report_dir / "verify.json"
     try:
