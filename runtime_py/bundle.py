@@ -65,5 +65,4 @@ def load_manifest(bundle_dir, check_files: bool = True) -> Manifest:
 
 def read_manifest(bundle_dir, check_files: bool = True) -> dict:
     """The validated manifest as the JSON object it was read from (see load_manifest)."""
-    m = load_manifest(bundle_dir, check_files)
-    return json.loads((Path(bundle_dir) / "manifest.json").read_text(encoding="utf-8")) if m else None
+    return load_manifest(bundle_dir, check_files).to_json()

@@ -242,7 +242,7 @@ def test_an_output_count_that_differs_from_the_manifest_fails_to_load(bundles, t
 def test_known_answer_span_cases_decode_as_written(bundles):
     from tokenizers import Tokenizer
 
-    from toolchain.export.tokenizer import word_breaks
+    from runtime_py.predictor import word_breaks
     from toolchain.golden import span_golden
 
     b = bundles[("onnx", "fused")]

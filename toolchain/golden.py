@@ -164,7 +164,7 @@ def write_all(bundle_dir, out_dir) -> dict:
     from tokenizers import Tokenizer
 
     from runtime_py.bundle import load_manifest
-    from toolchain.export.tokenizer import word_breaks
+    from runtime_py.predictor import word_breaks
     from toolchain.fsutil import write_bytes_atomic
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)

@@ -32,11 +32,11 @@ def check_wordpiece(tok) -> dict:
     cfg = json.loads(tok.to_str())
     model, norm, pre = cfg.get("model") or {}, cfg.get("normalizer") or {}, cfg.get("pre_tokenizer") or {}
     post = cfg.get("post_processor") or {}
-    problems = [f"model {model.get('type')}" for _ in [0] if model.get("type") != "WordPiece"]
-    problems += [f"normalizer {norm.get('type')}" for _ in [0] if norm and norm.get("type") != "BertNormalizer"]
-    problems += [f"pre_tokenizer {pre.get('type')}" for _ in [0] if pre.get("type") != "BertPreTokenizer"]
-    problems += [f"post_processor {post.get('type')}" for _ in [0] if post.get("type") not in ("TemplateProcessing",
-                                                                                               "BertProcessing")]
+    problems = [f"{part} {cfg_part.get('type')}" for part, cfg_part, ok in (
+        ("model", model, model.get("type") == "WordPiece"),
+        ("normalizer", norm, not norm or norm.get("type") == "BertNormalizer"),
+        ("pre_tokenizer", pre, pre.get("type") == "BertPreTokenizer"),
+        ("post_processor", post, post.get("type") in ("TemplateProcessing", "BertProcessing"))) if not ok]
     if problems:
         raise UserError(f"the bundle tokenizer must be BERT WordPiece for the app cores; this one has "
                         f"{', '.join(problems)}; use a BERT-family backbone with a WordPiece tokenizer")
@@ -145,14 +145,6 @@ def breaks_of(tok) -> frozenset:
     norm = _normalized(tok.normalizer, candidates)
     kinds = _split_kinds(tok.pre_tokenizer, candidates)
     return frozenset(ord(c) for c, n, k in zip(candidates, norm, kinds) if (n == " " != c) or (k == "whitespace" and n))
-
-
-def word_breaks(tables_obj: dict) -> frozenset:
-    """Code points that separate words in the original text: the normaliser makes them a space, or the
-    pre-tokenizer splits at them and the normaliser keeps them (CONTRACT.md, "Words and spans")."""
-    from runtime_py.predictor import word_breaks as from_tables
-
-    return from_tables(tables_obj)
 
 
 def write(tok, src_dir: Path, out_dir: Path, max_seq_len: int) -> dict:
