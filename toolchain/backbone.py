@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain import UserError
-from toolchain.fsutil import atomic_dir
+from toolchain.fsutil import atomic_dir, read_json
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
@@ -100,7 +100,7 @@ def load(spec: str) -> Backbone:
     from toolchain.model import EncoderConfig, hf_key_to_ours
 
     path = resolve(spec)
-    hf_config = json.loads((path / "config.json").read_text())
+    hf_config = read_json(path / "config.json", "give a Hugging Face model folder saved with save_pretrained")
     mtype = hf_config.get("model_type")
     if mtype not in SUPPORTED_MODEL_TYPES:
         raise UserError(f"backbone {spec}: model_type {mtype!r} is not a BERT-family encoder we support; "

@@ -4,6 +4,7 @@ Errors the user can fix are printed as one line (`error: ...`) with exit code 2;
 CTB_DEBUG=1 to see the full traceback instead.
 """
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Annotated
 import typer
 
 from toolchain import UserError, __version__
+from toolchain.fsutil import read_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ctb-mobile: many BERT tasks on a phone for the price of little more than one.")
@@ -129,9 +131,11 @@ def plan(
     out_dir = _out_dir(recipe, out)
     depth = backbone.load(recipe.backbone_spec).depth
     names = {t.name for t in recipe.tasks}
+    cfg = dataclasses.replace(recipe.plan, **{k: v for k, v in (("threshold", threshold), ("budget", budget))
+                                              if v is not None})
+    cfg.check("plan (--threshold/--budget or [plan])")
     cands = {t: c for t, c in candidates(out_dir).items() if t in names}
-    p = make_plan(cands, depth, criterion, recipe.plan.threshold if threshold is None else threshold,
-                  recipe.plan.budget if budget is None else budget)
+    p = make_plan(cands, depth, criterion, cfg.threshold, cfg.budget)
     write_plan(out_dir, p)
     typer.echo(plan_markdown(p) + f"written: {out_dir / 'plan.json'}")
 
@@ -162,7 +166,6 @@ def merge(
     force: bool = typer.Option(False, help="rebuild an existing store"),
 ):
     """Build the merged model store: the frozen trunk once, plus the chosen branch of every task."""
-    import json
 
     from toolchain import backbone
     from toolchain.config import load_recipe
@@ -175,7 +178,7 @@ def merge(
         raise UserError(f"--from {source!r} is not valid; use plan or selected")
     if not files[source].is_file():
         raise UserError(f"{files[source]} not found; run `ctb-mobile {'plan' if source == 'plan' else 'train'}` first")
-    chosen = json.loads(files[source].read_text())
+    chosen = read_json(files[source], f"rerun `ctb-mobile {'plan' if source == 'plan' else 'train'}`")
     chosen = chosen["tasks"] if source == "plan" else chosen
     bb = backbone.load(recipe.backbone_spec)
     store_dir = store or out_dir / "store"
@@ -190,7 +193,7 @@ def predict(
     texts: list[str] = typer.Argument(..., help="one or more texts"),
     pair: list[str] = typer.Option(None, help="second text for pair tasks (once per text)"),
     task: list[str] = typer.Option(None, "--task", "-t", help="only these tasks"),
-    max_len: int = typer.Option(128, help="max tokens"),
+    max_len: int = typer.Option(None, help="max tokens (default: the max_seq_len the store's branches were trained at)"),
 ):
     """Run every task of a store on texts (one trunk pass) and print JSON lines."""
     import json
@@ -201,7 +204,12 @@ def predict(
     if pair and len(pair) != len(texts):
         raise UserError(f"{len(pair)} --pair values for {len(texts)} texts; give one --pair per text or none")
     model, tok, metas = load_merged(store, task)
-    for text, result in zip(texts, infer.predict(model, tok, metas, texts, pair or None, max_len)):
+    trained = max(m.get("max_seq_len", 128) for m in metas.values())
+    limit = model.trunk.cfg.max_position - model.trunk.cfg.position_offset
+    if max_len is not None and not 2 <= max_len <= limit:
+        raise UserError(f"--max-len {max_len} must be between 2 and {limit} (the trunk's positions); "
+                        f"the branches were trained at {trained}")
+    for text, result in zip(texts, infer.predict(model, tok, metas, texts, pair or None, max_len or trained)):
         typer.echo(json.dumps({"text": text, **result}))
 
 
@@ -374,6 +382,7 @@ def check(recipe_path: Path = typer.Argument(..., metavar="RECIPE")):
 
     recipe = load_recipe(recipe_path)
     bb = backbone.load(recipe.backbone_spec)
+    recipe.check_positions(bb.cfg)
     tok = bb.tokenizer()
     for t in recipe.tasks:
         if t.layers:
@@ -400,17 +409,31 @@ def main():
     # Third-party import chatter (torchao registering types with torch) is not for our users' stderr.
     for name in ("torch.utils._pytree", "torchao"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    debug = bool(os.environ.get("CTB_DEBUG"))
     try:
         app(prog_name="ctb-mobile")  # usage errors are handled by typer itself (exit code 2)
     except (UserError, BundleError, InputError) as e:
-        if os.environ.get("CTB_DEBUG"):
+        if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(_one_line(f"error: {e}", 2))
     except KeyboardInterrupt:
-        print("interrupted; finished runs are kept, and an unfinished run resumes from its last epoch",
-              file=sys.stderr)
-        sys.exit(130)
+        sys.exit(_one_line("interrupted; finished runs are kept, and an unfinished run resumes from its last epoch",
+                           130))
+    except OSError as e:  # a user path the library did not check: disk full, permissions, a folder for a file
+        if debug:
+            raise
+        sys.exit(_one_line(f"error: {e.filename or 'a file'}: {e.strerror or e}; check the path, its permissions "
+                           "and the free disk space", 2))
+    except Exception as e:  # a bug: one line, and the traceback on request
+        if debug:
+            raise
+        sys.exit(_one_line(f"error: internal error ({type(e).__name__}: {e}); rerun with CTB_DEBUG=1 for the "
+                           "traceback and report it", 1))
+
+
+def _one_line(message: str, code: int) -> int:
+    print(" ".join(message.split()), file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ errors (a typo must never silently fall back to a default).
 """
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolchain import UserError
+from toolchain.fsutil import check_name
 
 TASK_TYPES = ("classification", "regression", "tagging")
 FORMATS = ("tsv", "csv", "jsonl", "seqio", "clinc150", "hf")
@@ -90,7 +92,7 @@ class PlanConfig:
     budget: int = 0
 
     def check(self, where: str) -> None:
-        if self.threshold < 0:
+        if not 0 <= self.threshold < math.inf:
             raise UserError(f"{where}: threshold = {self.threshold} must be >= 0")
         if self.budget < 0:
             raise UserError(f"{where}: budget = {self.budget} must be >= 0 (0: no budget)")
@@ -106,8 +108,8 @@ class ExportConfig:
     min_agreement: float | None = None
 
     def check(self, where: str) -> None:
-        if self.max_metric_drop < 0:
-            raise UserError(f"{where}: max_metric_drop = {self.max_metric_drop} must be >= 0")
+        if not 0 <= self.max_metric_drop < math.inf:
+            raise UserError(f"{where}: max_metric_drop = {self.max_metric_drop} must be a number >= 0, e.g. 1.0")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise UserError(f"{where}: min_agreement = {self.min_agreement} must be between 0 and 1, e.g. 0.99")
 
@@ -132,8 +134,7 @@ class TaskConfig:
     train_overrides: dict = field(default_factory=dict)
 
     def check(self, where: str) -> None:
-        if not self.name.replace("_", "").replace("-", "").isalnum():
-            raise UserError(f"{where}: task name {self.name!r} must be letters, digits, '-' or '_'")
+        check_name(self.name, f"{where}: task name")
         _one_of(self.type, TASK_TYPES, "type", where)
         _one_of(self.format, FORMATS, "format", where)
         _one_of(self.metric, METRICS, "metric", where)
@@ -205,6 +206,14 @@ class Recipe:
                 t.train_overrides.pop("epochs", None)
         return self
 
+    def check_positions(self, cfg) -> None:
+        """Every task's max_seq_len fits the backbone's position table (`cfg`: an EncoderConfig)."""
+        limit = cfg.max_position - cfg.position_offset
+        longest = max(self.seq_len(t) for t in self.tasks)
+        if longest > limit:
+            raise UserError(f"recipe {self.path}: max_seq_len {longest} exceeds the backbone's {limit} positions; "
+                            f"set max_seq_len <= {limit}")
+
     def resolve(self, p: str) -> Path:
         """A data path as written in the recipe, relative to the recipe's folder."""
         return (self.root / p).resolve() if not Path(p).is_absolute() else Path(p)
@@ -216,8 +225,8 @@ def _one_of(value, allowed, key, where):
 
 
 def _positive(value, key, where):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise UserError(f"{where}: {key} = {value!r} must be a positive number")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+        raise UserError(f"{where}: {key} = {value!r} must be a positive (finite) number")
 
 
 def _build(cls, raw: dict, where: str, **extra):
@@ -241,6 +250,8 @@ def _build(cls, raw: dict, where: str, **extra):
             want = f.type
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{where}: {key} = {value} must be a finite number")
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise UserError(f"{where}: {key} = {value!r} must be of type {want.__name__}")
         kwargs[key] = value
@@ -287,6 +298,7 @@ def load_recipe(path) -> Recipe:
     if dup:
         raise UserError(f"{where}: duplicate task name {min(dup)!r}; task names must be unique")
     recipe = _build(Recipe, raw, where, tasks=tasks, train=train, path=path.resolve(), **sections)
+    check_name(recipe.name, f"{where}: name")  # it names the output folder beside the recipe
     _positive(recipe.max_seq_len, "max_seq_len", where)
     for t in tasks:
         dataclasses.replace(train, **t.train_overrides).check(f"{where} task {t.name!r} [train]")

@@ -79,7 +79,12 @@ def read_examples(recipe, task, split: str) -> list:
         _check_exists(Path(path), task.format, where)
     reader = {"tsv": _read_delimited, "csv": _read_delimited, "jsonl": _read_jsonl,
               "seqio": _read_seqio, "clinc150": _read_clinc, "hf": _read_hf}[task.format]
-    examples = reader(path, task, split, where)
+    try:
+        examples = reader(path, task, split, where)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where}: not UTF-8 text (bad byte at offset {e.start}); save the data as UTF-8") from None
+    except csv.Error as e:
+        raise UserError(f"{where}: not readable as {task.format} ({e}); check the file and format") from None
     if not examples:
         raise UserError(f"{where}: no examples found; check the file and the recipe's format")
     limit = task.max_train_examples if split == "train" else task.max_dev_examples

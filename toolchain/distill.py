@@ -12,7 +12,6 @@ branch.json recording the teacher it came from.
 """
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from toolchain import UserError
+from toolchain.fsutil import read_json
 from toolchain.train import branch_meta, finished, fit, loss_fn, raw_outputs, run_result, save_run, trunk_batches
 
 
@@ -116,7 +116,7 @@ def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
         sel = out / "selected.json"
         if not sel.is_file():
             raise UserError(f"no {sel}; run `ctb-mobile train` (a sweep) first or pass --teacher-layers")
-        chosen = json.loads(sel.read_text())
+        chosen = read_json(sel, "rerun `ctb-mobile train`")
         if task not in chosen:
             raise UserError(f"task {task!r} has no selected teacher in {sel}; train it first or pass --teacher-layers")
         return out / chosen[task]["run"]
@@ -124,7 +124,7 @@ def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
     if not runs:
         raise UserError(f"no finished teacher run for task {task!r} with L = {teacher_layers} under {out / 'runs'}; "
                         f"train it with: ctb-mobile train RECIPE -t {task} --layers {teacher_layers}")
-    best = max(runs, key=lambda p: json.loads(p.read_text())["dev_metric"])
+    best = max(runs, key=lambda p: read_json(p)["dev_metric"])
     return best.parent
 
 
@@ -135,7 +135,7 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
 
     from toolchain import backbone as backbones
     from toolchain.data import load_task
-    from toolchain.fsutil import write_json_atomic
+    from toolchain.fsutil import locked, write_json_atomic
     from toolchain.store import read_branch_meta
     from toolchain.train import make_accelerator
 
@@ -144,6 +144,7 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     seeds = seeds or [recipe.train.seed]
     teachers = {t.name: teacher_dir_for(out, t.name, teacher_layers) for t in tasks}
     bb = backbones.load(recipe.backbone_spec)
+    recipe.check_positions(bb.cfg)
     tok = bb.tokenizer()
     bad = [n for n in layers if n < 1]
     if bad:
@@ -151,7 +152,7 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     for t in tasks:
         read_branch_meta(teachers[t.name])  # a missing or broken teacher fails before any training
     summary_path = out / "distill.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_json(summary_path) if summary_path.is_file() else {}
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
         datas = {t.name: load_task(recipe, t, tok) for t in tasks}
@@ -179,5 +180,8 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
                         entry["students"][key] = {"attach": tmeta["attach"], "layers": n,
                                                   "dev_metric": res["dev_metric"],
                                                   "run": str(run_dir.relative_to(out))}
-    write_json_atomic(summary_path, summary)
+    with locked(summary_path, wait=120):  # keep what other runs on this workspace wrote meanwhile
+        current = read_json(summary_path) if summary_path.is_file() else {}
+        summary = {**current, **{t.name: summary[t.name] for t in tasks if t.name in summary}}
+        write_json_atomic(summary_path, summary)
     return summary

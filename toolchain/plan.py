@@ -9,11 +9,10 @@ model runs the trunk once up to the deepest attach point, then each branch: max(
 against N x (number of tasks) for separate full models.
 """
 
-import json
 from pathlib import Path
 
 from toolchain import UserError
-from toolchain.fsutil import write_json_atomic, write_text_atomic
+from toolchain.fsutil import read_json, write_json_atomic, write_text_atomic
 
 CRITERIA = ("mixed", "best")
 
@@ -24,7 +23,7 @@ def candidates(out) -> dict:
     found = {}
     for kind, pattern in (("teacher", "runs/*/*/result.json"), ("student", "distill/*/*/result.json")):
         for res_file in sorted(out.glob(pattern)):
-            meta = json.loads((res_file.parent / "branch.json").read_text())
+            meta = read_json(res_file.parent / "branch.json")
             key = (meta["attach"], meta["layers"])
             c = {"attach": meta["attach"], "layers": meta["layers"], "dev_metric": meta["dev_metric"],
                  "metric": meta["metric"], "run": str(res_file.parent.relative_to(out)), "kind": kind}
@@ -111,8 +110,8 @@ def table2(out, depth: int, tasks: list) -> dict:
     """Rows: full fine-tune (L = N), teacher (selected L), KD-1/2/3 from that teacher, planned mixed."""
     out = Path(out)
     cands = candidates(out)
-    selected = json.loads((out / "selected.json").read_text()) if (out / "selected.json").is_file() else {}
-    plan = json.loads((out / "plan.json").read_text()) if (out / "plan.json").is_file() else None
+    selected = read_json(out / "selected.json") if (out / "selected.json").is_file() else {}
+    plan = read_json(out / "plan.json") if (out / "plan.json").is_file() else None
     rows = {}
 
     def pick(task, attach, layers):

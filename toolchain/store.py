@@ -11,13 +11,12 @@ files and outputs stay exactly as they were. Every change is atomic: a branch fo
 under a temporary name and renamed into place, or renamed away before it is deleted.
 """
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from toolchain import UserError, __version__
-from toolchain.fsutil import atomic_dir, write_json_atomic
+from toolchain.fsutil import atomic_dir, check_name, child, locked, read_json, recover, write_json_atomic
 
 SCHEMA = 1
 BRANCH_KEYS = ("task", "type", "labels", "attach", "layers", "metric", "backbone_fingerprint")
@@ -34,13 +33,11 @@ def read_branch_meta(branch_dir) -> dict:
     for name in ("branch.json", "branch.safetensors"):
         if not (branch_dir / name).is_file():
             raise UserError(f"branch {branch_dir}: {name} missing; is this a finished training or distillation run?")
-    try:
-        meta = json.loads((branch_dir / "branch.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"branch {branch_dir}: branch.json is not valid JSON ({e}); retrain or restore it") from None
-    missing = [k for k in BRANCH_KEYS if k not in meta]
+    meta = read_json(branch_dir / "branch.json", "retrain the branch or restore the file")
+    missing = [k for k in BRANCH_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise UserError(f"branch {branch_dir}: branch.json lacks {missing[0]!r}; it was not written by ctb-mobile")
+    check_name(meta["task"], f"branch {branch_dir}: branch.json task")
     return meta
 
 
@@ -87,11 +84,28 @@ def read_store(store_dir) -> dict:
     f = store_dir / "store.json"
     if not f.is_file():
         raise UserError(f"store {store_dir} not found (no store.json); build one with `ctb-mobile merge`")
-    meta = json.loads(f.read_text())
-    if meta.get("schema") != SCHEMA:
+    meta = read_json(f, "rebuild the store with `ctb-mobile merge --force`")
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
         raise UserError(f"store {store_dir}: schema {meta.get('schema')!r}, this toolchain reads {SCHEMA}; "
                         "rebuild it with `ctb-mobile merge`")
     return meta
+
+
+def check_recipe(store_dir, store_meta: dict, recipe) -> None:
+    """The store was built on the recipe's backbone and every branch is a task of the recipe (whose dev
+    data the export guard and verify score it on)."""
+    from toolchain import backbone
+
+    bb = backbone.load(recipe.backbone_spec)
+    if bb.fingerprint != store_meta["backbone_fingerprint"]:
+        raise UserError(f"store {store_dir} was built on {store_meta['backbone']} (fingerprint "
+                        f"{store_meta['backbone_fingerprint'][:12]}), not on recipe {recipe.path}'s backbone "
+                        f"{recipe.backbone} ({bb.fingerprint[:12]}); give the store made from this recipe (--store)")
+    recipe.check_positions(bb.cfg)
+    unknown = sorted(set(branch_names(store_dir)) - {t.name for t in recipe.tasks})
+    if unknown:
+        raise UserError(f"store {store_dir} holds task {unknown[0]!r}, which recipe {recipe.path} does not define; "
+                        "add the task to the recipe or remove its branch (`ctb-mobile branch remove`)")
 
 
 def branch_names(store_dir) -> list:
@@ -148,7 +162,7 @@ def create(store_dir, bb, backbone_spec: str, branch_dirs: list, force: bool = F
         if not (tmp / "tokenizer" / "tokenizer.json").is_file():
             bb.tokenizer().save(str(tmp / "tokenizer" / "tokenizer.json"))
         for meta, d in zip(metas, branch_dirs):
-            _copy_branch(d, tmp / "branches" / meta["task"])
+            _copy_branch(d, child(tmp / "branches", meta["task"], "task"))
         write_json_atomic(tmp / "store.json", store_meta)
     return store_meta
 
@@ -157,7 +171,7 @@ def _incoming(store_dir, branch_dir):
     """Validate a branch run folder against the store; its metadata and destination folder."""
     store_meta = read_store(store_dir)
     meta = _validate_new(store_meta, _encoder_cfg(store_meta), branch_dir)
-    return meta, Path(store_dir) / "branches" / meta["task"]
+    return meta, child(Path(store_dir) / "branches", meta["task"], "task")
 
 
 def add(store_dir, branch_dir) -> dict:
@@ -182,12 +196,14 @@ def update(store_dir, branch_dir) -> dict:
 def remove(store_dir, task: str) -> None:
     store_dir = Path(store_dir)
     read_store(store_dir)
-    dest = store_dir / "branches" / task
-    if task.startswith(".") or not dest.is_dir():
-        raise UserError(f"task {task!r} is not in the store; it has: {', '.join(branch_names(store_dir)) or 'none'}")
-    gone = dest.with_name(f".{task}.removed-{os.getpid()}")
-    os.rename(dest, gone)
-    shutil.rmtree(gone)
+    dest = child(store_dir / "branches", task, "task")
+    with locked(dest):
+        recover(dest)
+        if not dest.is_dir():
+            raise UserError(f"task {task!r} is not in the store; it has: {', '.join(branch_names(store_dir)) or 'none'}")
+        gone = dest.with_name(f".{task}.removed-{os.getpid()}")
+        os.rename(dest, gone)
+        shutil.rmtree(gone)
 
 
 def load_merged(store_dir, tasks=None):
@@ -195,6 +211,7 @@ def load_merged(store_dir, tasks=None):
 
     The trunk is cut at the deepest attach point, so it runs exactly as deep as the branches need.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from toolchain import backbone
@@ -218,7 +235,11 @@ def load_merged(store_dir, tasks=None):
         check_fits(store_meta, meta, f"branch {n}")
         metas[n] = meta
         branches[n] = load_branch(cfg, store_dir / "branches" / n, meta)
-    state = load_file(str(store_dir / "trunk.safetensors"))
+    try:
+        state = load_file(str(store_dir / "trunk.safetensors"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"store {store_dir}: trunk.safetensors is unreadable ({str(e)[:80]}); "
+                        "rebuild the store with `ctb-mobile merge --force`") from None
     if backbone.fingerprint(state, cfg) != store_meta["backbone_fingerprint"]:
         raise UserError(f"store {store_dir}: trunk.safetensors does not match the store's fingerprint; "
                         "the trunk was modified: rebuild the store with `ctb-mobile merge --force`")

@@ -16,7 +16,6 @@ Output layout (all under --out):
 
 import dataclasses
 import io
-import json
 import math
 import shutil
 import time
@@ -27,7 +26,7 @@ import torch
 from toolchain import UserError, __version__
 from toolchain import cache as feature_cache
 from toolchain.data import IGNORE
-from toolchain.fsutil import write_bytes_atomic, write_json_atomic, write_text_atomic
+from toolchain.fsutil import locked, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 
 def make_accelerator(mixed_precision: str = "auto"):
@@ -170,7 +169,7 @@ def fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, los
 
     ckpt = Path(run_dir) / "ckpt"
     state = {"epoch": 0, "losses": [], "history": [], "epoch_seconds": [], "data": data_fingerprint(data)}
-    saved = json.loads((ckpt / "trainer.json").read_text()) if (ckpt / "trainer.json").is_file() else None
+    saved = read_json(ckpt / "trainer.json") if (ckpt / "trainer.json").is_file() else None
     if saved and saved.get("data") == state["data"]:  # resume from the last finished epoch
         state = saved
         weights = load_file(str(ckpt / "branch.safetensors"))
@@ -250,7 +249,7 @@ def finished(run_dir: Path, data, settings: dict) -> dict | None:
     done = Path(run_dir) / "result.json"
     if not done.is_file():
         return None
-    res = json.loads(done.read_text())
+    res = read_json(done)
     same = res["data_fingerprint"] == data_fingerprint(data) if "data_fingerprint" in res \
         else res.get("train_examples") == len(data.train)  # runs written before fingerprints were recorded
     return res if same and res.get("settings", settings) == settings else None
@@ -362,6 +361,7 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
 
     tasks = [recipe.task(n) for n in task_names] if task_names else list(recipe.tasks)
     bb = backbones.load(recipe.backbone_spec)
+    recipe.check_positions(bb.cfg)
     for t in tasks:
         check_layers(layers or [t.layers or max(1, bb.depth // 2)], bb.depth, f"task {t.name!r}: ")
     seeds = seeds or [recipe.train.seed]
@@ -414,6 +414,7 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
                                                    "seconds": sum(v["epoch_seconds"])} for k, v in results.items()}
     write_json_atomic(out / "sweep.json", summary)
     selected_file = out / "selected.json"  # kept across invocations: sweeping one task keeps the others
-    selected = json.loads(selected_file.read_text()) if selected_file.is_file() else {}
-    write_json_atomic(selected_file, {**selected, **summary["selected"]})
+    with locked(selected_file, wait=120):  # another run on this workspace may be updating it too
+        selected = read_json(selected_file) if selected_file.is_file() else {}
+        write_json_atomic(selected_file, {**selected, **summary["selected"]})
     return summary

@@ -16,6 +16,7 @@ still short is recorded in the manifest, and `ctb-mobile verify` fails on it). N
 written unless the whole bundle succeeds (the previous bundle stays as it was).
 """
 
+import dataclasses
 import importlib
 import json
 import shutil
@@ -143,12 +144,19 @@ def model_card(manifest: dict, files: dict, guard: dict | None) -> str:
 def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out_dir=None, max_drop=None,
                   guard_examples=500, log=print, min_agreement=None) -> dict:
     """Export the store for one target; returns the manifest. See the module docstring."""
-    from toolchain.export import check
+    from toolchain.export import cache, check
     from toolchain.export.graph import calibration_for, example_inputs, graphs
-    from toolchain.store import load_merged, read_store
+    from toolchain.store import check_recipe, load_merged, read_store
 
     mod, precision = check_request(target, precision, layout)
+    guard_cfg = dataclasses.replace(recipe.export, **{k: v for k, v in (("max_metric_drop", max_drop),
+                                                                         ("min_agreement", min_agreement)) if v is not None})
+    guard_cfg.check("export (--max-drop or [export])")  # before any work
+    max_drop, min_agree = guard_cfg.max_metric_drop, guard_cfg.min_agreement
+    if min_agree is None:
+        min_agree = check.TOLERANCES.get((target, precision), {}).get("agreement", 0.0)
     store_meta = read_store(store_dir)
+    check_recipe(store_dir, store_meta, recipe)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output {out_dir} exists and is not a folder; choose another --out-dir")
@@ -162,10 +170,6 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
         calib_texts = [ex.text or " ".join(ex.tokens) for _, _, _, exs in devs.values() for ex in exs[:64]]
         calibration = [example_inputs(tok, calib_texts[i: i + 16], max_seq_len) for i in range(0, len(calib_texts), 16)]
     quantized = precision.startswith("int8")
-    max_drop = recipe.export.max_metric_drop if max_drop is None else max_drop
-    min_agree = recipe.export.min_agreement if min_agreement is None else min_agreement
-    if min_agree is None:
-        min_agree = check.TOLERANCES.get((target, precision), {}).get("agreement", 0.0)
 
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -196,8 +200,8 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                 embedded = {"target": target, "program": g.name, "trunk_fingerprint": store_meta["backbone_fingerprint"],
                             "tokenizer_fingerprint": tok_spec["fingerprint"], "outputs": list(g.outputs),
                             "tasks": [t for t in g.outputs if t in metas]}
-                files = mod.export(g, tmp, p, max_seq_len, embedded, calibration_for(g, model, calibration),
-                                   keep if layout == "fused" else ())
+                files = cache.export(mod, target, g, tmp, p, max_seq_len, embedded,
+                                     calibration_for(g, model, calibration), keep if layout == "fused" else ())
                 programs.append(program_spec(target, g, files, p, metas, hidden_size, max_seq_len))
             manifest = manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs,
                                     {t: "fp32" for t in keep_fp32}, tok_spec)

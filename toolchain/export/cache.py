@@ -1,0 +1,108 @@
+"""Exported programs, kept by what they were made from: exporting the same graph again (the guard's
+second attempt, an int8 bundle after the fp32 one, the same store for a second layout or for the
+bench) copies the files instead of tracing and lowering again.
+
+The key covers everything the files depend on: the graph (its module's structure, every weight, its
+input and output names, the example tensors), the export arguments (target, precision,
+max_seq_len, embedded metadata, calibration batches, branches kept in fp32), the versions of torch
+and of the backend packages, and the source of the code that builds and exports graphs. Entries live
+under `<cache>/exports/`; the newest KEEP stay. CTB_EXPORT_CACHE=0 turns the cache off.
+"""
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+from pathlib import Path
+
+KEEP = 24
+SOURCES = ("model.py", "export/graph.py", "export/onnx.py", "export/executorch.py", "export/coreml.py")
+PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "executorch", "torchao", "coremltools")
+
+
+def _versions() -> list:
+    out = []
+    for p in PACKAGES:
+        try:
+            out.append(f"{p}={importlib.metadata.version(p)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{p}=-")
+    return out
+
+
+def _tensor_bytes(t) -> bytes:
+    import torch
+
+    t = t.detach().contiguous().cpu().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32) -> str:
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for name in SOURCES:
+        h.update((root / name).read_bytes())
+    h.update(json.dumps([target, graph.name, list(graph.inputs), list(graph.outputs), precision, max_seq_len,
+                         metadata, sorted(keep_fp32), _versions(), repr(graph.module),
+                         [(list(t.shape), str(t.dtype)) for t in graph.example]], sort_keys=True).encode())
+    for t in graph.example:
+        h.update(_tensor_bytes(t))
+    for name, t in graph.module.state_dict().items():
+        h.update(name.encode() + str(t.dtype).encode() + str(list(t.shape)).encode())
+        h.update(_tensor_bytes(t))
+    for batch in calibration:
+        for t in batch:
+            h.update(_tensor_bytes(t))
+    return h.hexdigest()[:40]
+
+
+def check_name_file(name) -> str:
+    if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise ValueError(f"bad file name {name!r} in the export cache")
+    return name
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst) if src.is_dir() else shutil.copyfile(src, dst)
+
+
+def export(mod, target, graph, out_dir: Path, precision, max_seq_len, metadata, calibration=(), keep_fp32=()) -> list:
+    """`mod.export(...)` through the cache; returns the file names written into `out_dir`."""
+    if os.environ.get("CTB_EXPORT_CACHE", "1") == "0":
+        return mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32)
+    from toolchain.backbone import cache_root
+
+    base = cache_root() / "exports"
+    entry = base / key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32)
+    files = None
+    try:
+        files = [check_name_file(f) for f in json.loads((entry / "files.json").read_text())]
+        for f in files:
+            _copy(entry / f, Path(out_dir) / f)
+        os.utime(entry)
+        return files
+    except (OSError, ValueError, TypeError):  # no entry, or a damaged one: export afresh
+        for f in files or ():
+            p = Path(out_dir) / f
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    files = mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32)
+    _store(base, entry, Path(out_dir), files)
+    return files
+
+
+def _store(base: Path, entry: Path, out_dir: Path, files: list) -> None:
+    from toolchain import UserError
+    from toolchain.fsutil import atomic_dir
+
+    try:
+        with atomic_dir(entry) as tmp:
+            for f in files:
+                _copy(out_dir / f, tmp / f)
+            (tmp / "files.json").write_text(json.dumps(files))
+        entries = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[KEEP:]:
+            shutil.rmtree(old, ignore_errors=True)
+    except (OSError, UserError):  # a full disk or another process writing the same entry: no cache, same export
+        pass
