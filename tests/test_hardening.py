@@ -277,8 +277,7 @@ HOLDER = textwrap.dedent("""
 
 
 def test_a_second_writer_fails_in_one_line_and_a_read_modify_write_waits(small_store, tmp_path, bb, cli):
-    dest = small_store / "branches" / "intent"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(dest), "60"], cwd=ROOT, stdout=subprocess.PIPE,
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(small_store), "60"], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

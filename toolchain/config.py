@@ -226,7 +226,7 @@ def _one_of(value, allowed, key, where):
 
 def _positive(value, key, where):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-        raise UserError(f"{where}: {key} = {value!r} must be a positive (finite) number")
+        raise UserError(f"{where}: {key} = {value!r} must be a positive number")
 
 
 def _build(cls, raw: dict, where: str, **extra):

@@ -135,11 +135,12 @@ def locked(path: Path, wait: float = 0):
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path):
-    """Yield a fresh temporary folder that replaces `path` only if the block succeeds. A lock keeps a
-    second writer out; a swap cut short by a kill is repaired by the next write to the same place."""
+def atomic_dir(path: Path, lock: Path | None = None):
+    """Yield a fresh temporary folder that replaces `path` only if the block succeeds. A lock (beside
+    `lock`, by default `path`) keeps a second writer out; a swap cut short by a kill is repaired by
+    the next write to the same place."""
     path = Path(path)
-    with locked(path):
+    with locked(lock or path):
         recover(path)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the folder follows the umask, as mkdir would

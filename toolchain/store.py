@@ -178,7 +178,7 @@ def add(store_dir, branch_dir) -> dict:
     meta, dest = _incoming(store_dir, branch_dir)
     if dest.exists():
         raise UserError(f"task {meta['task']!r} is already in the store; use `ctb-mobile branch update` to replace it")
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, lock=store_dir) as tmp:  # one lock per store, beside it
         _copy_branch(branch_dir, tmp)
     return meta
 
@@ -188,7 +188,7 @@ def update(store_dir, branch_dir) -> dict:
     if not dest.is_dir():
         raise UserError(f"task {meta['task']!r} is not in the store (it has: {', '.join(branch_names(store_dir))}); "
                         "use `ctb-mobile branch add`")
-    with atomic_dir(dest) as tmp:
+    with atomic_dir(dest, lock=store_dir) as tmp:
         _copy_branch(branch_dir, tmp)
     return meta
 
@@ -197,7 +197,7 @@ def remove(store_dir, task: str) -> None:
     store_dir = Path(store_dir)
     read_store(store_dir)
     dest = child(store_dir / "branches", task, "task")
-    with locked(dest):
+    with locked(store_dir):
         recover(dest)
         if not dest.is_dir():
             raise UserError(f"task {task!r} is not in the store; it has: {', '.join(branch_names(store_dir)) or 'none'}")
