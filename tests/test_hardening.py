@@ -349,3 +349,24 @@ def test_the_export_cache_reuses_identical_graphs_only(bb, tmp_path, monkeypatch
     monkeypatch.setenv("CTB_EXPORT_CACHE", "0")
     cache.export(Backend, args[0], g, tmp_path / "o2", "fp32", 32, {"program": "model"})
     assert len(calls) == 5 and math.isfinite(float((tmp_path / "o2/model.bin").read_text()))
+
+
+# ---------------------------------------------------------------------------------------------
+# 20: output for pipelines
+
+
+def test_tables_written_to_a_pipe_keep_whole_paths(tmp_path, cli):
+    out = tmp_path / ("a-long-workspace-folder-name-" * 6) / "ws"
+    recipe = write_recipe(tmp_path, TINY_TASK.replace("max_train_examples = 96", "max_train_examples = 32"))
+    code, stdout, err = cli("train", recipe, "--out", out, "--epochs", "1", "--layers", "1")
+    assert code == 0, err
+    assert str(out / "sweep.json") in stdout and "runs/intent/L1-s0" in stdout and "…" not in stdout
+
+
+def test_a_failing_verify_detail_says_fail_and_the_shortfall():
+    from toolchain.verify import _versus
+
+    assert _versus("agreement", 0.9833, 0.99, "at least", "{:.2%}") == \
+        "FAIL: agreement 98.33% is 0.67% below the required 99.00%"
+    assert _versus("agreement", 0.995, 0.99, "at least", "{:.2%}") == "agreement 99.50% (needs at least 99.00%)"
+    assert _versus("accuracy drop", 1.5, 1.0, "at most", "{:.2f}").startswith("FAIL: accuracy drop 1.50 is 0.50 above")

@@ -194,7 +194,8 @@ def test_verify_fails_on_a_changed_weight_with_a_per_task_report(cli, tiny, bund
     assert code == 1 and "FAIL bundle: " in err and "model.onnx does not match its sha256" in err
     reseal(b, "model.onnx")  # even with a matching checksum the outputs give it away, for that task only
     code, stdout, err, _report = verify(cli, tiny, b, tmp_path)
-    assert code == 1 and "| parity snips_intent | **FAIL** |" in stdout
+    assert code == 1 and "| parity snips_intent | **FAIL** | FAIL: max abs " in stdout
+    assert "above the allowed 1.00e-04" in stdout  # the shortfall, not a line that reads like a pass
     assert "| parity snips_slots | pass |" in stdout and "| parity clinc_domain | pass |" in stdout
 
 

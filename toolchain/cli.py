@@ -45,6 +45,14 @@ MaxDev = Annotated[int | None, typer.Option(help="cap each task's dev set (seede
 Epochs = Annotated[int | None, typer.Option(help="override the recipe's epochs")]
 
 
+def _console(stderr: bool = False):
+    """A rich console; written to a pipe or file it never cuts a cell (the next command needs the paths)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 100_000)
+
+
 def _out_dir(recipe, out: Path | None) -> Path:
     return out if out is not None else recipe.root / recipe.name
 
@@ -63,7 +71,6 @@ def train(
     epochs: Epochs = None,
 ):
     """Partially fine-tune each task's top L layers; with --layers, sweep L and select one per task."""
-    from rich.console import Console
     from rich.table import Table
 
     from toolchain.config import load_recipe
@@ -71,7 +78,7 @@ def train(
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
     out_dir = _out_dir(recipe, out)
-    console = Console(stderr=True)
+    console = _console(stderr=True)
     summary = run_sweep(recipe, task, _ints(layers, "layers"), _ints(seeds, "seeds"), out_dir,
                         use_cache=cache, force=force, console=console)
     table = Table(title=f"{recipe.name}: selected L ({summary['rule']})")
@@ -81,8 +88,8 @@ def train(
     for name, s in summary["selected"].items():
         table.add_row(name, str(s["layers"]), str(depth - s["layers"]) if depth else "-", s["metric"],
                       f"{s['dev_metric']:.2f}", s["run"])
-    Console().print(table)
-    Console().print(f"results: {out_dir / 'sweep.json'}")
+    _console().print(table)
+    _console().print(f"results: {out_dir / 'sweep.json'}")
 
 
 @app.command()
@@ -100,14 +107,13 @@ def distill(
     epochs: Epochs = None,
 ):
     """Distil each task's teacher (L fine-tuned layers) into l-layer branches (vanilla KD)."""
-    from rich.console import Console
 
     from toolchain.config import load_recipe
     from toolchain.distill import run_distill
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
     summary = run_distill(recipe, task, _ints(layers, "layers"), teacher_layers, _ints(seeds, "seeds"),
-                          _out_dir(recipe, out), use_cache=cache, force=force, console=Console(stderr=True))
+                          _out_dir(recipe, out), use_cache=cache, force=force, console=_console(stderr=True))
     for name, e in summary.items():
         students = ", ".join(f"({k}) {v['dev_metric']:.2f}" for k, v in sorted(e["students"].items()))
         typer.echo(f"{name}: teacher ({e['teacher']['attach']},{e['teacher']['layers']}) "
@@ -225,7 +231,6 @@ def export(
     max_drop: float = typer.Option(None, help="guard: max dev-metric drop per task (recipe [export])"),
 ):
     """Quantize and export the merged model as a bundle for a device target."""
-    from rich.console import Console
     from rich.table import Table
 
     from toolchain.config import load_recipe
@@ -237,7 +242,7 @@ def export(
         raise UserError("--precision cannot be combined with --target all; export one target at a time")
     requests = [(t, *check_request(t, precision, layout)) for t in targets]  # all checks before any work
     base = _out_dir(recipe, out)
-    console = Console(stderr=True)
+    console = _console(stderr=True)
     table = Table(title="bundles")
     for col in ("bundle", "file", "bytes", "precision"):
         table.add_column(col)
@@ -249,7 +254,7 @@ def export(
         for f, info in manifest["files"].items():
             prog = next((pr for pr in manifest["programs"] if f in pr["files"]), None)
             table.add_row(str(dest), f, f"{info['bytes']:,}", prog["precision"] if prog else "-")
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -263,7 +268,6 @@ def verify(
     golden: int = typer.Option(4, min=0, help="dev texts per task in golden.json (plus edge cases)"),
 ):
     """Check a bundle against the PyTorch originals on real dev text; exit 1 if any check fails."""
-    from rich.console import Console
 
     from toolchain.config import load_recipe
     from toolchain.verify import verify as run_verify
@@ -272,7 +276,7 @@ def verify(
         raise UserError(f"bundle {bundle} not found; give the folder `ctb-mobile export` wrote")
     recipe = load_recipe(recipe_path)
     report_dir = report or bundle.with_name(bundle.name + ".verify")
-    console = Console(stderr=True)
+    console = _console(stderr=True)
     base = _out_dir(recipe, out)
     result = run_verify(bundle, recipe, store or base / "store", report_dir, base, limit, golden,
                         log=lambda m: console.log(m))
@@ -314,14 +318,13 @@ def bench(
                                       "teachers for a distilled store (default: the merged store's own)"),
 ):
     """Merged model vs the same tasks as single-task models (and the optimum peer): latency, memory, bytes."""
-    from rich.console import Console
 
     from toolchain.bench import run_bench
     from toolchain.config import load_recipe
 
     recipe = load_recipe(recipe_path)
     base = _out_dir(recipe, out)
-    console = Console(stderr=True)
+    console = _console(stderr=True)
     dest = out_dir or base / "bench"
     run_bench(recipe, store or base / "store", dest, _words(targets), _words(precisions), _ints(lengths, "lengths"),
               repeats, peer, guard_examples, threads, log=lambda m: console.log(m), singles_from=singles_from)

@@ -8,8 +8,9 @@ branch's training or distillation run folder on the original backbone). Checks, 
   labels        per task: type, attach depth and label list equal training's
   tokenizer     the bundle tokenizes every dev text to the token ids training used
   merge         merged model = single-task model per task (max abs <= 1e-4)
-  parity        per task, bundle vs merged model, tolerances from check.TOLERANCES by (target,
-                precision): fp32 max abs; quantized prediction agreement and dev-metric drop
+  parity        per task, bundle vs merged model, with the export guard's limits (check.limits:
+                fp32 max abs; quantized prediction agreement and dev-metric drop, from the
+                recipe's [export] where it sets them); a failing detail starts with FAIL
 Writes verify.json, verify.md and golden.json (test vectors for the demo apps) into the report folder.
 """
 
@@ -29,6 +30,17 @@ GOLDEN_EDGE_CASES = ["", "wake me up at 7 am tomorrow", "Réveille-moi à 7h —
 
 def _check(name, ok, detail) -> dict:
     return {"check": name, "ok": bool(ok), "detail": detail}
+
+
+def _versus(what: str, value: float, limit: float, bound: str, fmt: str) -> str:
+    """"agreement 99.50% (needs at least 99.00%)", or, failing, "FAIL: agreement 98.33% is 0.67% below
+    the required 99.00%" (a failing line must not read like a pass)."""
+    f = fmt.format
+    if (value >= limit) if bound == "at least" else (value <= limit):
+        return f"{what} {f(value)} (needs {bound} {f(limit)})"
+    if bound == "at least":
+        return f"FAIL: {what} {f(value)} is {f(limit - value)} below the required {f(limit)}"
+    return f"FAIL: {what} {f(value)} is {f(value - limit)} above the allowed {f(limit)}"
 
 
 def single_task_sources(base: Path, store_dir, names) -> dict:
@@ -74,7 +86,7 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
     from runtime_py import BundleError, InputError, Predictor
     from toolchain.backbone import tokenizer_fingerprint
     from toolchain.export import dev_sets
-    from toolchain.export.check import TOLERANCES, compare, outputs_on, torch_runner
+    from toolchain.export.check import TOLERANCES, compare, limits, outputs_on, torch_runner
     from toolchain.store import load_merged, read_store
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
@@ -101,7 +113,7 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
     key = (m["target"], m["precision"])
     if key not in TOLERANCES:
         raise UserError(f"no tolerance for target {key[0]} at precision {key[1]}; add it to check.TOLERANCES")
-    tol = TOLERANCES[key]
+    tol = limits(*key, recipe.export)  # the export guard's own limits
     report.update(target=m["target"], layout=m["layout"], precision=m["precision"], tolerance=tol)
     checks.append(_check("bundle", True, f"{len(m['files'])} files match their sha256"))
 
@@ -151,11 +163,13 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
                              f"merged vs single-task max abs {merge_diff:.2e} (<= {MERGE_TOL:g})"))
         if "max_abs" in tol:
             ok = c["max_abs"] <= tol["max_abs"] and c["agreement"] == 1.0
-            detail = f"max abs {c['max_abs']:.2e} (<= {tol['max_abs']:g}), agreement {c['agreement']:.2%}"
+            detail = "; ".join([_versus("max abs", c["max_abs"], tol["max_abs"], "at most", "{:.2e}"),
+                                _versus("agreement", c["agreement"], 1.0, "at least", "{:.2%}")])
         else:
             ok = c["agreement"] >= tol["agreement"] and c["drop"] <= tol["max_drop"]
-            detail = (f"agreement {c['agreement']:.2%} (>= {tol['agreement']:.0%}), {c['metric']} "
-                      f"{c['reference']:.2f} -> {c['exported']:.2f} (drop <= {tol['max_drop']:g})")
+            detail = "; ".join([_versus("agreement", c["agreement"], tol["agreement"], "at least", "{:.2%}"),
+                                _versus(f"{c['metric']} drop", c["drop"], tol["max_drop"], "at most", "{:.2f}")
+                                + f" ({c['reference']:.2f} -> {c['exported']:.2f})"])
         checks.append(_check(f"parity {name}", ok, detail))
     cases = golden_cases(predictor, model, tok, devs, golden)
     report = _finish(report, out_dir, cases, log)

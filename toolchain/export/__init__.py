@@ -152,9 +152,8 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
     guard_cfg = dataclasses.replace(recipe.export, **{k: v for k, v in (("max_metric_drop", max_drop),
                                                                          ("min_agreement", min_agreement)) if v is not None})
     guard_cfg.check("export (--max-drop or [export])")  # before any work
-    max_drop, min_agree = guard_cfg.max_metric_drop, guard_cfg.min_agreement
-    if min_agree is None:
-        min_agree = check.TOLERANCES.get((target, precision), {}).get("agreement", 0.0)
+    lim = check.limits(target, precision, guard_cfg)
+    max_drop, min_agree = guard_cfg.max_metric_drop, lim.get("agreement", 0.0)
     store_meta = read_store(store_dir)
     check_recipe(store_dir, store_meta, recipe)
     out_dir = Path(out_dir)

@@ -17,6 +17,18 @@ TOLERANCES = {
 }
 
 
+def limits(target: str, precision: str, export_cfg) -> dict:
+    """The tolerances that both the export guard and verify apply: fp32 programs match within max_abs;
+    a quantized program must agree with fp32 on min_agreement of dev predictions (the recipe's [export]
+    min_agreement, else the target's row above) and lose at most max_metric_drop points."""
+    row = dict(TOLERANCES[(target, precision)])
+    if "agreement" in row:
+        if export_cfg.min_agreement is not None:
+            row["agreement"] = export_cfg.min_agreement
+        row["max_drop"] = export_cfg.max_metric_drop
+    return row
+
+
 def run_bundle(run, manifest, ids, mask, tt) -> dict:
     """task -> numpy output, for one padded batch, through the bundle's program(s)."""
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
