@@ -16,6 +16,7 @@ from conftest import ROOT, TINY_TASK, write_recipe
 from test_cli import one_line_error, tree_digest
 
 from toolchain import UserError, backbone, store
+from toolchain.config import load_recipe
 from toolchain.fsutil import atomic_dir, locked, write_json_atomic
 
 
@@ -370,3 +371,105 @@ def test_a_failing_verify_detail_says_fail_and_the_shortfall():
         "FAIL: agreement 98.33% is 0.67% below the required 99.00%"
     assert _versus("agreement", 0.995, 0.99, "at least", "{:.2%}") == "agreement 99.50% (needs at least 99.00%)"
     assert _versus("accuracy drop", 1.5, 1.0, "at most", "{:.2f}").startswith("FAIL: accuracy drop 1.50 is 0.50 above")
+
+
+# ---------------------------------------------------------------------------------------------
+# 18, 19: no silent loss of data; the formats users bring
+
+CONLL = """-DOCSTART- -X- -X- O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+call NN I-NP O
+
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+
+-DOCSTART- -X- -X- O
+U.S. NNP B-NP B-LOC
+wins VBZ B-VP O
+"""
+
+CONLL_TASK = """
+name = "ner"
+backbone = "tiny-random"
+max_seq_len = 32
+[[tasks]]
+name = "ner"
+type = "tagging"
+format = "conll"
+train = "train.conll"
+dev = "train.conll"
+"""
+
+
+def test_conll_files_are_read_as_sentences(tmp_path, cli):
+    from toolchain.data import read_examples
+
+    (tmp_path / "train.conll").write_text(CONLL)
+    recipe = load_recipe(write_recipe(tmp_path, CONLL_TASK))
+    ex = read_examples(recipe, recipe.tasks[0], "train")
+    assert [(e.tokens, e.tags) for e in ex] == [
+        (["EU", "rejects", "German", "call"], ["B-ORG", "O", "B-MISC", "O"]),
+        (["Peter", "Blackburn"], ["B-PER", "I-PER"]), (["U.S.", "wins"], ["B-LOC", "O"])]
+    code, stdout, err = cli("check", tmp_path / "r.toml")
+    assert code == 0 and "ner: tagging, 3 train / 3 dev, 6 labels" in stdout, err
+    write_recipe(tmp_path, CONLL_TASK + "columns = { tokens = 0, tags = 7 }\n")
+    code, _, err = cli("check", tmp_path / "r.toml")
+    one_line_error(code, err, "line 3: 4 fields", "columns.tags = 7")
+    write_recipe(tmp_path, CONLL_TASK.replace('"tagging"', '"classification"'))
+    code, _, err = cli("check", tmp_path / "r.toml")
+    one_line_error(code, err, "format conll holds tagging data")
+
+
+def test_a_seqio_tagging_task_needs_no_label_file(tmp_path, cli):
+    import shutil
+
+    src = ROOT / "models/data/snips/valid"
+    for split in ("train", "valid"):
+        (tmp_path / split).mkdir()
+        for name in ("seq.in", "seq.out"):
+            shutil.copyfile(src / name, tmp_path / split / name)
+    body = TINY_TASK.replace('"@DATA@/snips/train"', '"train"').replace('"@DATA@/snips/valid"', '"valid"') \
+        + 'unseen_labels = "drop"\n'
+    write_recipe(tmp_path, body.replace('type = "classification"', 'type = "tagging"'))
+    code, stdout, err = cli("check", tmp_path / "r.toml")
+    assert code == 0 and "intent: tagging" in stdout, err
+    code, _, err = cli("check", write_recipe(tmp_path, body))
+    one_line_error(code, err, "label not found", "seq.in, label for a classification task")
+
+
+def test_what_a_cap_or_truncation_drops_is_said_in_one_line_each(tmp_path, cli):
+    body = TINY_TASK.replace("max_seq_len = 32", "max_seq_len = 8").replace('type = "classification"', 'type = "tagging"') \
+        + 'unseen_labels = "drop"\n'
+    code, _, err = cli("check", write_recipe(tmp_path, body))
+    notes = [x for x in err.splitlines() if "dev entities lie beyond max_seq_len 8" in x]
+    assert code == 0 and len(notes) == 1, err
+    cut, total = map(int, notes[0].split(": ", 1)[1].split(" dev entities")[0].split(" of "))
+    assert 0 < cut < total
+    clinc = """
+name = "c"
+backbone = "tiny-random"
+[[tasks]]
+name = "intent"
+type = "classification"
+format = "clinc150"
+train = "@DATA@/clinc150/data_full.json"
+dev = "@DATA@/clinc150/data_full.json"
+max_train_examples = 40
+unseen_labels = "drop"
+"""
+    code, _, err = cli("check", write_recipe(tmp_path, clinc))
+    assert code == 0, err
+    assert any("the train cap of 40 examples keeps" in x and "raise --max-train" in x for x in err.splitlines()), err
+    assert any("dev rows have a label unseen in train and are not scored" in x for x in err.splitlines()), err
+
+
+def test_a_replaced_run_is_named(tmp_path, cli):
+    recipe = write_recipe(tmp_path, TINY_TASK.replace("max_train_examples = 96", "max_train_examples = 32")
+                          + 'unseen_labels = "drop"\n')
+    args = ("train", recipe, "--out", tmp_path / "ws", "--epochs", "1", "--layers", "1")
+    assert cli(*args)[0] == 0
+    code, _, err = cli(*args, "--max-train", "16")  # other data: the finished run is redone
+    assert code == 0 and f"replacing {tmp_path / 'ws/runs/intent/L1-s0'} (it was trained on other data" in err, err

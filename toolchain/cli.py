@@ -393,6 +393,8 @@ def check(recipe_path: Path = typer.Argument(..., metavar="RECIPE")):
 
             check_layers([t.layers], bb.depth, f"task {t.name!r}: ")
         d = load_task(recipe, t, tok)
+        for note in d.notes:
+            typer.echo(note, err=True)
         typer.echo(f"{t.name}: {t.type}, {len(d.train)} train / {len(d.dev)} dev, "
                    f"{len(d.labels) or 'regression'} labels, metric {t.metric}")
     typer.echo(f"ok: {recipe_path} (backbone {recipe.backbone}, {bb.depth} layers)")

@@ -14,7 +14,7 @@ from toolchain import UserError
 from toolchain.fsutil import check_name
 
 TASK_TYPES = ("classification", "regression", "tagging")
-FORMATS = ("tsv", "csv", "jsonl", "seqio", "clinc150", "hf")
+FORMATS = ("tsv", "csv", "jsonl", "seqio", "clinc150", "hf", "conll")
 METRICS = ("accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman", "entity_f1")
 DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "tagging": "entity_f1"}
 COLUMN_ROLES = ("text", "text_pair", "label", "tokens", "tags")
@@ -144,12 +144,19 @@ class TaskConfig:
             if not isinstance(col, (str, int)) or isinstance(col, bool):
                 raise UserError(f"{where}: columns.{role} = {col!r} must be a column name or index")
         need = {"tagging": ("tokens", "tags")}.get(self.type, ("text", "label"))
-        if self.format not in ("seqio", "clinc150"):
+        if self.format not in ("seqio", "clinc150", "conll"):
             for role in need:
                 if role not in self.columns:
                     raise UserError(f"{where}: a {self.type} task needs columns.{role}; add it")
-        if self.type == "tagging" and self.format not in ("jsonl", "seqio", "hf"):
-            raise UserError(f"{where}: tagging tasks read format jsonl, seqio or hf, not {self.format!r}")
+        if self.type == "tagging" and self.format not in ("jsonl", "seqio", "hf", "conll"):
+            raise UserError(f"{where}: tagging tasks read format jsonl, seqio, hf or conll, not {self.format!r}")
+        if self.format == "conll":
+            if self.type != "tagging":
+                raise UserError(f"{where}: format conll holds tagging data; set type = \"tagging\"")
+            for role, col in self.columns.items():
+                if role not in ("tokens", "tags") or not isinstance(col, int):
+                    raise UserError(f"{where}: conll columns are 0-based field indexes (tokens = 0, tags = -1 by "
+                                    f"default), not columns.{role} = {col!r}")
         for key in ("max_seq_len", "layers", "max_train_examples", "max_dev_examples"):
             if getattr(self, key) < 0:
                 raise UserError(f"{where}: {key} = {getattr(self, key)} must be >= 0")

@@ -62,23 +62,25 @@ class TaskData:
     labels: list  # label names (classification) or tag names (tagging); [] for regression
     dev_examples: list
     dropped_dev: int = 0
+    notes: list = field(default_factory=list)  # one line per silent loss (truncated entities, labels lost to a cap)
 
 
 # --------------------------------------------------------------------------------------------
 # Readers
 
 
-def read_examples(recipe, task, split: str) -> list:
-    """Read the train or dev split of a task as Examples, checking files and columns."""
+def read_examples(recipe, task, split: str, cap: bool = True) -> list:
+    """Read the train or dev split of a task as Examples, checking files and columns; `cap`: keep the
+    task's max_train_examples / max_dev_examples (a seeded random subset)."""
     spec = task.train if split == "train" else task.dev
     path = recipe.resolve(spec)
     if task.format == "hf" and not path.exists():
         path = spec  # a dataset name for load_dataset
     where = f"task {task.name!r} {split} data {spec}"
     if task.format != "hf":
-        _check_exists(Path(path), task.format, where)
-    reader = {"tsv": _read_delimited, "csv": _read_delimited, "jsonl": _read_jsonl,
-              "seqio": _read_seqio, "clinc150": _read_clinc, "hf": _read_hf}[task.format]
+        _check_exists(Path(path), task, where)
+    reader = {"tsv": _read_delimited, "csv": _read_delimited, "jsonl": _read_jsonl, "seqio": _read_seqio,
+              "clinc150": _read_clinc, "hf": _read_hf, "conll": _read_conll}[task.format]
     try:
         examples = reader(path, task, split, where)
     except UnicodeDecodeError as e:
@@ -87,18 +89,22 @@ def read_examples(recipe, task, split: str) -> list:
         raise UserError(f"{where}: not readable as {task.format} ({e}); check the file and format") from None
     if not examples:
         raise UserError(f"{where}: no examples found; check the file and the recipe's format")
-    limit = task.max_train_examples if split == "train" else task.max_dev_examples
+    return _cap(examples, task.max_train_examples if split == "train" else task.max_dev_examples) if cap else examples
+
+
+def _cap(examples: list, limit: int) -> list:
     if limit and limit < len(examples):
         keep = sorted(random.Random(0).sample(range(len(examples)), limit))
         examples = [examples[i] for i in keep]
     return examples
 
 
-def _check_exists(path: Path, fmt: str, where: str) -> None:
-    if fmt == "seqio":
-        for name in ("seq.in", "seq.out", "label"):
+def _check_exists(path: Path, task, where: str) -> None:
+    if task.format == "seqio":
+        for name in _seqio_files(task):
             if not (path / name).is_file():
-                raise UserError(f"{where}: {path / name} not found; a seqio folder holds seq.in, seq.out and label")
+                raise UserError(f"{where}: {path / name} not found; a seqio folder holds "
+                                f"{', '.join(_seqio_files(task))} for a {task.type} task")
         if (path / "seq.in").stat().st_size == 0:
             raise UserError(f"{where}: {path / 'seq.in'} is empty; point the recipe at a non-empty split")
         return
@@ -169,20 +175,51 @@ def _read_jsonl(path, task, split, where):
     return out
 
 
+def _seqio_files(task) -> tuple:
+    return ("seq.in", "seq.out") if task.type == "tagging" else ("seq.in", "label")
+
+
 def _read_seqio(path, task, split, where):
+    """SNIPS/ATIS folders: seq.in (words), seq.out (one tag per word) and label (one intent per line);
+    a tagging task needs no label file, a classification task no seq.out."""
     path = Path(path)
-    words = [line.split() for line in (path / "seq.in").read_text(encoding="utf-8").splitlines()]
-    tags = [line.split() for line in (path / "seq.out").read_text(encoding="utf-8").splitlines()]
-    intents = (path / "label").read_text(encoding="utf-8").splitlines()
-    if not len(words) == len(tags) == len(intents):
-        raise UserError(f"{where}: seq.in, seq.out and label have {len(words)}, {len(tags)}, {len(intents)} lines; "
-                        "they must match")
+    lines = {n: (path / n).read_text(encoding="utf-8").splitlines() for n in _seqio_files(task)}
+    if len({len(v) for v in lines.values()}) > 1:
+        raise UserError(f"{where}: {' and '.join(lines)} have {' and '.join(str(len(v)) for v in lines.values())} "
+                        "lines; they must match")
+    words = [line.split() for line in lines["seq.in"]]
+    tags = [line.split() for line in lines.get("seq.out", [])]
+    intents = lines.get("label", [])
     if task.type == "tagging":
         for n, (w, t) in enumerate(zip(words, tags), start=1):
             if len(w) != len(t):
                 raise UserError(f"{where} line {n}: {len(w)} words but {len(t)} tags")
         return [Example(tokens=w, tags=t) for w, t in zip(words, tags) if w]
     return [Example(text=" ".join(w), label=i.strip()) for w, i in zip(words, intents) if w]
+
+
+def _read_conll(path, task, split, where):
+    """CoNLL columns: one token per line (token ... tag), a blank line between sentences, -DOCSTART-
+    lines skipped. columns.tokens / columns.tags are field indexes (default 0 and -1, the last)."""
+    tok_col, tag_col = task.columns.get("tokens", 0), task.columns.get("tags", -1)
+    out, tokens, tags = [], [], []
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                if tokens:
+                    out.append(Example(tokens=tokens, tags=tags))
+                tokens, tags = [], []
+                continue
+            try:
+                tokens.append(fields[tok_col])
+                tags.append(fields[tag_col])
+            except IndexError:
+                raise UserError(f"{where} line {n}: {len(fields)} fields, fewer than columns.tokens = {tok_col} / "
+                                f"columns.tags = {tag_col} need") from None
+    if tokens:
+        out.append(Example(tokens=tokens, tags=tags))
+    return out
 
 
 def _read_clinc(path, task, split, where):
@@ -259,10 +296,17 @@ def unseen(task, ex, known) -> str | None:
 
 def load_task(recipe, task, tokenizer) -> TaskData:
     """Read, check and encode one task's train and dev splits."""
-    train = read_examples(recipe, task, "train")
+    full = read_examples(recipe, task, "train", cap=False)
+    train = _cap(full, task.max_train_examples)
     dev = read_examples(recipe, task, "dev")
     labels = label_names(task, train)
     known = set(labels)
+    notes = []
+    lost = sorted(set(label_names(task, full)) - known)
+    if lost:
+        notes.append(f"task {task.name!r}: the train cap of {task.max_train_examples} examples keeps "
+                     f"{len(labels)} of {len(labels) + len(lost)} labels (lost: {', '.join(lost[:5])}"
+                     f"{', ...' if len(lost) > 5 else ''}); raise --max-train or max_train_examples")
     kept, dropped = [], 0
     for ex in dev:
         bad = unseen(task, ex, known)
@@ -275,10 +319,30 @@ def load_task(recipe, task, tokenizer) -> TaskData:
                             "unseen_labels = \"drop\" in the task to skip such dev rows")
     if not kept:
         raise UserError(f"task {task.name!r}: every dev row has a label unseen in train; check the label column")
+    if dropped:
+        notes.append(f"task {task.name!r}: {dropped} of {len(dev)} dev rows have a label unseen in train and are "
+                     "not scored (unseen_labels = \"drop\")")
     max_len = recipe.seq_len(task)
+    dev_enc = encode(kept, tokenizer, task, labels, max_len, f"task {task.name!r} dev")
+    if task.type == "tagging":
+        cut, total = truncated_entities(kept, dev_enc)
+        if cut:
+            notes.append(f"task {task.name!r}: {cut} of {total} dev entities lie beyond max_seq_len {max_len} and "
+                         "are not scored; raise the task's max_seq_len")
     return TaskData(train=encode(train, tokenizer, task, labels, max_len, f"task {task.name!r} train"),
-                    dev=encode(kept, tokenizer, task, labels, max_len, f"task {task.name!r} dev"),
-                    labels=labels, dev_examples=kept, dropped_dev=dropped)
+                    dev=dev_enc, labels=labels, dev_examples=kept, dropped_dev=dropped, notes=notes)
+
+
+def truncated_entities(examples, encoded) -> tuple:
+    """(entities whose first word was cut by truncation, all entities) over tagged examples."""
+    cut = total = 0
+    for ex, word_ids in zip(examples, encoded.word_ids):
+        kept = max((w for w in word_ids if w is not None), default=-1)
+        starts = [i for i, t in enumerate(ex.tags)
+                  if t.startswith("B-") or (t.startswith("I-") and (i == 0 or ex.tags[i - 1][2:] != t[2:]))]
+        total += len(starts)
+        cut += sum(i > kept for i in starts)
+    return cut, total
 
 
 def encode(examples, tokenizer, task, labels, max_len, where="") -> Encoded:

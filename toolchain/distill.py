@@ -12,7 +12,6 @@ branch.json recording the teacher it came from.
 """
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +20,18 @@ import torch.nn.functional as F
 
 from toolchain import UserError
 from toolchain.fsutil import read_json
-from toolchain.train import branch_meta, finished, fit, loss_fn, raw_outputs, run_result, save_run, trunk_batches
+from toolchain.train import (
+    branch_meta,
+    finished,
+    fit,
+    loss_fn,
+    raw_outputs,
+    replaced,
+    run_result,
+    save_run,
+    say,
+    trunk_batches,
+)
 
 
 def kd_loss(task_type, student, teacher, labels, temperature: float, alpha: float):
@@ -156,6 +166,8 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
         datas = {t.name: load_task(recipe, t, tok) for t in tasks}
+        for note in (n for d in datas.values() for n in d.notes):
+            say(progress.console, note)
         accelerator = make_accelerator(recipe.train.mixed_precision)
         for t in tasks:
             tdir = teachers[t.name]
@@ -171,7 +183,7 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
                     res = None if force else finished(run_dir, datas[t.name], settings(recipe, t))
                     if res is None:
                         if force or (run_dir / "result.json").exists():  # forced, or finished on other data
-                            shutil.rmtree(run_dir)
+                            replaced(progress.console, run_dir, force)
                         res = distill_one(recipe, bb, t, datas[t.name], tdir, n, s, run_dir, accelerator,
                                           use_cache, out / "cache", progress)
                     key = f"{tmeta['attach']},{n}"

@@ -29,6 +29,19 @@ from toolchain.data import IGNORE
 from toolchain.fsutil import locked, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 
+def say(console, message: str) -> None:
+    """One line for the user on stderr (through the progress display's console when there is one)."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def replaced(console, run_dir: Path, force: bool) -> None:
+    """Delete a finished run that is about to be redone, naming it, why, and the score it had."""
+    res = run_dir / "result.json"
+    had = f", dev {read_json(res).get('dev_metric')}" if res.is_file() else ""
+    say(console, f"replacing {run_dir} ({'--force' if force else 'it was trained on other data or settings'}{had})")
+    shutil.rmtree(run_dir)
+
+
 def make_accelerator(mixed_precision: str = "auto"):
     from accelerate import Accelerator
 
@@ -373,6 +386,8 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
         for t in tasks:
             progress.update(bar, description=f"[magenta]load data: {t.name}")
             datas[t.name] = load_task(recipe, t, tok)
+            for note in datas[t.name].notes:
+                say(progress.console, note)
             progress.advance(bar)
         progress.update(bar, visible=False)
 
@@ -389,7 +404,7 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
                 progress.advance(overall)
                 continue
             if force or (run_dir / "result.json").exists():  # forced, or finished on other data
-                shutil.rmtree(run_dir)
+                replaced(progress.console, run_dir, force)
             results[(t.name, L, s)] = train_one(recipe, bb, t, datas[t.name], L, s, run_dir, accelerator,
                                                 use_cache=use_cache, cache_dir=out / "cache", progress=progress)
             progress.advance(overall)
