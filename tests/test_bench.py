@@ -61,6 +61,7 @@ def result(tiny):
     return r, out / "bench", lines
 
 
+@pytest.mark.slow
 def test_writes_report_json_and_plot(result):
     r, out, lines = result
     assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(r))
@@ -73,6 +74,7 @@ def test_writes_report_json_and_plot(result):
         assert store.branch_names(out / "single_stores" / t) == [t]
 
 
+@pytest.mark.slow
 def test_ratios_are_merged_over_the_sum_of_single_task_models(result):
     r, _, _ = result
     tasks = [t for t, _, _ in BRANCHES]
@@ -96,6 +98,7 @@ def test_ratios_are_merged_over_the_sum_of_single_task_models(result):
     assert r["memory_mb"]["onnx/fp32"]["merged"] > 0 and r["memory_mb"]["peer/fp32"]["single_sum"] > 0
 
 
+@pytest.mark.slow
 def test_flops_and_gemm_peak(result):
     r, _, _ = result
     metas = {m["task"]: m for m in store.list_branches(r["store"])}
@@ -113,6 +116,7 @@ def test_flops_and_gemm_peak(result):
                                                  / 1e9)
 
 
+@pytest.mark.slow
 def test_bundles_are_reused_while_their_sources_are_unchanged(tiny, result):
     out, recipe, _ = tiny
     bundle = result[1] / "bundles" / "merged-onnx-fp32"
@@ -122,12 +126,14 @@ def test_bundles_are_reused_while_their_sources_are_unchanged(tiny, result):
     assert lines == ["reusing merged-onnx-fp32"] and (bundle / "model.onnx").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_lengths_beyond_max_seq_len_are_not_run(result):
     r, _, _ = result
     assert r["max_seq_len"] == 32 and "64" in r["not_run"] and "max_seq_len 32" in r["not_run"]["64"]
     assert all("64" not in by_len for by_len in r["latency"].values())
 
 
+@pytest.mark.slow
 def test_peer_dev_metric_and_conversion(result):
     r, out, _ = result
     assert r["peer"]["run"] and "AutoQuantizationConfig" in r["peer"]["quantizer"]
@@ -202,6 +208,7 @@ def test_bench_cli_rejects_bad_requests_in_one_line(tiny, cli):
     assert not (out / "cli-bench").exists()
 
 
+@pytest.mark.slow
 def test_single_task_models_can_come_from_another_store(tiny, tmp_path):
     """A distilled store benchmarked against the full-depth models it replaces (here: 4-layer branches)."""
     out, recipe, bb = tiny

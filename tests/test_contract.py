@@ -46,6 +46,7 @@ def rewrite(bundle, edit):
 # export_bundle validates every manifest against the schema before it writes the bundle, so every bundle
 # any test exports is checked; these are the combinations no other test exports (test_export.py has the
 # rest), checked here once more with the plain jsonschema validator.
+@pytest.mark.slow
 @pytest.mark.parametrize("target, layout, precision", [
     ("ios", "fused", "fp16"), ("ios", "split", "int8"), ("onnx", "split", "int8-static")])
 def test_every_target_layout_and_precision_gives_a_manifest_the_schema_accepts(tiny, tmp_path, target, layout,
@@ -68,6 +69,7 @@ def test_every_target_layout_and_precision_gives_a_manifest_the_schema_accepts(t
         assert o.dims[-1].size == len(t.labels)
 
 
+@pytest.mark.slow
 def test_the_exported_android_bundle_lists_inputs_in_the_programs_positional_order(bundles):
     spec = Predictor(bundles[("android", "split")]).spec
     assert [i.name for i in spec.program("trunk").inputs] == ["input_ids", "attention_mask", "token_type_ids"]
@@ -204,7 +206,7 @@ def _reorder_program(tiny, bundle, target):
     reseal(bundle, *files)
 
 
-@pytest.mark.parametrize("target", ["onnx", "android"])
+@pytest.mark.parametrize("target", ["onnx", pytest.param("android", marks=pytest.mark.slow)])
 def test_a_program_whose_outputs_come_in_another_order_fails_to_load(tiny, bundles, tmp_path, target):
     b = copy_bundle(bundles[(target, "fused")], tmp_path)
     Predictor(b)  # the original loads
@@ -298,20 +300,31 @@ def test_bio_decoding_equals_seqeval_entity_extraction():
 # ctb-mobile embed
 
 
-@pytest.fixture(scope="module")
-def verified(tiny, bundles, tmp_path_factory):
+def _verified(tiny, b):
     from toolchain.verify import verify
 
     out, recipe = tiny
-    b = bundles[("android", "fused")]
     report = b.with_name(b.name + ".verify")
-    result = verify(b, recipe, out / "store", report, out, limit=24, golden=2, log=lambda m: None)
-    assert result["ok"]
+    if not (report / "verify.json").is_file():
+        result = verify(b, recipe, out / "store", report, out, limit=24, golden=2, log=lambda m: None)
+        assert result["ok"]
     return b, report
 
 
-def test_verify_writes_the_app_golden_files(verified):
-    b, report = verified
+@pytest.fixture(scope="module")
+def verified(tiny, bundles):
+    """The android bundle, verified: what `embed` puts into the Android demo."""
+    return _verified(tiny, bundles[("android", "fused")])
+
+
+@pytest.fixture(scope="module")
+def verified_onnx(tiny, bundles):
+    """The onnx bundle, verified: the golden files do not depend on the target."""
+    return _verified(tiny, bundles[("onnx", "fused")])
+
+
+def test_verify_writes_the_app_golden_files(verified_onnx):
+    b, report = verified_onnx
     tg = json.loads((report / "golden_tokenizer.json").read_text())
     assert len(tg["cases"]) >= 2000
     groups = {c["group"] for c in tg["cases"]}
@@ -327,6 +340,7 @@ def test_verify_writes_the_app_golden_files(verified):
     assert v["manifest_sha256"] == file_sha256(b / "manifest.json") and v["golden"]["tokenizer_cases"] == len(tg["cases"])
 
 
+@pytest.mark.slow
 def test_embed_copies_a_verified_bundle_and_its_golden_files(cli, verified, tmp_path):
     b, _ = verified
     app = tmp_path / "android_demo"
@@ -339,6 +353,7 @@ def test_embed_copies_a_verified_bundle_and_its_golden_files(cli, verified, tmp_
         ["golden.json", "golden_spans.json", "golden_tokenizer.json", "verify.json"]
 
 
+@pytest.mark.slow
 def test_embed_refuses_unverified_failed_stale_tampered_and_foreign_bundles(cli, verified, bundles, tmp_path):
     b, report = verified
     app = tmp_path / "android_demo"
@@ -373,11 +388,11 @@ def test_embed_refuses_unverified_failed_stale_tampered_and_foreign_bundles(cli,
     assert "unknown app 'web'" in embed(b, app_name="web")
 
 
-def test_golden_json_is_decoded_identically_from_its_recorded_outputs(verified):
+def test_golden_json_is_decoded_identically_from_its_recorded_outputs(verified_onnx):
     """What the app tests do with golden.json: decode the recorded outputs, get the recorded predictions."""
     from tokenizers import Tokenizer
 
-    b, report = verified
+    b, report = verified_onnx
     p = Predictor(b)
     golden = json.loads((report / "golden.json").read_text())
     tok = Tokenizer.from_file(str(b / "tokenizer.json"))

@@ -76,7 +76,7 @@ def test_onnx_fp32_matches_pytorch(tiny, tmp_path, layout):
     assert meta["trunk_fingerprint"] == manifest["trunk_fingerprint"]
 
 
-@pytest.mark.parametrize("precision", ["int8", "int8-static"])
+@pytest.mark.parametrize("precision", ["int8", pytest.param("int8-static", marks=pytest.mark.slow)])
 def test_onnx_int8_passes_the_guard_and_shrinks(tiny, tmp_path, precision):
     out, recipe = tiny
     manifest = export_bundle(recipe, out / "store", "onnx", precision, "fused", tmp_path / "q", log=lambda m: None)
@@ -125,6 +125,7 @@ def test_onnx_int8_scales_activations_per_token():
     assert [i.name for i in kept.graph.initializer] == ["w"]  # no unused quantization constants
 
 
+@pytest.mark.slow
 def test_executorch_fp32_and_int8(tiny, tmp_path):
     from executorch.runtime import Runtime
 
@@ -142,6 +143,7 @@ def test_executorch_fp32_and_int8(tiny, tmp_path):
     assert q["files"]["model.pte"]["bytes"] < manifest["files"]["model.pte"]["bytes"]
 
 
+@pytest.mark.slow
 def test_executorch_split_layout(tiny, tmp_path):
     from toolchain.export import executorch as et
 
@@ -152,6 +154,7 @@ def test_executorch_split_layout(tiny, tmp_path):
     assert_parity(et.runner(tmp_path / "s"), manifest, out / "store", FP32["android"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, layout", [("int8", "fused"), ("fp16", "split")])
 def test_coreml_package_structure(tiny, tmp_path, precision, layout):
     from toolchain.export import coreml
@@ -168,6 +171,7 @@ def test_coreml_package_structure(tiny, tmp_path, precision, layout):
         assert ("constexpr_affine_dequantize" in d["ops"]) == (precision == "int8"), d["ops"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.system() != "Darwin", reason="CoreML prediction needs macOS; the package is checked "
                     "structurally on Linux by test_coreml_package_structure")
 def test_coreml_prediction_matches_pytorch(tiny, tmp_path):
@@ -182,6 +186,7 @@ def test_coreml_prediction_matches_pytorch(tiny, tmp_path):
     assert all(np.abs(ref[k] - got[k]).max() <= 1e-3 for k in ref)
 
 
+@pytest.mark.slow
 def test_guard_keeps_a_sensitive_branch_in_fp32_or_fails_with_a_report(tiny, tmp_path, monkeypatch):
     import onnx
 
@@ -222,6 +227,7 @@ def test_guard_keeps_a_sensitive_branch_in_fp32_or_fails_with_a_report(tiny, tmp
     assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()} == before
 
 
+@pytest.mark.slow
 def test_guard_keeps_a_branch_whose_predictions_disagree_in_fp32(tiny, tmp_path, monkeypatch):
     out, recipe = tiny
     real = check.compare

@@ -33,7 +33,8 @@ def reference(tiny, texts):
     return infer.predict(model, tok, metas, texts, max_len=32), model, tok
 
 
-@pytest.mark.parametrize("key", [("onnx", "fused"), ("android", "split")])
+@pytest.mark.parametrize("key", [("onnx", "fused"), ("onnx", "split"),
+                                 pytest.param(("android", "split"), marks=pytest.mark.slow)])
 def test_predictor_decodes_like_pytorch_on_real_text(tiny, bundles, key):
     p = Predictor(bundles[key])
     got = p.predict(TEXTS)
@@ -54,7 +55,7 @@ def test_predictor_decodes_like_pytorch_on_real_text(tiny, bundles, key):
     assert [p.predict_one(t) for t in TEXTS[:4]] == got[:4]
 
 
-@pytest.mark.parametrize("key", [("onnx", "fused"), ("android", "split")])
+@pytest.mark.parametrize("key", [("onnx", "fused"), pytest.param(("android", "split"), marks=pytest.mark.slow)])
 def test_one_predictor_is_safe_to_share_between_threads(bundles, key):
     p = Predictor(bundles[key])
     expected = [p.predict([t]) for t in TEXTS]
@@ -64,7 +65,7 @@ def test_one_predictor_is_safe_to_share_between_threads(bundles, key):
 
 
 def test_only_the_requested_tasks_run_and_unknown_tasks_are_errors(bundles):
-    p = Predictor(bundles[("android", "split")], tasks=["snips_intent"])
+    p = Predictor(bundles[("onnx", "split")], tasks=["snips_intent"])
     assert set(p.programs) == {"trunk", "branch_snips_intent"}  # split: the other branches are not loaded
     assert set(p.predict_one("play some jazz")) == {"snips_intent"}
     with pytest.raises(InputError, match="unknown task 'weather'.*snips_intent"):
@@ -136,7 +137,7 @@ def test_truncated_modified_or_missing_files_are_refused(bundles, tmp_path):
 
 
 def test_a_branch_exported_for_another_trunk_is_refused(bundles, tmp_path):
-    b = copy_bundle(bundles[("android", "split")], tmp_path)
+    b = copy_bundle(bundles[("onnx", "split")], tmp_path)
     m = json.loads((b / "manifest.json").read_text())
     m["trunk_fingerprint"] = "0" * 64  # the trunk and branches embed the real one
     (b / "manifest.json").write_text(json.dumps(m))
@@ -155,7 +156,7 @@ def verify(cli, tiny, bundle, tmp_path):
     return code, stdout, err, report
 
 
-@pytest.mark.parametrize("key", [("onnx", "fused"), ("android", "split")])
+@pytest.mark.parametrize("key", [("onnx", "fused"), pytest.param(("android", "split"), marks=pytest.mark.slow)])
 def test_verify_passes_and_writes_report_and_golden_vectors(cli, tiny, bundles, key, tmp_path):
     code, stdout, err, report = verify(cli, tiny, bundles[key], tmp_path)
     assert code == 0, stdout + err
@@ -200,7 +201,7 @@ def test_verify_fails_on_a_changed_weight_with_a_per_task_report(cli, tiny, bund
 
 
 def test_verify_fails_on_swapped_labels(cli, tiny, bundles, tmp_path):
-    b = copy_bundle(bundles[("android", "split")], tmp_path)
+    b = copy_bundle(bundles[("onnx", "split")], tmp_path)
     m = json.loads((b / "manifest.json").read_text())
     task = next(t for t in m["tasks"] if t["name"] == "snips_intent")
     task["labels"] = task["labels"][1:] + task["labels"][:1]  # the list in another order: every index moves
@@ -211,11 +212,11 @@ def test_verify_fails_on_swapped_labels(cli, tiny, bundles, tmp_path):
 
 
 def test_verify_fails_on_a_truncated_file(cli, tiny, bundles, tmp_path):
-    b = copy_bundle(bundles[("android", "split")], tmp_path)
-    f = b / "branch_snips_slots.pte"
+    b = copy_bundle(bundles[("onnx", "split")], tmp_path)
+    f = b / "branch_snips_slots.onnx"
     f.write_bytes(f.read_bytes()[:1000])
     code, _stdout, err, report = verify(cli, tiny, b, tmp_path)
-    assert code == 1 and "branch_snips_slots.pte has 1,000 bytes" in err
+    assert code == 1 and "branch_snips_slots.onnx has 1,000 bytes" in err
     assert not json.loads((report / "verify.json").read_text())["ok"]
 
 
