@@ -131,6 +131,7 @@ class TaskConfig:
     max_train_examples: int = 0  # 0: all; otherwise a seeded random subset
     max_dev_examples: int = 0
     unseen_labels: str = "error"  # dev labels absent from train: "error" or "drop" those rows
+    positive_label: str = ""  # metric f1: the label whose F1 is reported (e.g. "1" for GLUE's MRPC)
     train_overrides: dict = field(default_factory=dict)
 
     def check(self, where: str) -> None:
@@ -139,6 +140,11 @@ class TaskConfig:
         _one_of(self.format, FORMATS, "format", where)
         _one_of(self.metric, METRICS, "metric", where)
         _one_of(self.unseen_labels, ("error", "drop"), "unseen_labels", where)
+        if self.metric == "f1" and not self.positive_label:
+            raise UserError(f"{where}: metric f1 scores one positive label; name it, e.g. positive_label = \"1\" "
+                            "(or use macro_f1)")
+        if self.positive_label and self.metric != "f1":
+            raise UserError(f"{where}: positive_label is read by metric f1 only; remove it or set metric = \"f1\"")
         for role, col in self.columns.items():
             _one_of(role, COLUMN_ROLES, "columns key", where)
             if not isinstance(col, (str, int)) or isinstance(col, bool):

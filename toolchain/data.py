@@ -284,6 +284,16 @@ def label_names(task, train: list) -> list:
     return sorted({str(ex.label) for ex in train})
 
 
+def positive_id(task, labels) -> int | None:
+    """The id of the task's positive_label (binary F1), checked against the labels the data has."""
+    if task.metric != "f1":
+        return None
+    if task.positive_label not in labels:
+        raise UserError(f"task {task.name!r}: positive_label {task.positive_label!r} is not one of its labels "
+                        f"({', '.join(map(str, labels[:10]))}); fix positive_label in the recipe")
+    return labels.index(task.positive_label)
+
+
 def unseen(task, ex, known) -> str | None:
     """The first label of `ex` missing from `known`, or None."""
     if task.type == "tagging":
@@ -300,6 +310,7 @@ def load_task(recipe, task, tokenizer) -> TaskData:
     train = _cap(full, task.max_train_examples)
     dev = read_examples(recipe, task, "dev")
     labels = label_names(task, train)
+    positive_id(task, labels)  # metric f1: its positive label must be one of them
     known = set(labels)
     notes = []
     lost = sorted(set(label_names(task, full)) - known)

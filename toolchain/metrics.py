@@ -1,20 +1,24 @@
 """Task metrics, computed by scikit-learn, scipy and seqeval; reported in percent like the paper."""
 
 
-def compute(metric: str, preds, golds) -> float:
-    """preds/golds: label ids (classification), floats (regression) or tag-name lists (tagging)."""
-    return float(_compute(metric, preds, golds))
+def compute(metric: str, preds, golds, pos_label: int | None = None) -> float:
+    """preds/golds: label ids (classification), floats (regression) or tag-name lists (tagging).
+    `pos_label`: the id of the positive label, which binary F1 needs (the recipe names it)."""
+    return float(_compute(metric, preds, golds, pos_label))
 
 
-def _compute(metric, preds, golds):
+def _compute(metric, preds, golds, pos_label):
     if metric == "accuracy":
         from sklearn.metrics import accuracy_score
 
         return 100.0 * accuracy_score(golds, preds)
-    if metric == "f1":  # binary F1 of the second label in sorted order (GLUE's "1")
+    if metric == "f1":  # F1 of the positive label against all others (any number of labels)
+        import numpy as np
         from sklearn.metrics import f1_score
 
-        return 100.0 * f1_score(golds, preds, pos_label=1, average="binary", zero_division=0)
+        if pos_label is None:
+            raise ValueError("metric f1 needs pos_label, the id of the positive label")
+        return 100.0 * f1_score(np.asarray(golds) == pos_label, np.asarray(preds) == pos_label, zero_division=0)
     if metric == "macro_f1":
         from sklearn.metrics import f1_score
 

@@ -25,7 +25,7 @@ import torch
 
 from toolchain import UserError, __version__
 from toolchain import cache as feature_cache
-from toolchain.data import IGNORE
+from toolchain.data import IGNORE, positive_id
 from toolchain.fsutil import locked, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 
@@ -135,7 +135,8 @@ def score(task, labels, encoded, preds) -> float:
             gold_tags.append([labels[gold[j]] for j in keep])
             pred_tags.append([labels[pred[j]] for j in keep])
         return metrics.compute(task.metric, pred_tags, gold_tags)
-    return metrics.compute(task.metric, preds, encoded.labels)
+    return metrics.compute(task.metric, preds, encoded.labels, positive_id(task, labels))
+
 
 
 def trunk_batches(bb, task, data, attach, accelerator, use_cache=True, cache_dir=None, progress=None):
