@@ -66,7 +66,10 @@ def test_writes_report_json_and_plot(result):
     r, out, lines = result
     assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(r))
     md = (out / "bench.md").read_text()
-    assert "## Headline" in md and "| onnx/fp32 | 8 |" in md and "optimum" in md
+    assert "## Headline" in md and "| onnx/fp32 | 8 |" in md
+    peer = md.split("## The peer", 1)[1]  # the peer ran: its table row at seq 8 with the measured ratio
+    ratio = next(v for k, v in r["summary"]["merged_vs_peer_p50"]["peer/fp32"].items() if str(k) == "8")
+    assert "Not run" not in peer and "| fp32 | 8 | " in peer and f"| {ratio:.3f} |" in peer
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("timing seq 8" in x for x in lines)
     for t, _, _ in BRANCHES:

@@ -265,4 +265,23 @@ def test_unwritable_output_keeps_nothing_half_written(tiny, tmp_path, cli):
                        "--out-dir", tmp_path / "file" / "bundle")
     lines = [x for x in err.splitlines() if x.strip() and not x.startswith("[")]
     assert code == 2 and "not writable" in lines[-1], err
-    assert (tmp_path / "file").read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_failed_export_leaves_the_old_bundle_and_no_temporary_beside_it(tiny, tmp_path, monkeypatch):
+    from toolchain.export import cache
+
+    out, recipe = tiny
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "old.txt").write_text("the previous bundle")
+
+    def crash(mod, target_name, graph, out_dir, *args):
+        (out_dir / f"{graph.name}.onnx").write_bytes(b"half a program")
+        raise RuntimeError("the exporter crashed")
+
+    monkeypatch.setattr(cache, "export", crash)
+    with pytest.raises(RuntimeError, match="the exporter crashed"):
+        export_bundle(recipe, out / "store", "onnx", "fp32", "fused", target, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.lock", "bundle"]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
