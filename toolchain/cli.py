@@ -46,11 +46,13 @@ Epochs = Annotated[int | None, typer.Option(help="override the recipe's epochs")
 
 
 def _console(stderr: bool = False):
-    """A rich console; written to a pipe or file it never cuts a cell (the next command needs the paths)."""
+    """A rich console. Tables and paths on stdout never have a cell cut when it is a pipe or a file
+    (the next command needs the paths); progress and log lines on stderr keep rich's defaults."""
     from rich.console import Console
 
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 100_000)
+    if stderr:
+        return Console(stderr=True)
+    return Console(width=None if sys.stdout.isatty() else 100_000)
 
 
 def _out_dir(recipe, out: Path | None) -> Path:
