@@ -473,3 +473,20 @@ def test_a_replaced_run_is_named(tmp_path, cli):
     assert cli(*args)[0] == 0
     code, _, err = cli(*args, "--max-train", "16")  # other data: the finished run is redone
     assert code == 0 and f"replacing {tmp_path / 'ws/runs/intent/L1-s0'} (it was trained on other data" in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# 8: every branch file in a store is checked against the sha256 recorded beside it
+
+
+def test_one_flipped_bit_in_a_store_branch_is_refused(small_store, cli):
+    meta = json.loads((small_store / "branches/intent/branch.json").read_text())
+    assert len(meta["weights_sha256"]) == 64  # recorded when the branch was copied in
+    f = small_store / "branches/intent/branch.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0x40  # one exponent bit of the last weight: still a valid safetensors file
+    f.write_bytes(bytes(data))
+    code, _, err = cli("predict", small_store, "play some jazz")
+    one_line_error(code, err, "branch.safetensors does not match the sha256 in its branch.json")
+    code, _, err = cli("branch", "list", small_store)
+    assert code == 0, err  # listing reads only branch.json

@@ -15,6 +15,7 @@ Output layout (all under --out):
 """
 
 import dataclasses
+import hashlib
 import io
 import math
 import shutil
@@ -238,8 +239,9 @@ def save_run(run_dir: Path, branch, meta: dict, result: dict, accelerator) -> No
     from safetensors.torch import save
 
     if accelerator.is_main_process:
-        write_bytes_atomic(run_dir / "branch.safetensors", save(_weights(branch)))
-        write_json_atomic(run_dir / "branch.json", meta)
+        data = save(_weights(branch))
+        write_bytes_atomic(run_dir / "branch.safetensors", data)
+        write_json_atomic(run_dir / "branch.json", {**meta, "weights_sha256": hashlib.sha256(data).hexdigest()})
         write_json_atomic(run_dir / "result.json", result)
         shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
 
