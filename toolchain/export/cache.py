@@ -104,5 +104,6 @@ def _store(base: Path, entry: Path, out_dir: Path, files: list) -> None:
                          key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[KEEP:]:
             shutil.rmtree(old, ignore_errors=True)
+            (base / f".{old.name}.lock").unlink(missing_ok=True)
     except (OSError, UserError):  # a full disk or another process writing the same entry: no cache, same export
         pass
