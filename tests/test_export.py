@@ -9,6 +9,7 @@ import torch
 from conftest import ROOT, store_bb
 
 from toolchain import UserError, infer, store
+from toolchain.cache import Batch
 from toolchain.export import check, export_bundle, sha256
 
 for _package in ("onnxruntime", "executorch", "coremltools"):
@@ -31,13 +32,13 @@ def assert_parity(run, manifest, store_dir, atol):
     """Batch of real texts (padded), single texts, and a 1-token input: every output within atol."""
     for texts in (TEXTS, TEXTS[:1], TEXTS[-1:]):
         ref, ids, mask, tt = reference_and_inputs(store_dir, texts)
-        got = check.run_bundle(run, manifest, ids.numpy(), mask.numpy(), tt.numpy())
+        got = check.run_bundle(run, manifest, Batch(ids, tt, mask).feeds())
         for name in ref:
             valid = mask.numpy().astype(bool) if ref[name].ndim == 3 else np.ones(len(texts), bool)
             diff = np.abs(ref[name] - got[name])[valid].max()
             assert diff <= atol, (name, len(texts), diff)
     ref, ids, mask, tt = reference_and_inputs(store_dir, ["hi"])
-    got = check.run_bundle(run, manifest, ids[:, :1].numpy(), mask[:, :1].numpy(), tt[:, :1].numpy())
+    got = check.run_bundle(run, manifest, Batch(ids[:, :1], tt[:, :1], mask[:, :1]).feeds())
     model = store.load_merged(store_dir)[0]
     with torch.no_grad():
         one = model(ids[:, :1], tt[:, :1], mask[:, :1])

@@ -490,3 +490,13 @@ def test_one_flipped_bit_in_a_store_branch_is_refused(small_store, cli):
     one_line_error(code, err, "branch.safetensors does not match the sha256 in its branch.json")
     code, _, err = cli("branch", "list", small_store)
     assert code == 0, err  # listing reads only branch.json
+
+
+def test_the_input_triple_is_named_and_programs_get_theirs_by_name():
+    from toolchain.cache import pad_batch
+    from toolchain.export.graph import INPUTS
+
+    b = pad_batch([[101, 7, 102], [101, 102]], [[0, 0, 1], [0, 0]], "cpu")
+    assert b.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]] and b.token_type_ids.tolist() == [[0, 0, 1], [0, 0, 0]]
+    feeds = b.feeds()
+    assert list(feeds) == list(INPUTS) and (feeds["attention_mask"] == b.attention_mask.numpy()).all()

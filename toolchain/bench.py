@@ -374,9 +374,8 @@ def peer_runner(session, task, task_type):
     """A check.outputs_on batch runner over a peer ONNX session: {task: logits}."""
     names = {i.name for i in session.get_inputs()}
 
-    def run_batch(ids, mask, tt):
-        feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": tt.numpy()}
-        out = session.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0]
+    def run_batch(b):
+        out = session.run(["logits"], {k: v for k, v in b.feeds().items() if k in names})[0]
         return {task: out[..., 0] if task_type == "regression" else out}
 
     return run_batch
@@ -671,7 +670,8 @@ def measure_dev_metric(devs, merged, targets, precisions, bundles, peers, peer_p
 def _bundle_call(run, manifest):
     from toolchain.export import check
 
-    return lambda ids, mask, tt: check.run_bundle(run, manifest, ids, mask, tt)
+    return lambda ids, mask, tt: check.run_bundle(run, manifest, {"input_ids": ids, "attention_mask": mask,
+                                                                   "token_type_ids": tt})
 
 
 def _eager_call(model):

@@ -8,6 +8,7 @@ tokenizer and max_seq_len all at once. Stored as one safetensors file of unpadde
 
 import hashlib
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -20,8 +21,22 @@ def key(backbone_fp: str, depth: int, data_fp: str) -> str:
     return hashlib.sha256(f"{VERSION}|{backbone_fp}|{depth}|{data_fp}".encode()).hexdigest()[:32]
 
 
-def pad_batch(ids_lists, type_lists, device):
-    """Right-pad token id lists into (input_ids, token_type_ids, attention_mask) tensors."""
+class Batch(NamedTuple):
+    """One padded batch, the one named input triple. Its fields come in the PyTorch modules' argument
+    order (input_ids, token_type_ids, attention_mask); exported programs take theirs by name (`feeds`),
+    in graph.INPUTS order (input_ids, attention_mask, token_type_ids). Use the names, not positions."""
+
+    input_ids: torch.Tensor
+    token_type_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def feeds(self) -> dict:
+        """Numpy arrays by input name, for an exported program."""
+        return {n: getattr(self, n).numpy() for n in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def pad_batch(ids_lists, type_lists, device) -> Batch:
+    """Right-pad token id lists into a Batch of (input_ids, token_type_ids, attention_mask) tensors."""
     n, s = len(ids_lists), max(len(x) for x in ids_lists)
     ids = torch.zeros(n, s, dtype=torch.long)
     tt = torch.zeros(n, s, dtype=torch.long)
@@ -30,7 +45,7 @@ def pad_batch(ids_lists, type_lists, device):
         ids[i, : len(a)] = torch.tensor(a)
         tt[i, : len(b)] = torch.tensor(b)
         mask[i, : len(a)] = 1
-    return ids.to(device), tt.to(device), mask.to(device)
+    return Batch(ids.to(device), tt.to(device), mask.to(device))
 
 
 @torch.no_grad()

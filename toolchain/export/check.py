@@ -29,9 +29,8 @@ def limits(target: str, precision: str, export_cfg) -> dict:
     return row
 
 
-def run_bundle(run, manifest, ids, mask, tt) -> dict:
-    """task -> numpy output, for one padded batch, through the bundle's program(s)."""
-    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
+def run_bundle(run, manifest, feeds: dict) -> dict:
+    """task -> numpy output, for one padded batch (inputs by name), through the bundle's program(s)."""
     programs = {p["name"]: p for p in manifest["programs"]}
     if manifest["layout"] == "fused":
         p = programs["model"]
@@ -41,7 +40,8 @@ def run_bundle(run, manifest, ids, mask, tt) -> dict:
     out = {}
     for t in manifest["tasks"]:
         p = programs[f"branch_{t['name']}"]
-        out[t["name"]] = run(p["file"], {"hidden": hidden[f"hidden_{t['attach']}"], "attention_mask": mask})[0]
+        out[t["name"]] = run(p["file"], {"hidden": hidden[f"hidden_{t['attach']}"],
+                                         "attention_mask": feeds["attention_mask"]})[0]
     return out
 
 
@@ -51,8 +51,7 @@ def outputs_on(encoded, run_batch, batch_size=32) -> list:
     rows = [None] * len(encoded)
     for s in range(0, len(order), batch_size):
         idx = order[s: s + batch_size]
-        ids, tt, mask = pad_batch([encoded.input_ids[i] for i in idx], [encoded.type_ids[i] for i in idx], "cpu")
-        out = run_batch(ids, mask, tt)
+        out = run_batch(pad_batch([encoded.input_ids[i] for i in idx], [encoded.type_ids[i] for i in idx], "cpu"))
         for r, i in enumerate(idx):
             n = len(encoded.input_ids[i])
             rows[i] = {k: (np.asarray(v[r][:n]) if np.ndim(v) == 3 else np.asarray(v[r])) for k, v in out.items()}
@@ -61,15 +60,15 @@ def outputs_on(encoded, run_batch, batch_size=32) -> list:
 
 def torch_runner(model):
     @torch.no_grad()
-    def run_batch(ids, mask, tt):
-        return {k: v.numpy() for k, v in model(ids, tt, mask).items()}
+    def run_batch(b):
+        return {k: v.numpy() for k, v in model(b.input_ids, b.token_type_ids, b.attention_mask).items()}
 
     return run_batch
 
 
 def bundle_runner(run, manifest):
-    def run_batch(ids, mask, tt):
-        return run_bundle(run, manifest, ids.numpy(), mask.numpy(), tt.numpy())
+    def run_batch(b):
+        return run_bundle(run, manifest, b.feeds())
 
     return run_batch
 

@@ -62,8 +62,8 @@ class Graph:
 def example_inputs(tok, texts, max_seq_len):
     from toolchain.infer import encode
 
-    _, (ids, tt, mask) = encode(tok, texts, max_len=max_seq_len)
-    return ids, mask, tt
+    _, batch = encode(tok, texts, max_len=max_seq_len)
+    return tuple(getattr(batch, name) for name in INPUTS)  # the exported graphs' positional order
 
 
 def graphs(model, metas: dict, layout: str, example) -> list:
