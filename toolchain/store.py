@@ -88,8 +88,9 @@ def read_store(store_dir) -> dict:
     if not f.is_file():
         raise UserError(f"store {store_dir} not found (no store.json); build one with `ctb-mobile merge`")
     meta = read_json(f, "rebuild the store with `ctb-mobile merge --force`")
-    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
-        raise UserError(f"store {store_dir}: schema {meta.get('schema')!r}, this toolchain reads {SCHEMA}; "
+    schema = meta.get("schema") if isinstance(meta, dict) else None
+    if schema != SCHEMA:
+        raise UserError(f"store {store_dir}: schema {schema!r}, this toolchain reads {SCHEMA}; "
                         "rebuild it with `ctb-mobile merge`")
     return meta
 
