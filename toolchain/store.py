@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from runtime_py.bundle import file_sha256
 from toolchain import UserError, __version__
 from toolchain.fsutil import atomic_dir, check_name, child, locked, read_json, recover, write_json_atomic
 
@@ -56,7 +57,7 @@ def load_branch(cfg, branch_dir, meta=None):
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"branch {branch_dir}: branch.safetensors is unreadable ({str(e)[:80]}); "
                         "copy it again or retrain the branch") from None
-    if "weights_sha256" in meta and weights_sha256(Path(branch_dir) / "branch.safetensors") != meta["weights_sha256"]:
+    if "weights_sha256" in meta and file_sha256(Path(branch_dir) / "branch.safetensors") != meta["weights_sha256"]:
         raise UserError(f"branch {branch_dir}: branch.safetensors does not match the sha256 in its branch.json "
                         "(a damaged or swapped file); copy the branch again or retrain it")
     try:
@@ -135,22 +136,12 @@ def _encoder_cfg(store_meta):
     return EncoderConfig(**store_meta["encoder"])
 
 
-def weights_sha256(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _copy_branch(branch_dir, dest) -> None:
     """Copy a branch; its branch.json in the store always records the weights' sha256 (checked on load)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(branch_dir) / "branch.safetensors", dest / "branch.safetensors")
     meta = read_branch_meta(branch_dir)
-    meta.setdefault("weights_sha256", weights_sha256(dest / "branch.safetensors"))
+    meta.setdefault("weights_sha256", file_sha256(dest / "branch.safetensors"))
     write_json_atomic(dest / "branch.json", meta)
 
 
