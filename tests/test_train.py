@@ -71,7 +71,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(setup, tmp_path, monkeypa
     monkeypatch.setattr(toolchain.train, "score", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train_one(recipe, bb, task, data, 1, 0, tmp_path / "r", acc, cache_dir=tmp_path / "c")
-    assert (tmp_path / "r/ckpt/trainer.json").is_file() and not (tmp_path / "r/result.json").exists()
+    assert (tmp_path / "r/ckpt/epoch-1/trainer.json").is_file() and not (tmp_path / "r/result.json").exists()
     evaluated = []
     monkeypatch.setattr(toolchain.train, "score", lambda *a: evaluated.append(1) or real_score(*a))
     resumed = train_one(recipe, bb, task, data, 1, 0, tmp_path / "r", acc, cache_dir=tmp_path / "c")

@@ -76,13 +76,15 @@ def train(
     from rich.table import Table
 
     from toolchain.config import load_recipe
-    from toolchain.train import run_sweep
+    from toolchain.train import is_main_process, run_sweep
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
     out_dir = _out_dir(recipe, out)
     console = _console(stderr=True)
     summary = run_sweep(recipe, task, _ints(layers, "layers"), _ints(seeds, "seeds"), out_dir,
                         use_cache=cache, force=force, console=console)
+    if not is_main_process():  # under torchrun, the other processes print nothing
+        return
     table = Table(title=f"{recipe.name}: selected L ({summary['rule']})")
     for col in ("task", "L", "attach depth", "metric", "dev", "run"):
         table.add_column(col)
@@ -112,10 +114,13 @@ def distill(
 
     from toolchain.config import load_recipe
     from toolchain.distill import run_distill
+    from toolchain.train import is_main_process
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
     summary = run_distill(recipe, task, _ints(layers, "layers"), teacher_layers, _ints(seeds, "seeds"),
                           _out_dir(recipe, out), use_cache=cache, force=force, console=_console(stderr=True))
+    if not is_main_process():
+        return
     for name, e in summary.items():
         students = ", ".join(f"({k}) {v['dev_metric']:.2f}" for k, v in sorted(e["students"].items()))
         typer.echo(f"{name}: teacher ({e['teacher']['attach']},{e['teacher']['layers']}) "

@@ -147,7 +147,7 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     from toolchain.data import load_task
     from toolchain.fsutil import locked, write_json_atomic
     from toolchain.store import read_branch_meta
-    from toolchain.train import make_accelerator
+    from toolchain.train import for_this_process, make_accelerator
 
     out = Path(out)
     tasks = [recipe.task(n) for n in task_names] if task_names else list(recipe.tasks)
@@ -163,12 +163,13 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
         read_branch_meta(teachers[t.name])  # a missing or broken teacher fails before any training
     summary_path = out / "distill.json"
     summary = read_json(summary_path) if summary_path.is_file() else {}
+    accelerator = make_accelerator(recipe.train.mixed_precision)
+    console = for_this_process(console, accelerator)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
         datas = {t.name: load_task(recipe, t, tok) for t in tasks}
         for note in (n for d in datas.values() for n in d.notes):
             say(progress.console, note)
-        accelerator = make_accelerator(recipe.train.mixed_precision)
         for t in tasks:
             tdir = teachers[t.name]
             tmeta = read_branch_meta(tdir)
@@ -182,8 +183,9 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
                     run_dir = out / "distill" / t.name / f"l{n}-from-L{tmeta['layers']}-s{s}"
                     res = None if force else finished(run_dir, datas[t.name], settings(recipe, t))
                     if res is None:
-                        if force or (run_dir / "result.json").exists():  # forced, or finished on other data
-                            replaced(progress.console, run_dir, force)
+                        if (force or (run_dir / "result.json").exists()) and accelerator.is_main_process:
+                            replaced(progress.console, run_dir, force)  # forced, or finished on other data
+                        accelerator.wait_for_everyone()
                         res = distill_one(recipe, bb, t, datas[t.name], tdir, n, s, run_dir, accelerator,
                                           use_cache, out / "cache", progress)
                     key = f"{tmeta['attach']},{n}"
@@ -192,6 +194,8 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
                         entry["students"][key] = {"attach": tmeta["attach"], "layers": n,
                                                   "dev_metric": res["dev_metric"],
                                                   "run": str(run_dir.relative_to(out))}
+    if not accelerator.is_main_process:
+        return summary
     with locked(summary_path, wait=120):  # keep what other runs on this workspace wrote meanwhile
         current = read_json(summary_path) if summary_path.is_file() else {}
         summary = {**current, **{t.name: summary[t.name] for t in tasks if t.name in summary}}

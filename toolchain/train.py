@@ -3,20 +3,21 @@
 The bottom N - L layers (and the embeddings) form the frozen trunk. A sweep over L and seeds
 writes one run folder per (task, L, seed) and a Table-1-style summary; L is then picked per task
 by the recipe's [select] rule. Training goes through `accelerate`, so the same code runs on the
-CPU, one GPU (mixed precision) or several GPUs under `accelerate launch`.
+CPU, one GPU (mixed precision), or N processes under `torchrun --nproc_per_node N` (gloo on CPUs)
+or `accelerate launch --multi_gpu` (nccl): each process trains on 1/N of every global batch, and
+only the main process writes files and prints.
 
 Output layout (all under --out):
   runs/<task>/L<L>-s<seed>/branch.safetensors   the trained branch (layers + head)
                            branch.json          task, type, labels, attach depth, layers, metric,
                                                 backbone fingerprint, toolchain version
                            result.json          dev metric per epoch, losses, timings (written last)
-                           ckpt/                epoch checkpoint while training (resume), then removed
+                           ckpt/epoch-<k>/      accelerate's state after the last epoch (resume), then removed
   sweep.json, sweep.md, selected.json           the sweep table and the chosen L per task
 """
 
 import dataclasses
 import hashlib
-import io
 import math
 import shutil
 import time
@@ -44,14 +45,28 @@ def replaced(console, run_dir: Path, force: bool) -> None:
 
 
 def make_accelerator(mixed_precision: str = "auto"):
-    from accelerate import Accelerator
+    """One Accelerator for CPU, one GPU, or N processes under torchrun / `accelerate launch`.
 
+    On a machine without CUDA it is told so (`cpu=True`): that is what makes accelerate join the
+    processes torchrun started through gloo instead of running each as a lone process. The recipe's
+    batch_size is the global batch: N processes take batch_size / N rows each (`split_batches`), so
+    a run gives the same steps, schedule and result whatever N is.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    cuda = torch.cuda.is_available()
     if mixed_precision == "auto":
-        if torch.cuda.is_available():
-            mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            mixed_precision = "no"
-    return Accelerator(mixed_precision=mixed_precision)
+        mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    return Accelerator(mixed_precision=mixed_precision, cpu=not cuda,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files and prints (always, outside a multi-process launch)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def check_layers(layers, depth: int, where: str = "") -> None:
@@ -169,29 +184,29 @@ def fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, los
     run_dir/ckpt and resumes from there; the data order depends only on (seed, epoch).
     Returns the trained (unwrapped) branch and the run state (losses, dev metric per epoch, timings).
     """
-    from safetensors.torch import load_file, save
     from transformers import get_linear_schedule_with_warmup
 
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.batch_size % n_proc:
+        raise UserError(f"batch_size = {cfg.batch_size} does not split over {n_proc} processes; "
+                        f"set [train] batch_size to a multiple of {n_proc}")
+    local_bs = cfg.batch_size // n_proc
     decay = [p for n, p in branch.named_parameters() if not (n.endswith("bias") or "norm" in n)]
     no_decay = [p for n, p in branch.named_parameters() if n.endswith("bias") or "norm" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    n_local = math.ceil(len(data.train) / accelerator.num_processes)
-    steps_per_epoch = math.ceil(n_local / cfg.batch_size)
+    n = len(data.train)
+    n_local = math.ceil(n / n_proc)  # every process takes as many rows (the last ones wrap around)
+    steps_per_epoch = math.ceil(n_local / local_bs)
     total = steps_per_epoch * cfg.epochs
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
-    branch, opt = accelerator.prepare(branch, opt)
+    accelerator.free_memory()  # forget the runs before this one: a checkpoint holds this run only
+    branch, opt, sched = accelerator.prepare(branch, opt, sched)
 
     ckpt = Path(run_dir) / "ckpt"
-    state = {"epoch": 0, "losses": [], "history": [], "epoch_seconds": [], "data": data_fingerprint(data)}
-    saved = read_json(ckpt / "trainer.json") if (ckpt / "trainer.json").is_file() else None
-    if saved and saved.get("data") == state["data"]:  # resume from the last finished epoch
-        state = saved
-        weights = load_file(str(ckpt / "branch.safetensors"))
-        torch.set_rng_state(weights.pop("__rng__"))
-        accelerator.unwrap_model(branch).load_state_dict(weights)
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        sched.load_state_dict(state.pop("scheduler"))
+    state = {"epoch": 0, "losses": [], "history": [], "epoch_seconds": [], "rows_per_process": [],
+             "data": data_fingerprint(data)}
+    state = resume(ckpt, accelerator, state)
 
     bar = progress.add_task(f"[green]{label}", total=total, completed=state["epoch"] * steps_per_epoch) \
         if progress else None
@@ -199,35 +214,65 @@ def fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, los
         te = time.perf_counter()
         branch.train()
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)  # same order whether resumed or not
-        perm = torch.randperm(len(data.train), generator=g)[accelerator.process_index:: accelerator.num_processes]
-        for s in range(0, len(perm), cfg.batch_size):
-            idx = perm[s: s + cfg.batch_size].tolist()
+        perm = torch.randperm(n, generator=g)
+        # Process r takes rows r, r+N, ...: its local batch k and the others' make up global batch k.
+        perm = perm.repeat(n_proc)[: n_local * n_proc][rank::n_proc]
+        rows = 0
+        for s in range(0, n_local, local_bs):
+            idx = perm[s: s + local_bs].tolist()
+            rows += len(idx)
             hidden, mask = train_b.hidden(idx)
             labels = train_b.labels(idx, task.type, hidden.shape[1])
             with accelerator.autocast():
                 loss = loss_of(idx, branch(hidden, mask), labels)
-            accelerator.backward(loss)
+            accelerator.backward(loss)  # under N processes, DDP averages the gradients here
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            state["losses"].append(loss.item())
+            loss = accelerator.reduce(loss.detach(), "mean").item()  # the global batch's loss
+            state["losses"].append(loss)
             if progress:
-                progress.update(bar, advance=1, description=f"[green]{label} loss {loss.item():.3f}")
+                progress.update(bar, advance=1, description=f"[green]{label} loss {loss:.3f}")
         state["epoch_seconds"].append(time.perf_counter() - te)
+        state["rows_per_process"].append(accelerator.gather(torch.tensor([rows], device=accelerator.device)).tolist())
         plain = accelerator.unwrap_model(branch)
         dev_metric = score(task, data.labels, data.dev, predict(plain, dev_b, len(data.dev), task.type))
         state["history"].append({"epoch": epoch + 1, task.metric: dev_metric})
         state["epoch"] = epoch + 1
-        if accelerator.is_main_process:
-            ckpt.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(ckpt / "branch.safetensors", save({**_weights(plain), "__rng__": torch.get_rng_state()}))
-            buf = io.BytesIO()
-            torch.save(opt.state_dict(), buf)
-            write_bytes_atomic(ckpt / "optimizer.pt", buf.getvalue())
-            write_json_atomic(ckpt / "trainer.json", {**state, "scheduler": sched.state_dict()})
+        checkpoint(ckpt, accelerator, state)
     if progress:
         progress.update(bar, visible=False)
     return accelerator.unwrap_model(branch), state
+
+
+def checkpoint(ckpt: Path, accelerator, state: dict) -> None:
+    """Save the epoch's full training state with accelerate (weights, optimizer, scheduler and every
+    process's RNGs, CUDA included) into ckpt/epoch-<k>; its trainer.json, written last, marks it
+    complete, and only then is the previous epoch's folder removed."""
+    where = ckpt / f"epoch-{state['epoch']}"
+    where.mkdir(parents=True, exist_ok=True)
+    accelerator.save_state(str(where), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(where / "trainer.json", state)
+        for old in ckpt.glob("epoch-*"):
+            if old != where:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def resume(ckpt: Path, accelerator, fresh: dict) -> dict:
+    """The state of the last complete epoch checkpoint taken on the same data (loaded into the
+    prepared model, optimizer, scheduler and RNGs), else `fresh`."""
+    done = [d for d in ckpt.glob("epoch-*") if (d / "trainer.json").is_file() and d.name[6:].isdigit()]
+    if not done:
+        return fresh
+    last = max(done, key=lambda d: int(d.name[6:]))
+    saved = read_json(last / "trainer.json")
+    if saved.get("data") != fresh["data"]:
+        return fresh
+    accelerator.load_state(str(last))  # accelerate loads its files with torch.load(weights_only=True)
+    return saved
 
 
 def _weights(module) -> dict:
@@ -274,11 +319,12 @@ def finished(run_dir: Path, data, settings: dict) -> dict | None:
 def run_result(state, task, data, accelerator, use_cache, cache_hit, cache_seconds, settings, **extra) -> dict:
     return {
         "task": task.name, **extra, "metric": task.metric, "dev_metric": state["history"][-1][task.metric],
-        **{k: state[k] for k in ("history", "losses", "epoch_seconds")},
+        **{k: state[k] for k in ("history", "losses", "epoch_seconds", "rows_per_process")},
         "cache": use_cache, "cache_hit": cache_hit, "cache_seconds": cache_seconds,
         "train_examples": len(data.train), "dev_examples": len(data.dev), "dev_dropped": data.dropped_dev,
         "data_fingerprint": data_fingerprint(data), "settings": settings,
         "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+        "processes": accelerator.num_processes,
     }
 
 
@@ -383,6 +429,8 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
     seeds = seeds or [recipe.train.seed]
     tok = bb.tokenizer()
     datas = {}
+    accelerator = make_accelerator(recipe.train.mixed_precision)
+    console = for_this_process(console, accelerator)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
         bar = progress.add_task("[magenta]load data", total=len(tasks))
@@ -395,7 +443,6 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
         progress.update(bar, visible=False)
 
         out = Path(out)
-        accelerator = make_accelerator(recipe.train.mixed_precision)
         results = {}
         grid = [(t, L, s) for t in tasks for L in (layers or [t.layers or max(1, bb.depth // 2)]) for s in seeds]
         overall = progress.add_task("[bold]runs", total=len(grid))
@@ -406,8 +453,9 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
                 results[(t.name, L, s)] = res
                 progress.advance(overall)
                 continue
-            if force or (run_dir / "result.json").exists():  # forced, or finished on other data
-                replaced(progress.console, run_dir, force)
+            if (force or (run_dir / "result.json").exists()) and accelerator.is_main_process:
+                replaced(progress.console, run_dir, force)  # forced, or finished on other data
+            accelerator.wait_for_everyone()
             results[(t.name, L, s)] = train_one(recipe, bb, t, datas[t.name], L, s, run_dir, accelerator,
                                                 use_cache=use_cache, cache_dir=out / "cache", progress=progress)
             progress.advance(overall)
@@ -424,15 +472,25 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
                                            "run": f"runs/{t.name}/L{L}-s{best_seed}"}
     else:
         summary = summarize(recipe, tasks, layers, seeds, results)
-        write_text_atomic(out / "sweep.md", sweep_markdown(summary))
     summary["backbone"] = recipe.backbone
     summary["depth"] = bb.depth
     summary["backbone_fingerprint"] = bb.fingerprint
     summary["runs"] = {f"{k[0]}/L{k[1]}-s{k[2]}": {"dev_metric": v["dev_metric"],
                                                    "seconds": sum(v["epoch_seconds"])} for k, v in results.items()}
+    if not accelerator.is_main_process:
+        return summary
+    if layers is not None:
+        write_text_atomic(out / "sweep.md", sweep_markdown(summary))
     write_json_atomic(out / "sweep.json", summary)
     selected_file = out / "selected.json"  # kept across invocations: sweeping one task keeps the others
     with locked(selected_file, wait=120):  # another run on this workspace may be updating it too
         selected = read_json(selected_file) if selected_file.is_file() else {}
         write_json_atomic(selected_file, {**selected, **summary["selected"]})
     return summary
+
+
+def for_this_process(console, accelerator):
+    """The console itself on the main process; a silent one on the others (they print nothing)."""
+    from rich.console import Console
+
+    return console if accelerator.is_main_process else Console(quiet=True)
