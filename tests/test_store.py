@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import ROOT, write_recipe
 from safetensors.torch import load_file, save_file
 
 from toolchain import UserError, backbone, infer, store
+from toolchain.branch_config import BranchConfig
 from toolchain.config import load_recipe
 from toolchain.distill import run_distill
 from toolchain.model import TaskModel, build_trunk
@@ -59,13 +61,13 @@ def test_merged_output_equals_each_single_task_model(runs, tmp_path):
     tok = bb.tokenizer()
     _, (ids, tt, mask) = infer.encode(tok, TEXTS, max_len=32)
     for run in chosen:
-        meta = store.read_branch_meta(out / run)
-        single = TaskModel(build_trunk(bb.cfg, bb.state, meta["attach"]), store.load_branch(bb.cfg, out / run)).eval()
+        meta = BranchConfig.load(out / run)
+        single = TaskModel(build_trunk(bb.cfg, bb.state, meta.attach), store.load_branch(bb.cfg, out / run)).eval()
         with torch.no_grad():
             ref = single(ids, tt, mask)
-        diff = (ref - merged[meta["task"]]).abs().max().item()
+        diff = (ref - merged[meta.task]).abs().max().item()
         assert diff <= 1e-5, (run, diff)
-    assert {m["task"]: (m["attach"], m["layers"]) for m in store.list_branches(sd)} == {
+    assert {m.task: (m.attach, m.layers) for m in store.list_branches(sd)} == {
         "snips_intent": (1, 1), "snips_slots": (3, 1), "clinc_domain": (1, 3)}
 
 
@@ -88,7 +90,7 @@ def test_add_update_remove_leave_other_tasks_untouched(runs, tmp_path):
     change("snips_slots", store.add, out / "runs/snips_slots/L3-s0")  # attaches deeper: the trunk runs further
     change("snips_slots", store.update, out / "runs/snips_slots/L1-s0")
     change("snips_intent", store.update, out / "distill/snips_intent/l1-from-L3-s0")
-    assert store.read_branch_meta(sd / "branches/snips_intent")["layers"] == 1
+    assert BranchConfig.load(sd / "branches/snips_intent").layers == 1
     change("snips_slots", store.remove, "snips_slots")
     assert store.branch_names(sd) == ["clinc_domain", "snips_intent"]
     assert not any(p.name.startswith(".") for p in (sd / "branches").iterdir())
@@ -123,6 +125,29 @@ def test_attach_depth_beyond_the_trunk_is_refused(runs, tmp_path):
     with pytest.raises(UserError, match="attaches at depth 9 with 1 layers, beyond the 4-layer trunk"):
         store.add(sd, bad)
     assert digest(sd) == before
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(heads=2), "unknown key 'heads'"),
+    (lambda m: m.pop("attach"), "lacks 'attach'"),
+    (lambda m: m.update(layers="1"), "layers = '1' is not of type int"),
+    (lambda m: m.update(attach=True), "attach = True is not of type int"),
+    (lambda m: m.update(type="ranking"), "type 'ranking' is not one of"),
+    (lambda m: m.update(task="../x"), "task"),
+    (lambda m: m.update(distilled_from={"run": "r"}), "distilled_from has keys ['run']"),
+])
+def test_branch_json_is_a_typed_config_that_refuses_unknown_missing_or_mistyped_keys(runs, tmp_path, edit, message):
+    out, _, _ = runs
+    good = BranchConfig.load(out / "runs/snips_intent/L1-s0")
+    assert BranchConfig.from_json(good.to_json(), "x") == good  # save and load round-trip
+    assert good.weights_sha256 and good.n_out == len(good.labels)
+    bad = tmp_path / "bad"
+    shutil.copytree(out / "runs/snips_intent/L1-s0", bad)
+    meta = json.loads((bad / "branch.json").read_text())
+    edit(meta)
+    (bad / "branch.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=re.escape(message)):
+        BranchConfig.load(bad)
 
 
 def one_line(code, err, needle):

@@ -125,3 +125,17 @@ def test_selection_rules():
     assert select_layers(scores, SelectConfig("smallest-within", tolerance=0.0)) == 6
     with pytest.raises(UserError, match="no swept L lies in"):
         select_layers({1: 1.0}, SelectConfig("best-in-range", 2, 5))
+
+
+def test_the_workspace_names_every_stage_path_and_refuses_task_names_that_leave_it(tmp_path):
+    from toolchain.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    run = ws.run("intent", 2, 1)
+    assert run == tmp_path / "runs/intent/L2-s1" and Workspace.of_run(run) == ws
+    assert ws.student("intent", 1, 2, 0) == tmp_path / "distill/intent/l1-from-L2-s0"
+    assert Workspace.of_run(ws.student("intent", 1, 2, 0)).cache == tmp_path / "cache"
+    assert ws.bundle("onnx", "fused", "int8") == tmp_path / "bundles/onnx-fused-int8"
+    for bad in ("../x", "a/b", "", "."):
+        with pytest.raises(UserError):
+            ws.run(bad, 1, 0)

@@ -55,8 +55,10 @@ def _console(stderr: bool = False):
     return Console(width=None if sys.stdout.isatty() else 100_000)
 
 
-def _out_dir(recipe, out: Path | None) -> Path:
-    return out if out is not None else recipe.root / recipe.name
+def _workspace(recipe, out: Path | None):
+    from toolchain.workspace import Workspace
+
+    return Workspace(out if out is not None else recipe.root / recipe.name)
 
 
 @app.command()
@@ -79,9 +81,9 @@ def train(
     from toolchain.train import is_main_process, run_sweep
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
-    out_dir = _out_dir(recipe, out)
+    ws = _workspace(recipe, out)
     console = _console(stderr=True)
-    summary = run_sweep(recipe, task, _ints(layers, "layers"), _ints(seeds, "seeds"), out_dir,
+    summary = run_sweep(recipe, task, _ints(layers, "layers"), _ints(seeds, "seeds"), ws.root,
                         use_cache=cache, force=force, console=console)
     if not is_main_process():  # under torchrun, the other processes print nothing
         return
@@ -93,7 +95,7 @@ def train(
         table.add_row(name, str(s["layers"]), str(depth - s["layers"]) if depth else "-", s["metric"],
                       f"{s['dev_metric']:.2f}", s["run"])
     _console().print(table)
-    _console().print(f"results: {out_dir / 'sweep.json'}")
+    _console().print(f"results: {ws.sweep}")
 
 
 @app.command()
@@ -118,7 +120,7 @@ def distill(
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
     summary = run_distill(recipe, task, _ints(layers, "layers"), teacher_layers, _ints(seeds, "seeds"),
-                          _out_dir(recipe, out), use_cache=cache, force=force, console=_console(stderr=True))
+                          _workspace(recipe, out).root, use_cache=cache, force=force, console=_console(stderr=True))
     if not is_main_process():
         return
     for name, e in summary.items():
@@ -141,16 +143,16 @@ def plan(
     from toolchain.plan import candidates, make_plan, plan_markdown, write_plan
 
     recipe = load_recipe(recipe_path)
-    out_dir = _out_dir(recipe, out)
+    ws = _workspace(recipe, out)
     depth = backbone.load(recipe.backbone_spec).depth
     names = {t.name for t in recipe.tasks}
     cfg = dataclasses.replace(recipe.plan, **{k: v for k, v in (("threshold", threshold), ("budget", budget))
                                               if v is not None})
     cfg.check("plan (--threshold/--budget or [plan])")
-    cands = {t: c for t, c in candidates(out_dir).items() if t in names}
+    cands = {t: c for t, c in candidates(ws.root).items() if t in names}
     p = make_plan(cands, depth, criterion, cfg.threshold, cfg.budget)
-    write_plan(out_dir, p)
-    typer.echo(plan_markdown(p) + f"written: {out_dir / 'plan.json'}")
+    write_plan(ws.root, p)
+    typer.echo(plan_markdown(p) + f"written: {ws.plan}")
 
 
 @app.command()
@@ -164,10 +166,10 @@ def report(
     from toolchain.plan import table2, table2_markdown, write_table2
 
     recipe = load_recipe(recipe_path)
-    out_dir = _out_dir(recipe, out)
-    t2 = table2(out_dir, backbone.load(recipe.backbone_spec).depth, [t.name for t in recipe.tasks])
-    write_table2(out_dir, t2)
-    typer.echo(table2_markdown(t2) + f"written: {out_dir / 'table2.md'}")
+    ws = _workspace(recipe, out)
+    t2 = table2(ws.root, backbone.load(recipe.backbone_spec).depth, [t.name for t in recipe.tasks])
+    write_table2(ws.root, t2)
+    typer.echo(table2_markdown(t2) + f"written: {ws.table2_table}")
 
 
 @app.command()
@@ -185,8 +187,8 @@ def merge(
     from toolchain.store import create
 
     recipe = load_recipe(recipe_path)
-    out_dir = _out_dir(recipe, out)
-    files = {"plan": out_dir / "plan.json", "selected": out_dir / "selected.json"}
+    ws = _workspace(recipe, out)
+    files = {"plan": ws.plan, "selected": ws.selected}
     if source not in files:
         raise UserError(f"--from {source!r} is not valid; use plan or selected")
     if not files[source].is_file():
@@ -194,8 +196,8 @@ def merge(
     chosen = read_json(files[source], f"rerun `ctb-mobile {'plan' if source == 'plan' else 'train'}`")
     chosen = chosen["tasks"] if source == "plan" else chosen
     bb = backbone.load(recipe.backbone_spec)
-    store_dir = store or out_dir / "store"
-    create(store_dir, bb, recipe.backbone, [out_dir / c["run"] for c in chosen.values()], force=force)
+    store_dir = store or ws.store
+    create(store_dir, bb, recipe.backbone, [ws.root / c["run"] for c in chosen.values()], force=force)
     typer.echo(f"store {store_dir}: {len(chosen)} branches on a {bb.depth}-layer trunk")
     _print_branches(store_dir)
 
@@ -217,7 +219,7 @@ def predict(
     if pair and len(pair) != len(texts):
         raise UserError(f"{len(pair)} --pair values for {len(texts)} texts; give one --pair per text or none")
     model, tok, metas = load_merged(store, task)
-    trained = max(m.get("max_seq_len", 128) for m in metas.values())
+    trained = max(m.max_seq_len or 128 for m in metas.values())
     limit = model.trunk.cfg.max_position - model.trunk.cfg.position_offset
     if max_len is not None and not 2 <= max_len <= limit:
         raise UserError(f"--max-len {max_len} must be between 2 and {limit} (the trunk's positions); "
@@ -248,15 +250,18 @@ def export(
     if precision and target == "all":
         raise UserError("--precision cannot be combined with --target all; export one target at a time")
     requests = [(t, *check_request(t, precision, layout)) for t in targets]  # all checks before any work
-    base = _out_dir(recipe, out)
+    ws = _workspace(recipe, out)
     console = _console(stderr=True)
     table = Table(title="bundles")
     for col in ("bundle", "file", "bytes", "precision"):
         table.add_column(col)
     for t, _, p in requests:
-        dest = out_dir if out_dir is not None and len(targets) == 1 else (out_dir or base / "bundles") / f"{t}-{layout}-{p}"
+        if out_dir is None:
+            dest = ws.bundle(t, layout, p)
+        else:  # one target: that folder; --target all: one folder per target inside it
+            dest = out_dir if len(targets) == 1 else out_dir / f"{t}-{layout}-{p}"
         with console.status(f"exporting {t} ({layout}, {p})"):
-            manifest = export_bundle(recipe, store or base / "store", t, p, layout, dest, max_drop,
+            manifest = export_bundle(recipe, store or ws.store, t, p, layout, dest, max_drop,
                                      log=lambda m: console.log(m))
         for f, info in manifest["files"].items():
             prog = next((pr for pr in manifest["programs"] if f in pr["files"]), None)
@@ -284,8 +289,8 @@ def verify(
     recipe = load_recipe(recipe_path)
     report_dir = report or bundle.with_name(bundle.name + ".verify")
     console = _console(stderr=True)
-    base = _out_dir(recipe, out)
-    result = run_verify(bundle, recipe, store or base / "store", report_dir, base, limit, golden,
+    ws = _workspace(recipe, out)
+    result = run_verify(bundle, recipe, store or ws.store, report_dir, ws.root, limit, golden,
                         log=lambda m: console.log(m))
     print((report_dir / "verify.md").read_text())
     print(f"report: {report_dir / 'verify.json'}, golden vectors: {report_dir / 'golden.json'}")
@@ -330,10 +335,10 @@ def bench(
     from toolchain.config import load_recipe
 
     recipe = load_recipe(recipe_path)
-    base = _out_dir(recipe, out)
+    ws = _workspace(recipe, out)
     console = _console(stderr=True)
-    dest = out_dir or base / "bench"
-    run_bench(recipe, store or base / "store", dest, _words(targets), _words(precisions), _ints(lengths, "lengths"),
+    dest = out_dir or ws.bench
+    run_bench(recipe, store or ws.store, dest, _words(targets), _words(precisions), _ints(lengths, "lengths"),
               repeats, peer, guard_examples, threads, log=lambda m: console.log(m), singles_from=singles_from)
     print((dest / "bench.md").read_text())
 
@@ -346,8 +351,9 @@ def _print_branches(store_dir):
     from toolchain.store import list_branches
 
     for m in list_branches(store_dir):
-        typer.echo(f"  {m['task']:<16} {m['type']:<14} ({m['attach']},{m['layers']})  "
-                   f"{m['metric']} {m['dev_metric']:.2f}  {len(m['labels']) or '-'} labels")
+        score = f"{m.dev_metric:.2f}" if m.dev_metric is not None else "-"
+        typer.echo(f"  {m.task:<16} {m.type:<14} ({m.attach},{m.layers})  {m.metric} {score}  "
+                   f"{len(m.labels) or '-'} labels")
 
 
 @branch_app.command("add")
@@ -356,7 +362,7 @@ def branch_add(store: Path = typer.Argument(...), run: Path = typer.Argument(...
     from toolchain.store import add
 
     m = add(store, run)
-    typer.echo(f"added {m['task']} ({m['attach']},{m['layers']})")
+    typer.echo(f"added {m.task} ({m.attach},{m.layers})")
 
 
 @branch_app.command("update")
@@ -365,7 +371,7 @@ def branch_update(store: Path = typer.Argument(...), run: Path = typer.Argument(
     from toolchain.store import update
 
     m = update(store, run)
-    typer.echo(f"updated {m['task']} ({m['attach']},{m['layers']})")
+    typer.echo(f"updated {m.task} ({m.attach},{m.layers})")
 
 
 @branch_app.command("remove")

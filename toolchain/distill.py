@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from toolchain import UserError
+from toolchain.branch_config import BranchConfig, DistilledFrom
 from toolchain.fsutil import read_json
 from toolchain.train import (
-    branch_meta,
+    branch_config,
     finished,
     fit,
     loss_fn,
@@ -32,6 +33,7 @@ from toolchain.train import (
     say,
     trunk_batches,
 )
+from toolchain.workspace import Workspace
 
 
 def kd_loss(task_type, student, teacher, labels, temperature: float, alpha: float):
@@ -73,25 +75,25 @@ def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run
                 use_cache=True, cache_dir=None, progress=None) -> dict:
     from accelerate.utils import set_seed
 
-    from toolchain.store import load_branch, read_branch_meta
+    from toolchain.store import load_branch
 
     teacher_dir, run_dir = Path(teacher_dir), Path(run_dir)
-    tmeta = read_branch_meta(teacher_dir)
+    tmeta = BranchConfig.load(teacher_dir)
     where = f"teacher {teacher_dir}"
-    if tmeta["backbone_fingerprint"] != bb.fingerprint:
+    if tmeta.backbone_fingerprint != bb.fingerprint:
         raise UserError(f"{where} was trained on another backbone than {recipe.backbone}; retrain the teacher")
-    if tmeta["task"] != task.name or tmeta["labels"] != data.labels:
-        raise UserError(f"{where} is for task {tmeta['task']!r} with other labels; pick the teacher of {task.name!r}")
-    if not 1 <= layers <= tmeta["layers"]:
-        raise UserError(f"student layers l = {layers} must be within 1..{tmeta['layers']} (the teacher's "
+    if tmeta.task != task.name or tmeta.labels != data.labels:
+        raise UserError(f"{where} is for task {tmeta.task!r} with other labels; pick the teacher of {task.name!r}")
+    if not 1 <= layers <= tmeta.layers:
+        raise UserError(f"student layers l = {layers} must be within 1..{tmeta.layers} (the teacher's "
                         "fine-tuned layers); choose a smaller --layers")
     cfg = recipe.train_for(task)
     kd = recipe.distill
     teacher = load_branch(bb.cfg, teacher_dir, tmeta).to(accelerator.device)
     set_seed(seed)
     t0 = time.perf_counter()
-    train_b, dev_b, hit = trunk_batches(bb, task, data, tmeta["attach"], accelerator, use_cache,
-                                        cache_dir or run_dir.parent.parent.parent / "cache", progress)
+    train_b, dev_b, hit = trunk_batches(bb, task, data, tmeta.attach, accelerator, use_cache,
+                                        cache_dir or Workspace.of_run(run_dir).cache, progress)
     teacher_outs = raw_outputs(teacher, train_b, len(data.train))
     cache_seconds = time.perf_counter() - t0
     student = student_from_teacher(bb.cfg, teacher, layers, cfg.dropout)
@@ -102,15 +104,15 @@ def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run
         return kd_loss(task.type, out, target, labels, kd.temperature, kd.alpha)
 
     student, state = fit(student, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, loss_of, progress,
-                         f"distill {task.name} L={tmeta['layers']}->l={layers} s={seed}")
+                         f"distill {task.name} L={tmeta.layers}->l={layers} s={seed}")
     result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds, settings(recipe, task),
                         layers=layers,
-                        attach=tmeta["attach"], seed=seed, teacher_layers=tmeta["layers"],
-                        teacher_dev_metric=tmeta["dev_metric"])
-    meta = branch_meta(recipe, bb, task, data, tmeta["attach"], layers, result["dev_metric"], seed)
-    meta["distilled_from"] = {"run": str(teacher_dir), "layers": tmeta["layers"], "dev_metric": tmeta["dev_metric"],
-                              "temperature": kd.temperature, "alpha": kd.alpha}
-    save_run(run_dir, student, meta, result, accelerator)
+                        attach=tmeta.attach, seed=seed, teacher_layers=tmeta.layers,
+                        teacher_dev_metric=tmeta.dev_metric)
+    teacher_of = DistilledFrom(str(teacher_dir), tmeta.layers, tmeta.dev_metric, kd.temperature, kd.alpha)
+    config = branch_config(recipe, bb, task, data, tmeta.attach, layers, result["dev_metric"], seed,
+                           distilled_from=teacher_of)
+    save_run(run_dir, student, config, result, accelerator)
     return result
 
 
@@ -121,18 +123,18 @@ def settings(recipe, task) -> dict:
 
 def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
     """The teacher run: the sweep's selection for the task, or its best seed at --teacher-layers."""
-    out = Path(out)
+    ws = Workspace(Path(out))
     if teacher_layers is None:
-        sel = out / "selected.json"
+        sel = ws.selected
         if not sel.is_file():
             raise UserError(f"no {sel}; run `ctb-mobile train` (a sweep) first or pass --teacher-layers")
         chosen = read_json(sel, "rerun `ctb-mobile train`")
         if task not in chosen:
             raise UserError(f"task {task!r} has no selected teacher in {sel}; train it first or pass --teacher-layers")
-        return out / chosen[task]["run"]
-    runs = sorted((out / "runs" / task).glob(f"L{teacher_layers}-s*/result.json"))
+        return ws.root / chosen[task]["run"]
+    runs = sorted(ws.runs_of(task).glob(f"L{teacher_layers}-s*/result.json"))
     if not runs:
-        raise UserError(f"no finished teacher run for task {task!r} with L = {teacher_layers} under {out / 'runs'}; "
+        raise UserError(f"no finished teacher run for task {task!r} with L = {teacher_layers} under {ws.root / 'runs'}; "
                         f"train it with: ctb-mobile train RECIPE -t {task} --layers {teacher_layers}")
     best = max(runs, key=lambda p: read_json(p)["dev_metric"])
     return best.parent
@@ -146,7 +148,6 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     from toolchain import backbone as backbones
     from toolchain.data import load_task
     from toolchain.fsutil import locked, write_json_atomic
-    from toolchain.store import read_branch_meta
     from toolchain.train import for_this_process, make_accelerator
 
     out = Path(out)
@@ -160,8 +161,9 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     if bad:
         raise UserError(f"student layers l = {bad[0]} must be at least 1; e.g. --layers 1,2,3")
     for t in tasks:
-        read_branch_meta(teachers[t.name])  # a missing or broken teacher fails before any training
-    summary_path = out / "distill.json"
+        BranchConfig.load(teachers[t.name])  # a missing or broken teacher fails before any training
+    ws = Workspace(out)
+    summary_path = ws.distilled
     summary = read_json(summary_path) if summary_path.is_file() else {}
     accelerator = make_accelerator(recipe.train.mixed_precision)
     console = for_this_process(console, accelerator)
@@ -172,26 +174,26 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
             say(progress.console, note)
         for t in tasks:
             tdir = teachers[t.name]
-            tmeta = read_branch_meta(tdir)
+            tmeta = BranchConfig.load(tdir)
             entry = summary.setdefault(t.name, {"metric": t.metric, "students": {}})
             entry["teacher"] = {"run": str(tdir.relative_to(out)) if tdir.is_relative_to(out) else str(tdir),
-                                "attach": tmeta["attach"], "layers": tmeta["layers"], "dev_metric": tmeta["dev_metric"]}
+                                "attach": tmeta.attach, "layers": tmeta.layers, "dev_metric": tmeta.dev_metric}
             for n in layers:
-                if n > tmeta["layers"]:  # KD-n of an L < n teacher is the teacher itself: nothing to do
+                if n > tmeta.layers:  # KD-n of an L < n teacher is the teacher itself: nothing to do
                     continue
                 for s in seeds:
-                    run_dir = out / "distill" / t.name / f"l{n}-from-L{tmeta['layers']}-s{s}"
+                    run_dir = ws.student(t.name, n, tmeta.layers, s)
                     res = None if force else finished(run_dir, datas[t.name], settings(recipe, t))
                     if res is None:
                         if (force or (run_dir / "result.json").exists()) and accelerator.is_main_process:
                             replaced(progress.console, run_dir, force)  # forced, or finished on other data
                         accelerator.wait_for_everyone()
                         res = distill_one(recipe, bb, t, datas[t.name], tdir, n, s, run_dir, accelerator,
-                                          use_cache, out / "cache", progress)
-                    key = f"{tmeta['attach']},{n}"
+                                          use_cache, ws.cache, progress)
+                    key = f"{tmeta.attach},{n}"
                     prev = entry["students"].get(key)
                     if prev is None or res["dev_metric"] >= prev["dev_metric"]:
-                        entry["students"][key] = {"attach": tmeta["attach"], "layers": n,
+                        entry["students"][key] = {"attach": tmeta.attach, "layers": n,
                                                   "dev_metric": res["dev_metric"],
                                                   "run": str(run_dir.relative_to(out))}
     if not accelerator.is_main_process:

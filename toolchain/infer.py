@@ -3,7 +3,6 @@
 This is "the original" that exported bundles are checked against.
 """
 
-from types import SimpleNamespace
 
 import torch
 
@@ -24,7 +23,6 @@ def predict(model, tok, metas, texts, pairs=None, max_len=128) -> list:
 
     encs, (ids, tt, mask) = encode(tok, texts, pairs, max_len)
     outs = model(ids, tt, mask)
-    tasks = {n: SimpleNamespace(type=m["type"], labels=m["labels"]) for n, m in metas.items()}
     breaks = breaks_of(tok)
-    return [{name: decode(tasks[name], outs[name][i].float().numpy(), encs[i], texts[i], breaks) for name in outs}
+    return [{name: decode(metas[name], outs[name][i].float().numpy(), encs[i], texts[i], breaks) for name in outs}
             for i in range(len(texts))]

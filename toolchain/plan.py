@@ -12,7 +12,9 @@ against N x (number of tasks) for separate full models.
 from pathlib import Path
 
 from toolchain import UserError
+from toolchain.branch_config import BranchConfig
 from toolchain.fsutil import read_json, write_json_atomic, write_text_atomic
+from toolchain.workspace import Workspace
 
 CRITERIA = ("mixed", "best")
 
@@ -23,11 +25,11 @@ def candidates(out) -> dict:
     found = {}
     for kind, pattern in (("teacher", "runs/*/*/result.json"), ("student", "distill/*/*/result.json")):
         for res_file in sorted(out.glob(pattern)):
-            meta = read_json(res_file.parent / "branch.json")
-            key = (meta["attach"], meta["layers"])
-            c = {"attach": meta["attach"], "layers": meta["layers"], "dev_metric": meta["dev_metric"],
-                 "metric": meta["metric"], "run": str(res_file.parent.relative_to(out)), "kind": kind}
-            per_task = found.setdefault(meta["task"], {})
+            meta = BranchConfig.load(res_file.parent)
+            key = (meta.attach, meta.layers)
+            c = {"attach": meta.attach, "layers": meta.layers, "dev_metric": meta.dev_metric,
+                 "metric": meta.metric, "run": str(res_file.parent.relative_to(out)), "kind": kind}
+            per_task = found.setdefault(meta.task, {})
             if key not in per_task or c["dev_metric"] > per_task[key]["dev_metric"]:
                 per_task[key] = c
     return {t: sorted(v.values(), key=lambda c: (c["layers"], c["attach"])) for t, v in found.items()}
@@ -98,8 +100,9 @@ def plan_markdown(plan: dict) -> str:
 
 
 def write_plan(out, plan) -> None:
-    write_json_atomic(Path(out) / "plan.json", plan)
-    write_text_atomic(Path(out) / "plan.md", plan_markdown(plan))
+    ws = Workspace(Path(out))
+    write_json_atomic(ws.plan, plan)
+    write_text_atomic(ws.plan_table, plan_markdown(plan))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,10 +111,10 @@ def write_plan(out, plan) -> None:
 
 def table2(out, depth: int, tasks: list) -> dict:
     """Rows: full fine-tune (L = N), teacher (selected L), KD-1/2/3 from that teacher, planned mixed."""
-    out = Path(out)
-    cands = candidates(out)
-    selected = read_json(out / "selected.json") if (out / "selected.json").is_file() else {}
-    plan = read_json(out / "plan.json") if (out / "plan.json").is_file() else None
+    ws = Workspace(Path(out))
+    cands = candidates(ws.root)
+    selected = read_json(ws.selected) if ws.selected.is_file() else {}
+    plan = read_json(ws.plan) if ws.plan.is_file() else None
     rows = {}
 
     def pick(task, attach, layers):
@@ -159,5 +162,6 @@ def table2_markdown(t2: dict) -> str:
 
 
 def write_table2(out, t2) -> None:
-    write_json_atomic(Path(out) / "table2.json", t2)
-    write_text_atomic(Path(out) / "table2.md", table2_markdown(t2))
+    ws = Workspace(Path(out))
+    write_json_atomic(ws.table2, t2)
+    write_text_atomic(ws.table2_table, table2_markdown(t2))

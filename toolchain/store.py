@@ -17,47 +17,31 @@ from pathlib import Path
 
 from runtime_py.bundle import file_sha256
 from toolchain import UserError, __version__
-from toolchain.fsutil import atomic_dir, check_name, child, locked, read_json, recover, write_json_atomic
+from toolchain.branch_config import BranchConfig
+from toolchain.fsutil import atomic_dir, child, locked, read_json, recover, write_json_atomic
 
 SCHEMA = 1
-BRANCH_KEYS = ("task", "type", "labels", "attach", "layers", "metric", "backbone_fingerprint")
 
 
 # ---------------------------------------------------------------------------------------------
 # One branch folder
 
 
-def read_branch_meta(branch_dir) -> dict:
-    branch_dir = Path(branch_dir)
-    if not branch_dir.is_dir():
-        raise UserError(f"branch {branch_dir} not found; give a run folder holding branch.json and branch.safetensors")
-    for name in ("branch.json", "branch.safetensors"):
-        if not (branch_dir / name).is_file():
-            raise UserError(f"branch {branch_dir}: {name} missing; is this a finished training or distillation run?")
-    meta = read_json(branch_dir / "branch.json", "retrain the branch or restore the file")
-    missing = [k for k in BRANCH_KEYS if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise UserError(f"branch {branch_dir}: branch.json lacks {missing[0]!r}; it was not written by ctb-mobile")
-    check_name(meta["task"], f"branch {branch_dir}: branch.json task")
-    return meta
-
-
-def load_branch(cfg, branch_dir, meta=None):
+def load_branch(cfg, branch_dir, meta: BranchConfig | None = None):
     """Build a Branch and load its weights strictly; corrupt or mismatched files are one-line errors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from toolchain.model import Branch
 
-    meta = meta or read_branch_meta(branch_dir)
-    n_out = 1 if meta["type"] == "regression" else len(meta["labels"])
-    branch = Branch(cfg, meta["attach"], meta["layers"], meta["type"], n_out)
+    meta = meta or BranchConfig.load(branch_dir)
+    branch = Branch(cfg, meta.attach, meta.layers, meta.type, meta.n_out)
     try:
         weights = load_file(str(Path(branch_dir) / "branch.safetensors"))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"branch {branch_dir}: branch.safetensors is unreadable ({str(e)[:80]}); "
                         "copy it again or retrain the branch") from None
-    if "weights_sha256" in meta and file_sha256(Path(branch_dir) / "branch.safetensors") != meta["weights_sha256"]:
+    if meta.weights_sha256 and file_sha256(Path(branch_dir) / "branch.safetensors") != meta.weights_sha256:
         raise UserError(f"branch {branch_dir}: branch.safetensors does not match the sha256 in its branch.json "
                         "(a damaged or swapped file); copy the branch again or retrain it")
     try:
@@ -69,13 +53,13 @@ def load_branch(cfg, branch_dir, meta=None):
     return branch.eval()
 
 
-def check_fits(store_meta: dict, meta: dict, where: str) -> None:
-    if meta["backbone_fingerprint"] != store_meta["backbone_fingerprint"]:
-        raise UserError(f"{where} was trained on another trunk (fingerprint {meta['backbone_fingerprint'][:12]}, "
+def check_fits(store_meta: dict, meta: BranchConfig, where: str) -> None:
+    if meta.backbone_fingerprint != store_meta["backbone_fingerprint"]:
+        raise UserError(f"{where} was trained on another trunk (fingerprint {meta.backbone_fingerprint[:12]}, "
                         f"store has {store_meta['backbone_fingerprint'][:12]}); retrain it on {store_meta['backbone']}")
     depth = store_meta["encoder"]["num_layers"]
-    if not 0 <= meta["attach"] <= depth or meta["attach"] + meta["layers"] > depth:
-        raise UserError(f"{where} attaches at depth {meta['attach']} with {meta['layers']} layers, beyond the "
+    if not 0 <= meta.attach <= depth or meta.attach + meta.layers > depth:
+        raise UserError(f"{where} attaches at depth {meta.attach} with {meta.layers} layers, beyond the "
                         f"{depth}-layer trunk; retrain it for this backbone")
 
 
@@ -120,11 +104,11 @@ def branch_names(store_dir) -> list:
 
 def list_branches(store_dir) -> list:
     read_store(store_dir)
-    return [read_branch_meta(Path(store_dir) / "branches" / n) for n in branch_names(store_dir)]
+    return [BranchConfig.load(Path(store_dir) / "branches" / n) for n in branch_names(store_dir)]
 
 
-def _validate_new(store_meta, cfg, branch_dir) -> dict:
-    meta = read_branch_meta(branch_dir)
+def _validate_new(store_meta, cfg, branch_dir) -> BranchConfig:
+    meta = BranchConfig.load(branch_dir)
     check_fits(store_meta, meta, f"branch {branch_dir}")
     load_branch(cfg, branch_dir, meta)  # weights readable and of the right shapes
     return meta
@@ -140,9 +124,8 @@ def _copy_branch(branch_dir, dest) -> None:
     """Copy a branch; its branch.json in the store always records the weights' sha256 (checked on load)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(branch_dir) / "branch.safetensors", dest / "branch.safetensors")
-    meta = read_branch_meta(branch_dir)
-    meta.setdefault("weights_sha256", file_sha256(dest / "branch.safetensors"))
-    write_json_atomic(dest / "branch.json", meta)
+    meta = BranchConfig.load(branch_dir)
+    meta.replace(weights_sha256=meta.weights_sha256 or file_sha256(dest / "branch.safetensors")).save(dest)
 
 
 def create(store_dir, bb, backbone_spec: str, branch_dirs: list, force: bool = False) -> dict:
@@ -157,7 +140,7 @@ def create(store_dir, bb, backbone_spec: str, branch_dirs: list, force: bool = F
                   "encoder": bb.cfg.to_dict(), "toolchain_version": __version__}
     cfg = _encoder_cfg(store_meta)
     metas = [_validate_new(store_meta, cfg, d) for d in branch_dirs]
-    names = [m["task"] for m in metas]
+    names = [m.task for m in metas]
     dup = [n for n in names if names.count(n) > 1]
     if dup:
         raise UserError(f"duplicate task name {dup[0]!r} among the branches; merge one branch per task")
@@ -170,7 +153,7 @@ def create(store_dir, bb, backbone_spec: str, branch_dirs: list, force: bool = F
         if not (tmp / "tokenizer" / "tokenizer.json").is_file():
             bb.tokenizer().save(str(tmp / "tokenizer" / "tokenizer.json"))
         for meta, d in zip(metas, branch_dirs):
-            _copy_branch(d, child(tmp / "branches", meta["task"], "task"))
+            _copy_branch(d, child(tmp / "branches", meta.task, "task"))
         write_json_atomic(tmp / "store.json", store_meta)
     return store_meta
 
@@ -179,22 +162,22 @@ def _incoming(store_dir, branch_dir):
     """Validate a branch run folder against the store; its metadata and destination folder."""
     store_meta = read_store(store_dir)
     meta = _validate_new(store_meta, _encoder_cfg(store_meta), branch_dir)
-    return meta, child(Path(store_dir) / "branches", meta["task"], "task")
+    return meta, child(Path(store_dir) / "branches", meta.task, "task")
 
 
-def add(store_dir, branch_dir) -> dict:
+def add(store_dir, branch_dir) -> BranchConfig:
     meta, dest = _incoming(store_dir, branch_dir)
     if dest.exists():
-        raise UserError(f"task {meta['task']!r} is already in the store; use `ctb-mobile branch update` to replace it")
+        raise UserError(f"task {meta.task!r} is already in the store; use `ctb-mobile branch update` to replace it")
     with atomic_dir(dest, lock=store_dir) as tmp:  # one lock per store, beside it
         _copy_branch(branch_dir, tmp)
     return meta
 
 
-def update(store_dir, branch_dir) -> dict:
+def update(store_dir, branch_dir) -> BranchConfig:
     meta, dest = _incoming(store_dir, branch_dir)
     if not dest.is_dir():
-        raise UserError(f"task {meta['task']!r} is not in the store (it has: {', '.join(branch_names(store_dir))}); "
+        raise UserError(f"task {meta.task!r} is not in the store (it has: {', '.join(branch_names(store_dir))}); "
                         "use `ctb-mobile branch add`")
     with atomic_dir(dest, lock=store_dir) as tmp:
         _copy_branch(branch_dir, tmp)
@@ -215,7 +198,7 @@ def remove(store_dir, task: str) -> None:
 
 
 def load_merged(store_dir, tasks=None):
-    """The merged PyTorch model (the "original" for export parity), its tokenizer and branch metas.
+    """The merged PyTorch model (the "original" for export parity), its tokenizer, and task -> BranchConfig.
 
     The trunk is cut at the deepest attach point, so it runs exactly as deep as the branches need.
     """
@@ -239,7 +222,7 @@ def load_merged(store_dir, tasks=None):
     metas = {}
     branches = {}
     for n in names:
-        meta = read_branch_meta(store_dir / "branches" / n)
+        meta = BranchConfig.load(store_dir / "branches" / n)
         check_fits(store_meta, meta, f"branch {n}")
         metas[n] = meta
         branches[n] = load_branch(cfg, store_dir / "branches" / n, meta)
@@ -251,7 +234,7 @@ def load_merged(store_dir, tasks=None):
     if backbone.fingerprint(state, cfg) != store_meta["backbone_fingerprint"]:
         raise UserError(f"store {store_dir}: trunk.safetensors does not match the store's fingerprint; "
                         "the trunk was modified: rebuild the store with `ctb-mobile merge --force`")
-    trunk = Trunk(cfg, max(m["attach"] for m in metas.values()))
+    trunk = Trunk(cfg, max(m.attach for m in metas.values()))
     trunk.load_state_dict({k: v for k, v in state.items()
                            if k.startswith("embeddings.") or (k.startswith("layers.") and int(k.split(".")[1]) < trunk.depth)})
     trunk.requires_grad_(False)

@@ -27,8 +27,10 @@ import torch
 
 from toolchain import UserError, __version__
 from toolchain import cache as feature_cache
+from toolchain.branch_config import BranchConfig
 from toolchain.data import IGNORE, positive_id
 from toolchain.fsutil import locked, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from toolchain.workspace import Workspace
 
 
 def say(console, message: str) -> None:
@@ -47,7 +49,7 @@ def replaced(console, run_dir: Path, force: bool) -> None:
 def make_accelerator(mixed_precision: str = "auto"):
     """One Accelerator for CPU, one GPU, or N processes under torchrun / `accelerate launch`.
 
-    On a machine without CUDA it is told so (`cpu=True`): that is what makes accelerate join the
+    On a machine without a GPU it is told so (`cpu=True`): that is what makes accelerate join the
     processes torchrun started through gloo instead of running each as a lone process. The recipe's
     batch_size is the global batch: N processes take batch_size / N rows each (`split_batches`), so
     a run gives the same steps, schedule and result whatever N is.
@@ -58,7 +60,8 @@ def make_accelerator(mixed_precision: str = "auto"):
     cuda = torch.cuda.is_available()
     if mixed_precision == "auto":
         mixed_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    return Accelerator(mixed_precision=mixed_precision, cpu=not cuda,
+    cpu = not (cuda or torch.backends.mps.is_available())  # Apple GPUs keep accelerate's own choice
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu,
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
@@ -279,26 +282,24 @@ def _weights(module) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def save_run(run_dir: Path, branch, meta: dict, result: dict, accelerator) -> None:
+def save_run(run_dir: Path, branch, config: BranchConfig, result: dict, accelerator) -> None:
     """branch.safetensors + branch.json + result.json (written last: it marks the run complete)."""
     from safetensors.torch import save
 
     if accelerator.is_main_process:
         data = save(_weights(branch))
         write_bytes_atomic(run_dir / "branch.safetensors", data)
-        write_json_atomic(run_dir / "branch.json", {**meta, "weights_sha256": hashlib.sha256(data).hexdigest()})
+        config.replace(weights_sha256=hashlib.sha256(data).hexdigest()).save(run_dir)
         write_json_atomic(run_dir / "result.json", result)
         shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
 
 
-def branch_meta(recipe, bb, task, data, attach, layers, metric_value, seed) -> dict:
-    return {
-        "task": task.name, "type": task.type, "labels": data.labels, "attach": attach, "layers": layers,
-        "metric": task.metric, "dev_metric": metric_value, "seed": seed, "max_seq_len": recipe.seq_len(task),
-        "pair": any(ex.text_pair is not None for ex in data.dev_examples),
-        "hidden_size": bb.cfg.hidden_size, "backbone": recipe.backbone, "backbone_fingerprint": bb.fingerprint,
-        "toolchain_version": __version__,
-    }
+def branch_config(recipe, bb, task, data, attach, layers, metric_value, seed, **extra) -> BranchConfig:
+    return BranchConfig(
+        task=task.name, type=task.type, labels=list(data.labels), attach=attach, layers=layers, metric=task.metric,
+        dev_metric=metric_value, seed=seed, max_seq_len=recipe.seq_len(task),
+        pair=any(ex.text_pair is not None for ex in data.dev_examples), hidden_size=bb.cfg.hidden_size,
+        backbone=recipe.backbone, backbone_fingerprint=bb.fingerprint, toolchain_version=__version__, **extra)
 
 
 def data_fingerprint(data) -> str:
@@ -341,7 +342,7 @@ def train_one(recipe, bb, task, data, L: int, seed: int, run_dir: Path, accelera
     attach = bb.depth - L
     set_seed(seed)
     t0 = time.perf_counter()
-    cache_dir = Path(cache_dir or run_dir.parent.parent.parent / "cache")
+    cache_dir = Path(cache_dir or Workspace.of_run(run_dir).cache)
     train_b, dev_b, hit = trunk_batches(bb, task, data, attach, accelerator, use_cache, cache_dir, progress)
     cache_seconds = time.perf_counter() - t0
     n_out = {"regression": 1}.get(task.type, len(data.labels))
@@ -351,7 +352,7 @@ def train_one(recipe, bb, task, data, L: int, seed: int, run_dir: Path, accelera
                         f"train {task.name} L={L} s={seed}")
     result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds, dataclasses.asdict(cfg),
                         layers=L, attach=attach, seed=seed)
-    save_run(run_dir, branch, branch_meta(recipe, bb, task, data, attach, L, result["dev_metric"], seed),
+    save_run(run_dir, branch, branch_config(recipe, bb, task, data, attach, L, result["dev_metric"], seed),
              result, accelerator)
     return result
 
@@ -442,12 +443,12 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
             progress.advance(bar)
         progress.update(bar, visible=False)
 
-        out = Path(out)
+        ws = Workspace(Path(out))
         results = {}
         grid = [(t, L, s) for t in tasks for L in (layers or [t.layers or max(1, bb.depth // 2)]) for s in seeds]
         overall = progress.add_task("[bold]runs", total=len(grid))
         for t, L, s in grid:
-            run_dir = out / "runs" / t.name / f"L{L}-s{s}"
+            run_dir = ws.run(t.name, L, s)
             res = None if force else finished(run_dir, datas[t.name], dataclasses.asdict(recipe.train_for(t)))
             if res is not None:
                 results[(t.name, L, s)] = res
@@ -457,7 +458,7 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
                 replaced(progress.console, run_dir, force)  # forced, or finished on other data
             accelerator.wait_for_everyone()
             results[(t.name, L, s)] = train_one(recipe, bb, t, datas[t.name], L, s, run_dir, accelerator,
-                                                use_cache=use_cache, cache_dir=out / "cache", progress=progress)
+                                                use_cache=use_cache, cache_dir=ws.cache, progress=progress)
             progress.advance(overall)
 
     task_layers = sorted({L for (_, L, _) in results})
@@ -480,9 +481,9 @@ def run_sweep(recipe, task_names=None, layers=None, seeds=None, out=None, use_ca
     if not accelerator.is_main_process:
         return summary
     if layers is not None:
-        write_text_atomic(out / "sweep.md", sweep_markdown(summary))
-    write_json_atomic(out / "sweep.json", summary)
-    selected_file = out / "selected.json"  # kept across invocations: sweeping one task keeps the others
+        write_text_atomic(ws.sweep_table, sweep_markdown(summary))
+    write_json_atomic(ws.sweep, summary)
+    selected_file = ws.selected  # kept across invocations: sweeping one task keeps the others
     with locked(selected_file, wait=120):  # another run on this workspace may be updating it too
         selected = read_json(selected_file) if selected_file.is_file() else {}
         write_json_atomic(selected_file, {**selected, **summary["selected"]})

@@ -47,12 +47,13 @@ def single_task_sources(base: Path, store_dir, names) -> dict:
     """task -> the run folder under `base` (runs/, distill/) whose branch.safetensors the store's branch
     was copied from, or the store's own copy when that folder is gone."""
     from runtime_py.bundle import file_sha256
+    from toolchain.workspace import Workspace
 
-    out = {}
+    ws, out = Workspace(Path(base)), {}
     for n in names:
         own = Path(store_dir) / "branches" / n
         digest = file_sha256(own / "branch.safetensors")
-        runs = sorted((base / "runs" / n).glob("*/branch.safetensors")) + sorted((base / "distill" / n).glob("*/branch.safetensors"))
+        runs = sorted(ws.runs_of(n).glob("*/branch.safetensors")) + sorted(ws.students_of(n).glob("*/branch.safetensors"))
         out[n] = next((p.parent for p in runs if file_sha256(p) == digest), own)
     return out
 
@@ -60,17 +61,18 @@ def single_task_sources(base: Path, store_dir, names) -> dict:
 def single_task_outputs(store_meta, source: Path, dev, trunk_cache: dict) -> list:
     """Outputs of one task's single-task model (original backbone cut at the attach depth + branch)."""
     from toolchain import backbone
+    from toolchain.branch_config import BranchConfig
     from toolchain.export.check import outputs_on, torch_runner
     from toolchain.model import TaskModel, build_trunk
-    from toolchain.store import _encoder_cfg, load_branch, read_branch_meta
+    from toolchain.store import _encoder_cfg, load_branch
 
-    meta = read_branch_meta(source)
+    meta = BranchConfig.load(source)
     if "bb" not in trunk_cache:
         trunk_cache["bb"] = backbone.load(store_meta["backbone"])
     bb = trunk_cache["bb"]
     branch = load_branch(_encoder_cfg(store_meta), source, meta)
-    model = TaskModel(build_trunk(bb.cfg, bb.state, meta["attach"]), branch).eval()
-    return outputs_on(dev, torch_runner(lambda *a: {meta["task"]: model(*a)}))  # TaskModel returns one tensor
+    model = TaskModel(build_trunk(bb.cfg, bb.state, meta.attach), branch).eval()
+    return outputs_on(dev, torch_runner(lambda *a: {meta.task: model(*a)}))  # TaskModel returns one tensor
 
 
 def runtime_texts(task, examples) -> tuple:
@@ -124,10 +126,10 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
                          f"bundle {m['trunk_fingerprint'][:16]}, store {store_meta['backbone_fingerprint'][:16]}"))
     for t in m["tasks"]:
         meta = metas[t["name"]]
-        diffs = [k for k, mk in (("type", "type"), ("attach", "attach"), ("labels", "labels")) if t[k] != meta[mk]]
-        if "labels" in diffs and len(t["labels"]) == len(meta["labels"]):
-            i = next(i for i, (a, b) in enumerate(zip(t["labels"], meta["labels"])) if a != b)
-            detail = f"label {i} is {t['labels'][i]!r}, training's is {meta['labels'][i]!r}"
+        diffs = [k for k in ("type", "attach", "labels") if t[k] != getattr(meta, k)]
+        if "labels" in diffs and len(t["labels"]) == len(meta.labels):
+            i = next(i for i, (a, b) in enumerate(zip(t["labels"], meta.labels)) if a != b)
+            detail = f"label {i} is {t['labels'][i]!r}, training's is {meta.labels[i]!r}"
         else:
             detail = f"differs from training: {', '.join(diffs)}" if diffs else "type, attach depth, labels as trained"
         checks.append(_check(f"labels {t['name']}", not diffs, detail))

@@ -72,7 +72,7 @@ def graphs(model, metas: dict, layout: str, example) -> list:
     model = model.eval()
     if layout == "fused":
         return [Graph("model", Fused(model, tasks).eval(), INPUTS, tuple(tasks), example)]
-    depths = sorted({m["attach"] for m in metas.values()})
+    depths = sorted({m.attach for m in metas.values()})
     trunk = TrunkOnly(model.trunk, depths)
     with torch.no_grad():
         hidden = dict(zip(depths, trunk(*example)))

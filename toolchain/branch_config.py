@@ -1,0 +1,100 @@
+"""branch.json: the typed config of one trained branch (a run folder or a store's branch folder),
+in the style of peft's adapter config. Its keys are written here and nowhere else; a file with an
+unknown or missing key, or a value of the wrong type, is refused in one line.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolchain import UserError
+from toolchain.fsutil import check_name, read_json, write_json_atomic
+
+FILE = "branch.json"
+WEIGHTS = "branch.safetensors"
+TASK_TYPES = ("classification", "regression", "tagging")
+
+
+@dataclass(frozen=True)
+class DistilledFrom:
+    """The teacher a distilled branch was made from."""
+
+    run: str
+    layers: int
+    dev_metric: float
+    temperature: float
+    alpha: float
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    task: str
+    type: str  # classification | regression | tagging
+    labels: list  # output index -> label name (empty for regression)
+    attach: int  # trunk depth the branch reads
+    layers: int  # its own encoder layers
+    metric: str
+    backbone_fingerprint: str
+    dev_metric: float | None = None
+    seed: int | None = None
+    max_seq_len: int | None = None
+    pair: bool = False
+    hidden_size: int | None = None
+    backbone: str | None = None
+    toolchain_version: str | None = None
+    weights_sha256: str | None = None  # of branch.safetensors, checked on load
+    distilled_from: DistilledFrom | None = None
+
+    @property
+    def n_out(self) -> int:
+        return 1 if self.type == "regression" else len(self.labels)
+
+    def replace(self, **changes) -> "BranchConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def save(self, folder) -> None:
+        write_json_atomic(Path(folder) / FILE, self.to_json())
+
+    @classmethod
+    def from_json(cls, data, where: str) -> "BranchConfig":
+        fix = "it was not written by ctb-mobile; retrain the branch"
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: {FILE} is not a JSON object; {fix}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise UserError(f"{where}: {FILE} has unknown key {unknown[0]!r}; {fix}")
+        missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in data]
+        if missing:
+            raise UserError(f"{where}: {FILE} lacks {missing[0]!r}; {fix}")
+        kinds = {"task": str, "type": str, "labels": list, "attach": int, "layers": int, "metric": str,
+                 "backbone_fingerprint": str, "dev_metric": (int, float), "seed": int, "max_seq_len": int,
+                 "pair": bool, "hidden_size": int, "backbone": str, "toolchain_version": str,
+                 "weights_sha256": str, "distilled_from": dict}
+        for k, v in data.items():
+            if v is not None and (not isinstance(v, kinds[k]) or (kinds[k] is int and isinstance(v, bool))):
+                raise UserError(f"{where}: {FILE} {k} = {v!r} is not of type {getattr(kinds[k], '__name__', 'number')}; {fix}")
+        if data["type"] not in TASK_TYPES:
+            raise UserError(f"{where}: {FILE} type {data['type']!r} is not one of {', '.join(TASK_TYPES)}; {fix}")
+        check_name(data["task"], f"{where}: {FILE} task")
+        teacher = data.get("distilled_from")
+        if teacher is not None:
+            want = {f.name for f in dataclasses.fields(DistilledFrom)}
+            if set(teacher) != want:
+                raise UserError(f"{where}: {FILE} distilled_from has keys {sorted(teacher)}, not {sorted(want)}; {fix}")
+            teacher = DistilledFrom(**teacher)
+        return cls(**{**data, "distilled_from": teacher})
+
+    @classmethod
+    def load(cls, folder) -> "BranchConfig":
+        """The config of a branch folder, which must also hold its weights."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UserError(f"branch {folder} not found; give a run folder holding {FILE} and {WEIGHTS}")
+        for name in (FILE, WEIGHTS):
+            if not (folder / name).is_file():
+                raise UserError(f"branch {folder}: {name} missing; is this a finished training or distillation run?")
+        return cls.from_json(read_json(folder / FILE, "retrain the branch or restore the file"), f"branch {folder}")

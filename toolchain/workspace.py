@@ -1,0 +1,92 @@
+"""The folder a recipe's stages share (`--out`, by default models/<recipe name>/): every stage path
+is named here, and task names become folder names only through `child`, which refuses a name that
+is not a plain one.
+
+    runs/<task>/L<L>-s<seed>/              partial fine-tuning runs (teachers)
+    distill/<task>/l<l>-from-L<L>-s<seed>/ distilled students
+    cache/                                 frozen-trunk features
+    sweep.json, sweep.md, selected.json    the sweep and the chosen L per task
+    distill.json, plan.json, plan.md       students per task, the planner's choice
+    table2.json, table2.md                 the paper's Table 2 analog
+    store/                                 the merged store
+    bundles/<target>-<layout>-<precision>/ exported bundles (and <bundle>.verify/ reports)
+    bench/                                 the benchmark report
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolchain.fsutil import child
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def of_run(cls, run_dir) -> "Workspace":
+        """The workspace holding a run or student folder (<root>/runs/<task>/<run>)."""
+        return cls(Path(run_dir).parents[2])
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def bundles(self) -> Path:
+        return self.root / "bundles"
+
+    @property
+    def selected(self) -> Path:
+        return self.root / "selected.json"
+
+    @property
+    def sweep(self) -> Path:
+        return self.root / "sweep.json"
+
+    @property
+    def sweep_table(self) -> Path:
+        return self.root / "sweep.md"
+
+    @property
+    def distilled(self) -> Path:
+        return self.root / "distill.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def plan_table(self) -> Path:
+        return self.root / "plan.md"
+
+    @property
+    def table2(self) -> Path:
+        return self.root / "table2.json"
+
+    @property
+    def table2_table(self) -> Path:
+        return self.root / "table2.md"
+
+    @property
+    def bench(self) -> Path:
+        return self.root / "bench"
+
+    def runs_of(self, task: str) -> Path:
+        return child(self.root / "runs", task, "task")
+
+    def students_of(self, task: str) -> Path:
+        return child(self.root / "distill", task, "task")
+
+    def run(self, task: str, layers: int, seed: int) -> Path:
+        return self.runs_of(task) / f"L{layers}-s{seed}"
+
+    def student(self, task: str, layers: int, teacher_layers: int, seed: int) -> Path:
+        return self.students_of(task) / f"l{layers}-from-L{teacher_layers}-s{seed}"
+
+    def bundle(self, target: str, layout: str, precision: str) -> Path:
+        return self.bundles / f"{target}-{layout}-{precision}"
