@@ -22,7 +22,7 @@ def make_branch(recipe, bb, tok, run_dir, name, attach, layers, seed):
 
     from toolchain.data import load_task
     from toolchain.model import build_branch
-    from toolchain.train import branch_meta
+    from toolchain.train import branch_config
 
     task = recipe.task(name)
     data = load_task(recipe, task, tok)
@@ -34,7 +34,7 @@ def make_branch(recipe, bb, tok, run_dir, name, attach, layers, seed):
             p.add_(torch.randn(p.shape, generator=g) * 0.5)
     run_dir.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in branch.state_dict().items()}, str(run_dir / "branch.safetensors"))
-    (run_dir / "branch.json").write_text(json.dumps(branch_meta(recipe, bb, task, data, attach, layers, 0.0, seed)))
+    branch_config(recipe, bb, task, data, attach, layers, 0.0, seed).save(run_dir)
     return run_dir
 
 
@@ -70,6 +70,8 @@ def test_writes_report_json_and_plot(result):
     peer = md.split("## The peer", 1)[1]  # the peer ran: its table row at seq 8 with the measured ratio
     ratio = next(v for k, v in r["summary"]["merged_vs_peer_p50"]["peer/fp32"].items() if str(k) == "8")
     assert "Not run" not in peer and "| fp32 | 8 | " in peer and f"| {ratio:.3f} |" in peer
+    ext = r["machine"]["vector_extensions"]
+    assert f"vector extensions: {', '.join(ext)}" in md if ext else "vector extensions: " in md
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("timing seq 8" in x for x in lines)
     for t, _, _ in BRANCHES:
@@ -104,7 +106,7 @@ def test_ratios_are_merged_over_the_sum_of_single_task_models(result):
 @pytest.mark.slow
 def test_flops_and_gemm_peak(result):
     r, _, _ = result
-    metas = {m["task"]: m for m in store.list_branches(r["store"])}
+    metas = {m.task: m for m in store.list_branches(r["store"])}
     heads = {t: bench.head_flops(m, 8, 32) for t, m in metas.items()}
     # tiny backbone (h 32, ffn 64): the merged model runs the trunk to depth 3, then 2 + 1 + 1 branch layers;
     # the single-task models run 2 + 2, 3 + 1 and 3 + 1 layers
@@ -153,13 +155,14 @@ def test_peer_dev_metric_and_conversion(result):
 
 @pytest.mark.parametrize("task_type", ["classification", "tagging", "regression"])
 def test_hf_conversion_matches_the_task_model_and_catches_a_corrupt_weight(tiny, task_type):
+    from toolchain.branch_config import BranchConfig
     from toolchain.infer import encode
     from toolchain.model import MultiTaskModel, build_branch, build_trunk
 
     _, _, bb = tiny
     attach, layers = 2, 2
-    meta = {"type": task_type, "attach": attach, "layers": layers,
-            "labels": [] if task_type == "regression" else ["a", "b", "c"]}
+    meta = BranchConfig("t", task_type, [] if task_type == "regression" else ["a", "b", "c"], attach, layers,
+                        "accuracy", bb.fingerprint)
     branch = build_branch(bb.cfg, bb.state, attach, layers, task_type, 1 if task_type == "regression" else 3, 0.0)
     with torch.no_grad():
         for p in branch.head.parameters():
@@ -230,3 +233,25 @@ def test_single_task_models_can_come_from_another_store(tiny, tmp_path):
         bench.run_bench(recipe, out / "store", tmp_path / "c", targets=("onnx",), precisions=("fp32",), lengths=(8,),
                         repeats=2, peer=False, guard_examples=8, threads=1, log=lambda m: None,
                         singles_from=tmp_path / "full")
+
+
+X86 = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse4_2 avx fma avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_int8
+processor\t: 1
+flags\t\t: fpu sse4_2
+"""
+ARM = """processor\t: 0
+Features\t: fp asimd evtstrm aes asimddp sha512 i8mm
+"""
+OLD_X86 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx fma avx2\n"
+
+
+@pytest.mark.parametrize("info, expected", [
+    (X86, ["AVX2", "FMA", "AVX-512F", "AVX-512BW", "AVX-512 VNNI", "AVX-512 BF16", "AMX-INT8"]),
+    (ARM, ["NEON", "NEON dot product", "I8MM"]),
+    (OLD_X86, ["AVX2", "FMA"]),
+    ("", []),
+])
+def test_bench_names_the_cpus_vector_extensions(info, expected):
+    assert bench.vector_extensions(info) == expected

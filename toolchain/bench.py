@@ -192,17 +192,16 @@ def layer_flops(tokens: int, hidden: int, ffn: int) -> int:
 
 
 def head_flops(meta, tokens: int, hidden: int) -> int:
-    n_out = 1 if meta["type"] == "regression" else len(meta["labels"])
-    if meta["type"] == "tagging":
-        return 2 * tokens * hidden * n_out
-    return 2 * hidden * hidden + 2 * hidden * n_out  # tanh pooler on [CLS], then the output layer
+    if meta.type == "tagging":
+        return 2 * tokens * hidden * meta.n_out
+    return 2 * hidden * hidden + 2 * hidden * meta.n_out  # tanh pooler on [CLS], then the output layer
 
 
 def model_flops(metas: dict, tokens: int, hidden: int, ffn: int) -> int:
     """FLOPs of one request through a model whose trunk runs to the deepest attach point (embeddings
     excluded). A single-task model is the same formula with one branch."""
-    depth = max(m["attach"] for m in metas.values())
-    layers = depth + sum(m["layers"] for m in metas.values())
+    depth = max(m.attach for m in metas.values())
+    layers = depth + sum(m.layers for m in metas.values())
     return layers * layer_flops(tokens, hidden, ffn) + sum(head_flops(m, tokens, hidden) for m in metas.values())
 
 
@@ -245,13 +244,13 @@ def hf_model(bb, branch, meta):
     if bb.hf_config.get("model_type") != "bert":
         raise UserError(f"the peer baseline converts BERT backbones only, not {bb.hf_config.get('model_type')!r}; "
                         "run bench with peer=False")
-    tagging = meta["type"] == "tagging"
+    tagging = meta.type == "tagging"
     config = transformers.BertConfig.from_dict(dict(bb.hf_config))
-    config.num_hidden_layers = meta["attach"] + meta["layers"]
-    if meta["type"] == "regression":
+    config.num_hidden_layers = meta.attach + meta.layers
+    if meta.type == "regression":
         config.num_labels, config.problem_type = 1, "regression"
     else:
-        config.id2label = dict(enumerate(meta["labels"]))
+        config.id2label = dict(enumerate(meta.labels))
         config.label2id = {v: k for k, v in config.id2label.items()}
         config.problem_type = None if tagging else "single_label_classification"
     cls = transformers.BertForTokenClassification if tagging else transformers.BertForSequenceClassification
@@ -268,9 +267,9 @@ def hf_model(bb, branch, meta):
             raise ConversionMismatch(f"no source for Hugging Face weight {key}")
         if name.startswith("pooler."):
             state[key] = ours[f"head.{name}"]
-        elif name.startswith("layers.") and int(name.split(".")[1]) >= meta["attach"]:
+        elif name.startswith("layers.") and int(name.split(".")[1]) >= meta.attach:
             i, rest = name.split(".", 2)[1:]
-            state[key] = ours[f"layers.{int(i) - meta['attach']}.{rest}"]
+            state[key] = ours[f"layers.{int(i) - meta.attach}.{rest}"]
         else:
             state[key] = bb.state[name]
     model.load_state_dict(state, strict=True)
@@ -288,10 +287,10 @@ def check_hf(model, task_model, task, meta, batches, atol=HF_ATOL) -> float:
             ids, mask, tt = (torch.as_tensor(x) for x in (ids, mask, tt))
             ours = task_model(ids, tt, mask)[task]
             theirs = model(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits
-            if meta["type"] == "regression":
+            if meta.type == "regression":
                 theirs = theirs.squeeze(-1)
             diff = (ours - theirs).abs()
-            if meta["type"] == "tagging":
+            if meta.type == "tagging":
                 diff = diff[mask.bool()]
             worst = max(worst, float(diff.max()))
     if not worst <= atol:
@@ -343,7 +342,7 @@ def peer_model(bb, single_dir, task, batches, dest, log=print) -> dict:
                 if (bb.path / name).is_file():
                     shutil.copyfile(bb.path / name, tmp / "hf" / name)
             main_export(str(tmp / "hf"), output=str(tmp / "onnx"), task="token-classification"
-                        if meta["type"] == "tagging" else "text-classification", library_name="transformers",
+                        if meta.type == "tagging" else "text-classification", library_name="transformers",
                         local_files_only=True, device="cpu")
             ORTQuantizer.from_pretrained(tmp / "onnx", file_name="model.onnx").quantize(
                 save_dir=tmp / "onnx-int8", quantization_config=qconfig)
@@ -514,7 +513,7 @@ def measure(recipe, store_dir, out_dir, targets, precisions, lengths, repeats, p
         f"{', '.join(precisions)}, lengths {', '.join(map(str, run_lengths))}, {repeats} repeats")
 
     # the models: single-task stores, bundles, PyTorch eager, the peer
-    single_metas = {m["task"]: m for m in list_branches(singles_from)}
+    single_metas = {m.task: m for m in list_branches(singles_from)}
     if sorted(single_metas) != sorted(tasks) or read_store(singles_from)["backbone_fingerprint"] != bb.fingerprint:
         raise UserError(f"store {singles_from} must hold the same tasks ({', '.join(tasks)}) on the same trunk "
                         "to serve as the single-task models")
@@ -588,8 +587,8 @@ def measure(recipe, store_dir, out_dir, targets, precisions, lengths, repeats, p
                      "guard_examples": guard_examples,
                      "order": "every configuration once per round, each round in a fresh seeded random order",
                      "threads": threads, "onnxruntime": "CPU execution provider, intra-op spinning off"},
-        "tasks": [{"name": t, "type": m["type"], "attach": m["attach"], "layers": m["layers"],
-                   "single": [single_metas[t]["attach"], single_metas[t]["layers"]]}
+        "tasks": [{"name": t, "type": m.type, "attach": m.attach, "layers": m.layers,
+                   "single": [single_metas[t].attach, single_metas[t].layers]}
                   for t, m in metas.items()],
         "not_run": not_run, "gemm": gemm, "flops": flops,
         "latency": summarize_latency(latency, tasks, flops, gemm["peak_gflops"]),
@@ -707,21 +706,38 @@ def load_average():
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
+# /proc/cpuinfo flag -> name: the extensions int8 and fp32 kernels dispatch on (MLAS, XNNPACK, oneDNN)
+VECTOR_FLAGS = {"avx2": "AVX2", "fma": "FMA", "avx_vnni": "AVX-VNNI", "avx512f": "AVX-512F",
+                "avx512bw": "AVX-512BW", "avx512_vnni": "AVX-512 VNNI", "avx512_bf16": "AVX-512 BF16",
+                "amx_int8": "AMX-INT8", "asimd": "NEON", "asimddp": "NEON dot product", "i8mm": "I8MM",
+                "sve": "SVE"}
+
+
+def vector_extensions(cpuinfo: str) -> list:
+    """The vector extensions the first CPU of a /proc/cpuinfo text lists ("flags" on x86, "Features" on
+    Arm), in VECTOR_FLAGS order: figures from machines with and without VNNI are not comparable."""
+    line = next((x for x in cpuinfo.splitlines() if x.split(":", 1)[0].strip() in ("flags", "Features")), "")
+    flags = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    return [name for flag, name in VECTOR_FLAGS.items() if flag in flags]
+
+
 def machine(torch, load_start, threads, executorch) -> dict:
     """CPU, cores, thread counts, load average at start and end (a busy machine makes noisy figures)."""
     import importlib.metadata as md
 
-    cpu = platform.processor()
+    cpu, extensions = platform.processor(), None
     if Path("/proc/cpuinfo").is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        extensions = vector_extensions(info)
     versions = {}
     for pkg in ("torch", "onnxruntime", "executorch", "optimum", "optimum-onnx", "transformers"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu, "vector_extensions": extensions, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "onnxruntime_threads": threads or f"default ({os.cpu_count()}, one per core)",
             "executorch_threads": executorch_threads() if executorch else None,
             "load_average": {"start": load_start, "end": load_average()},
@@ -804,6 +820,8 @@ def markdown(r: dict) -> str:
     m, s, lat = r["machine"], r["summary"], r["latency"]
     tasks = [t["name"] for t in r["tasks"]]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    ext = m.get("vector_extensions")
+    ext = "unknown (no /proc/cpuinfo)" if ext is None else ", ".join(ext) or "none of " + ", ".join(VECTOR_FLAGS.values())
     lines = [
         f"# ctb-mobile bench: {len(tasks)} tasks, merged vs single-task models", "",
         (f"Store `{r['store']}`, backbone {r['backbone']} (trunk `{r['trunk_fingerprint'][:16]}`), "
@@ -811,7 +829,8 @@ def markdown(r: dict) -> str:
          "Tasks (attach depth, branch layers) merged / single-task model: "
          + ", ".join(f"{t['name']} ({t['attach']}, {t['layers']}) / ({t['single'][0]}, {t['single'][1]})"
                      for t in r["tasks"]) + f"; single-task models from `{r['singles_from']}`."), "",
-        (f"Machine: {m['cpu']}, {m['cores']} cores; threads: torch {m['torch_threads']}, ONNX Runtime "
+        (f"Machine: {m['cpu']}, {m['cores']} cores; vector extensions: {ext} (torch kernels: "
+         f"{m.get('torch_cpu_capability', '-')}); threads: torch {m['torch_threads']}, ONNX Runtime "
          f"{m['onnxruntime_threads']}, ExecuTorch {_f(m['executorch_threads'], 'd')}; load average "
          f"{m['load_average']['start']} at the start and {m['load_average']['end']} at the end; {versions}."), "",
         (f"Batch 1, fused programs, real dev text cut to each length. {WARMUP} warm-up calls, then "
