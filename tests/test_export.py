@@ -49,9 +49,9 @@ def check_bundle_files(bundle, store_dir):
     manifest = json.loads((bundle / "manifest.json").read_text())
     for name, info in manifest["files"].items():
         assert sha256(bundle / name) == info["sha256"], name
-    metas = {m["task"]: m for m in store.list_branches(store_dir)}
-    assert {t["name"]: t["labels"] for t in manifest["tasks"]} == {n: m["labels"] for n, m in metas.items()}
-    assert {t["name"]: t["attach"] for t in manifest["tasks"]} == {n: m["attach"] for n, m in metas.items()}
+    metas = {m.task: m for m in store.list_branches(store_dir)}
+    assert {t["name"]: t["labels"] for t in manifest["tasks"]} == {n: m.labels for n, m in metas.items()}
+    assert {t["name"]: t["attach"] for t in manifest["tasks"]} == {n: m.attach for n, m in metas.items()}
     assert manifest["trunk_fingerprint"] == store_bb().fingerprint
     assert (bundle / "tokenizer.json").is_file() and (bundle / "vocab.txt").is_file()
     assert "| task |" in (bundle / "README.md").read_text()
@@ -243,6 +243,14 @@ def test_guard_keeps_a_branch_whose_predictions_disagree_in_fp32(tiny, tmp_path,
     m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
     assert m["quantization"]["fp32_branches"] == ["clinc_domain"] and m["quantization"]["min_agreement"] == 0.99
     assert {p["name"]: p["precision"] for p in m["programs"]}["branch_clinc_domain"] == "fp32"
+    # Still short after the fallback (the shared trunk disagrees): the export fails as verify would, and
+    # the bundle written above stays as it was.
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()}
+    monkeypatch.setattr(check, "compare", lambda task, *a: {**real(task, *a), "drop": 0.0,
+                                                            "agreement": 0.95 if task.name == "clinc_domain" else 1.0})
+    with pytest.raises(UserError, match=r"agree with fp32 on under 99.00% .*clinc_domain 95.00%.*verify would fail"):
+        export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()} == before
 
 
 @pytest.mark.parametrize("args, needle", [

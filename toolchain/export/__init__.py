@@ -11,8 +11,8 @@ Targets are one module each, registered here: android (ExecuTorch + XNNPACK), io
 (ONNX + ORT format). After an int8 export the quantization guard compares every task's dev metric
 with PyTorch fp32; a task that drops more than the limit, or whose predictions agree with fp32 on
 fewer than `min_agreement` of dev examples, has its branch kept in fp32 and the bundle is exported
-again; if the drop is still over the limit the export fails with the per-task report (an agreement
-still short is recorded in the manifest, and `ctb-mobile verify` fails on it). Nothing is
+again; if the drop is still over the limit, or the agreement still short of the limit `verify`
+applies (the same `check.limits`), the export fails with the per-task report. Nothing is
 written unless the whole bundle succeeds (the previous bundle stays as it was).
 """
 
@@ -68,7 +68,7 @@ def dev_sets(recipe, tok, metas, limit: int):
             continue
         if limit:
             task.max_dev_examples = min(task.max_dev_examples or limit, limit)
-        labels = meta["labels"]
+        labels = meta.labels
         known = set(labels)
         examples = [ex for ex in read_examples(recipe, task, "dev") if unseen(task, ex, known) is None]
         if examples:
@@ -97,8 +97,8 @@ def program_spec(target, graph, files, precision, metas, hidden_size, max_seq_le
     for i, name in enumerate(graph.outputs):
         if name in metas:
             m = metas[name]
-            rest = {"classification": (len(m["labels"]),), "regression": (), "tagging": ("seq", len(m["labels"]))}
-            outputs.append(Tensor(name, "float32", _dims(target, max_seq_len, "batch", *rest[m["type"]]), i, name))
+            rest = {"classification": (len(m.labels),), "regression": (), "tagging": ("seq", len(m.labels))}
+            outputs.append(Tensor(name, "float32", _dims(target, max_seq_len, "batch", *rest[m.type]), i, name))
         else:  # a split trunk's hidden state at one attach depth
             outputs.append(Tensor(name, "float32", _dims(target, max_seq_len, "batch", "seq", hidden_size), i, None,
                                   int(name.rsplit("_", 1)[1])))
@@ -109,9 +109,9 @@ def manifest_for(target, precision, layout, metas, store_meta, max_seq_len, prog
                  tokenizer: dict):
     from runtime_py.manifest import Manifest, Task, TokenizerSpec
 
-    tasks = tuple(Task(n, m["type"], "model" if layout == "fused" else f"branch_{n}", n, tuple(m["labels"]),
-                       m["attach"], m["layers"], bool(m.get("pair", False)), task_precision.get(n, precision),
-                       m.get("metric"), m.get("dev_metric")) for n, m in metas.items())
+    tasks = tuple(Task(n, m.type, "model" if layout == "fused" else f"branch_{n}", n, tuple(m.labels),
+                       m.attach, m.layers, m.pair, task_precision.get(n, precision),
+                       m.metric, m.dev_metric) for n, m in metas.items())
     return Manifest(target=target, layout=layout, precision=precision, toolchain_version=__version__,
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), backbone=store_meta["backbone"],
                     trunk_fingerprint=store_meta["backbone_fingerprint"], max_seq_len=max_seq_len,
@@ -220,11 +220,16 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                 log(f"guard: {', '.join(keep_fp32)} lost more than {max_drop} points or agree on under "
                     f"{min_agree:.0%} of predictions; keeping their branches in fp32")
                 continue
-            if failing:  # the metric drop is the hard limit; an agreement shortfall is reported (verify fails it)
+            if failing:
                 report = "; ".join(f"{n}: {guard[n]['metric']} {guard[n]['reference']:.2f} -> "
                                    f"{guard[n]['exported']:.2f} (drop {guard[n]['drop']:.2f})" for n in failing)
                 raise UserError(f"int8 export loses more than {max_drop} points even with those branches in fp32: "
                                 f"{report}; export fp32 or raise [export] max_metric_drop")
+            if shaky:  # verify reads the same limit (check.limits): fail here, not after shipping
+                report = "; ".join(f"{n} {guard[n]['agreement']:.2%}" for n in shaky)
+                raise UserError(f"int8 predictions agree with fp32 on under {min_agree:.2%} of dev examples even with "
+                                f"those branches in fp32 ({report}), so verify would fail the bundle; the shared "
+                                "int8 trunk layers disagree: export fp32, or lower [export] min_agreement")
             break
 
         if quantized:
