@@ -127,8 +127,11 @@ def test_selection_rules():
         select_layers({1: 1.0}, SelectConfig("best-in-range", 2, 5))
 
 
-def test_the_workspace_names_every_stage_path_and_refuses_task_names_that_leave_it(tmp_path):
+def test_the_workspace_names_every_stage_path_and_refuses_task_names_that_leave_it(tmp_path, monkeypatch):
     from toolchain.workspace import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    assert Workspace.of_run("runs/intent/L1-s0").cache == tmp_path / "cache"  # a relative run folder too
 
     ws = Workspace(tmp_path)
     run = ws.run("intent", 2, 1)

@@ -26,7 +26,7 @@ class Workspace:
     @classmethod
     def of_run(cls, run_dir) -> "Workspace":
         """The workspace holding a run or student folder (<root>/runs/<task>/<run>)."""
-        return cls(Path(run_dir).parents[2])
+        return cls(Path(run_dir).absolute().parents[2])
 
     @property
     def cache(self) -> Path:
