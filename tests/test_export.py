@@ -2,6 +2,7 @@
 
 import json
 import platform
+import re
 
 import numpy as np
 import pytest
@@ -86,6 +87,45 @@ def test_onnx_int8_passes_the_guard_and_shrinks(tiny, tmp_path, precision):
     assert all(g["drop"] <= 1.0 for g in guard.values())
     fp32 = export_bundle(recipe, out / "store", "onnx", "fp32", "fused", tmp_path / "f", log=lambda m: None)
     assert manifest["files"]["model.onnx"]["bytes"] < 0.5 * fp32["files"]["model.onnx"]["bytes"]
+
+
+def test_the_onnx_fallback_finds_exactly_the_matmuls_of_a_kept_trunk_layer_or_branch(tiny_bundles):
+    import onnx
+
+    from toolchain.export.onnx import _excluded_nodes
+
+    model = onnx.load(str(tiny_bundles[("onnx", "fused")] / "model.onnx"))
+    scopes = {n.name: {p.key: p.value for p in n.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
+              for n in model.graph.node}
+    weights = {i.name for i in model.graph.initializer if len(i.dims) == 2}
+    linears = lambda names: {n for n in names if next(x for x in model.graph.node if x.name == n).op_type == "MatMul"
+                             and next(x for x in model.graph.node if x.name == n).input[1] in weights}
+    layer1 = linears(_excluded_nodes(model, ["trunk.layers.1"]))
+    # query, key, value, attention output, FFN in and out: the six Linear layers of trunk layer 1, no other
+    assert len(layer1) == 6 and all("'model.trunk.layers.1'" in scopes[n] for n in layer1)
+    slots = linears(_excluded_nodes(model, ["snips_slots"]))
+    assert slots and all("model.branches.snips_slots" in scopes[n] for n in slots)
+    both = linears(_excluded_nodes(model, ["snips_slots", "trunk.layers.1"]))
+    assert both == layer1 | slots and not linears(_excluded_nodes(model, ["trunk.layers.9"]))
+
+
+def test_the_executorch_fallback_quantizes_all_but_the_kept_trunk_layers_and_branches(tiny):
+    from toolchain.export.executorch import quantized_modules
+    from toolchain.export.graph import example_inputs, graphs
+
+    out, _ = tiny
+    model, tok, metas = store.load_merged(out / "store")
+    example = example_inputs(tok, ["play some jazz"], 32)
+    fused = graphs(model, metas, "fused", example)[0]
+    names = [n for n, _ in fused.module.named_modules()]
+    assert sorted(quantized_modules(names, "model", ["snips_slots"])) == [
+        "model.branches.clinc_domain", "model.branches.snips_intent", "model.trunk"]
+    assert sorted(quantized_modules(names, "model", ["snips_slots", "trunk.layers.1"])) == [
+        "model.branches.clinc_domain", "model.branches.snips_intent", "model.trunk.layers.0", "model.trunk.layers.2"]
+    trunk = next(g for g in graphs(model, metas, "split", example) if g.name == "trunk")
+    names = [n for n, _ in trunk.module.named_modules()]
+    assert quantized_modules(names, "trunk", ["trunk.layers.0"]) == ["trunk.layers.1", "trunk.layers.2"]
+    assert quantized_modules(names, "trunk", ["intent"]) == ["trunk"]
 
 
 def test_onnx_int8_scales_activations_per_token():
@@ -248,9 +288,45 @@ def test_guard_keeps_a_branch_whose_predictions_disagree_in_fp32(tiny, tmp_path,
     before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()}
     monkeypatch.setattr(check, "compare", lambda task, *a: {**real(task, *a), "drop": 0.0,
                                                             "agreement": 0.95 if task.name == "clinc_domain" else 1.0})
-    with pytest.raises(UserError, match=r"agree with fp32 on under 99.00% .*clinc_domain 95.00%.*verify would fail"):
+    with pytest.raises(UserError, match=r"agree with fp32 on under 99.00% .*every trunk layer in fp32 "
+                                         r"\(clinc_domain 95.00%\), so verify would fail"):
         export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
     assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()} == before
+
+
+@pytest.mark.slow
+def test_guard_then_keeps_the_fewest_trunk_layers_in_fp32(tiny, tmp_path, monkeypatch):
+    """clinc_domain disagrees until trunk layer 1 runs in fp32 (simulated): the guard measures each trunk
+    layer once, keeps layer 1 only, and the bundle's trunk program leaves exactly that layer in fp32."""
+    import onnx
+
+    from toolchain.export import cache
+
+    out, recipe = tiny
+    real_export, real_compare, trunk_keeps = cache.export, check.compare, []
+
+    def export(mod, target, graph, *a):
+        if graph.name == "trunk":
+            trunk_keeps.append(list(a[-1]))
+        return real_export(mod, target, graph, *a)
+
+    def compare(task, *a):
+        fixed = bool(trunk_keeps) and "trunk.layers.1" in trunk_keeps[-1]
+        return {**real_compare(task, *a), "drop": 0.0,
+                "agreement": 0.95 if task.name == "clinc_domain" and not fixed else 1.0}
+
+    monkeypatch.setattr(cache, "export", export)
+    monkeypatch.setattr(check, "compare", compare)
+    m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
+    depth = max(t["attach"] for t in m["tasks"])
+    assert trunk_keeps == [[], []] + [[f"trunk.layers.{i}"] for i in range(depth)] + [["trunk.layers.1"]]
+    assert m["quantization"]["fp32_branches"] == ["clinc_domain"] and m["quantization"]["fp32_trunk_layers"] == [1]
+    trunk = onnx.load(str(tmp_path / "b" / "trunk.onnx"))
+    weights = {i.name for i in trunk.graph.initializer if len(i.dims) == 2}
+    float_linears = [re.search(r"'trunk\.layers\.(\d+)'", p.value).group(1) for n in trunk.graph.node
+                     if n.op_type == "MatMul" and n.input[1] in weights
+                     for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
+    assert sorted(float_linears) == ["1"] * 6, float_linears  # its six Linear layers, and no other layer's
 
 
 @pytest.mark.parametrize("args, needle", [

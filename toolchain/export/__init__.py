@@ -11,9 +11,11 @@ Targets are one module each, registered here: android (ExecuTorch + XNNPACK), io
 (ONNX + ORT format). After an int8 export the quantization guard compares every task's dev metric
 with PyTorch fp32; a task that drops more than the limit, or whose predictions agree with fp32 on
 fewer than `min_agreement` of dev examples, has its branch kept in fp32 and the bundle is exported
-again; if the drop is still over the limit, or the agreement still short of the limit `verify`
-applies (the same `check.limits`), the export fails with the per-task report. Nothing is
-written unless the whole bundle succeeds (the previous bundle stays as it was).
+again. If the agreement is still short, the disagreement comes from the shared int8 trunk: each
+trunk layer is measured alone in fp32, and layers are then kept in fp32, most helpful first, until
+the agreement holds. If the drop is still over the limit, or the agreement short with every trunk
+layer in fp32 (the limit `verify` applies: the same `check.limits`), the export fails with the
+per-task report. Nothing is written unless the whole bundle succeeds (the previous bundle stays).
 """
 
 import dataclasses
@@ -33,6 +35,7 @@ TARGETS = {"android": "toolchain.export.executorch", "ios": "toolchain.export.co
 EXTRAS = {"android": ("executorch", "executorch"), "ios": ("coremltools", "coreml"), "onnx": ("onnxruntime", "onnx")}
 DEFAULT_PRECISION = {"android": "int8", "ios": "fp16", "onnx": "int8"}
 LAYOUTS = ("fused", "split")
+TRUNK_LAYER = "trunk.layers."  # a keep_fp32 entry naming one trunk layer (the others name a task's branch)
 
 
 def backend(target: str):
@@ -181,45 +184,69 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
     from toolchain.export import tokenizer as tokfiles
 
     hidden_size = store_meta["encoder"]["hidden_size"]
-    keep_fp32, guard = [], None
+    keep_tasks, keep_layers, guard = [], [], None  # the guard's fallbacks: branches, then trunk layers in fp32
     ref_rows = {name: check.outputs_on(dev, check.torch_runner(model)) for name, (_, _, dev, _) in devs.items()} \
         if quantized and mod.runner is not None else {}
     with atomic_dir(out_dir) as tmp:
         tok_spec = tokfiles.write(tok, Path(store_dir) / "tokenizer", tmp, max_seq_len)
         tok_names = {tok_spec[k] for k in ("file", "vocab", "tables")}
-        for attempt in range(2):
+
+        def export_all():
             for f in tmp.iterdir():
                 if f.name not in tok_names:
                     shutil.rmtree(f) if f.is_dir() else f.unlink()
+            layers = [f"{TRUNK_LAYER}{i}" for i in keep_layers]
             programs = []
             for g in graphs(model, metas, layout, example):
-                keep = [t for t in keep_fp32 if g.name in ("model", f"branch_{t}")]
-                p = "fp32" if layout == "split" and keep else precision
-                log(f"exporting {g.name} ({target}, {p})")
+                task = g.name.removeprefix("branch_")
+                keep, p = {"model": (keep_tasks + layers, precision), "trunk": (layers, precision)}.get(
+                    g.name, ((), "fp32" if task in keep_tasks else precision))  # split: a kept branch is all fp32
+                log(f"exporting {g.name} ({target}, {p}{', fp32: ' + ', '.join(keep) if keep else ''})")
                 embedded = {"target": target, "program": g.name, "trunk_fingerprint": store_meta["backbone_fingerprint"],
                             "tokenizer_fingerprint": tok_spec["fingerprint"], "outputs": list(g.outputs),
                             "tasks": [t for t in g.outputs if t in metas]}
                 files = cache.export(mod, target, g, tmp, p, max_seq_len, embedded,
-                                     calibration_for(g, model, calibration), keep if layout == "fused" else ())
+                                     calibration_for(g, model, calibration), keep)
                 programs.append(program_spec(target, g, files, p, metas, hidden_size, max_seq_len))
-            manifest = manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs,
-                                    {t: "fp32" for t in keep_fp32}, tok_spec)
-            if not ref_rows:
-                break
+            return manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs,
+                                {t: "fp32" for t in keep_tasks}, tok_spec)
+
+        def run_guard(manifest):
             run = mod.runner(tmp)
             guard = {}
             for name, (task, labels, dev, _) in devs.items():
                 got = check.outputs_on(dev, check.bundle_runner(run, manifest.to_json()))
                 guard[name] = check.compare(task, labels, dev, ref_rows[name], got)
-            failing = [n for n, g in guard.items() if g["drop"] > max_drop]
-            shaky = [n for n, g in guard.items() if g["agreement"] < min_agree and n not in failing]
             log("guard: " + ", ".join(f"{n} {g['metric']} {g['reference']:.2f} -> {g['exported']:.2f} "
                                       f"(agreement {g['agreement']:.1%})" for n, g in guard.items()))
-            if attempt == 0 and (failing or shaky):  # fall back once: those branches in fp32
-                keep_fp32 = failing + shaky
-                log(f"guard: {', '.join(keep_fp32)} lost more than {max_drop} points or agree on under "
+            failing = [n for n, g in guard.items() if g["drop"] > max_drop]
+            shaky = [n for n, g in guard.items() if g["agreement"] < min_agree and n not in failing]
+            return guard, failing, shaky
+
+        manifest = export_all()
+        if ref_rows:
+            guard, failing, shaky = run_guard(manifest)
+            if failing or shaky:  # first fallback: those tasks' branches in fp32
+                keep_tasks = failing + shaky
+                log(f"guard: {', '.join(keep_tasks)} lost more than {max_drop} points or agree on under "
                     f"{min_agree:.0%} of predictions; keeping their branches in fp32")
-                continue
+                manifest = export_all()
+                guard, failing, shaky = run_guard(manifest)
+            if shaky and not failing:  # then the shared trunk: the fewest int8 layers kept in fp32, most sensitive first
+                log(f"guard: {', '.join(shaky)} still agree on under {min_agree:.0%}; measuring each trunk layer in fp32")
+                gain = {}
+                for i in range(model.trunk.depth):
+                    keep_layers = [i]
+                    g, _, _ = run_guard(export_all())
+                    gain[i] = min(g[n]["agreement"] for n in shaky)
+                keep_layers = []
+                for i in sorted(gain, key=lambda i: (-gain[i], i)):
+                    keep_layers = sorted([*keep_layers, i])
+                    log(f"guard: trunk layers {keep_layers} in fp32")
+                    manifest = export_all()
+                    guard, failing, shaky = run_guard(manifest)
+                    if not shaky or failing:
+                        break
             if failing:
                 report = "; ".join(f"{n}: {guard[n]['metric']} {guard[n]['reference']:.2f} -> "
                                    f"{guard[n]['exported']:.2f} (drop {guard[n]['drop']:.2f})" for n in failing)
@@ -228,9 +255,8 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
             if shaky:  # verify reads the same limit (check.limits): fail here, not after shipping
                 report = "; ".join(f"{n} {guard[n]['agreement']:.2%}" for n in shaky)
                 raise UserError(f"int8 predictions agree with fp32 on under {min_agree:.2%} of dev examples even with "
-                                f"those branches in fp32 ({report}), so verify would fail the bundle; the shared "
-                                "int8 trunk layers disagree: export fp32, or lower [export] min_agreement")
-            break
+                                f"those branches and every trunk layer in fp32 ({report}), so verify would fail the "
+                                "bundle; export fp32, or lower [export] min_agreement")
 
         if quantized:
             skipped = None if mod.runner is not None else f"{target} programs cannot run on this machine (CoreML " \
@@ -238,7 +264,8 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
             if skipped:
                 log(f"guard: not run: {skipped}")
             manifest.quantization = {"guard": guard, "guard_skipped": skipped, "max_metric_drop": max_drop,
-                                     "min_agreement": min_agree, "fp32_branches": keep_fp32}
+                                     "min_agreement": min_agree, "fp32_branches": keep_tasks,
+                                     "fp32_trunk_layers": keep_layers}
         manifest.files = {f.name: {"sha256": sha256(f), "bytes": size(f)} for f in sorted(tmp.iterdir())}
         out = manifest.to_json()
         parse(out, f"exported manifest for {out_dir}")  # every bundle written conforms to the schema

@@ -44,12 +44,9 @@ def _quantize(graph, shapes, calibration, keep_fp32):
     cfg = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
     if not keep_fp32:
         quantizer.set_module_type(torch.nn.Linear, cfg)
-    else:  # the guard's fallback: quantize the trunk and every branch but those kept in fp32
-        for name, _ in graph.module.named_modules():
-            parts = name.split(".")
-            if name == "model.trunk" or (parts[:2] == ["model", "branches"] and len(parts) == 3
-                                         and parts[2] not in keep_fp32):
-                quantizer.set_module_name(name, cfg)
+    else:  # the guard's fallback: quantize all but the branches (tasks) and trunk layers kept in fp32
+        for name in quantized_modules([n for n, _ in graph.module.named_modules()], graph.name, keep_fp32):
+            quantizer.set_module_name(name, cfg)
     from toolchain.export.graph import with_int8_embeddings
 
     module = with_int8_embeddings(graph.module)
@@ -57,6 +54,24 @@ def _quantize(graph, shapes, calibration, keep_fp32):
     m = prepare_pt2e(m, quantizer)
     m(*graph.example)  # dynamic activations: no ranges to calibrate, one pass records the graph
     return convert_pt2e(m)
+
+
+def quantized_modules(names: list, graph_name: str, keep_fp32) -> list:
+    """The modules to quantize when `keep_fp32` names tasks (their branch) and "trunk.layers.<i>":
+    the whole trunk when no trunk layer is kept, else each trunk layer but those, and every branch
+    but the kept tasks'."""
+    layers = {k for k in keep_fp32 if k.startswith("trunk.layers.")}
+    root = "model.trunk" if graph_name == "model" else "trunk"  # the fused graph, or a split trunk program
+    out = []
+    for name in names:
+        parts = name.split(".")
+        whole_trunk = name == root and not layers
+        trunk_layer = (bool(layers) and name.startswith(f"{root}.layers.") and parts[-1].isdigit()
+                       and len(parts) == len(root.split(".")) + 2 and f"trunk.layers.{parts[-1]}" not in layers)
+        branch = parts[:2] == ["model", "branches"] and len(parts) == 3 and parts[2] not in keep_fp32
+        if whole_trunk or trunk_layer or branch:
+            out.append(name)
+    return out
 
 
 def runner(bundle_dir: Path):

@@ -21,8 +21,8 @@ OPSET = 18
 
 def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
            keep_fp32=()) -> list:
-    """Write <name>.onnx and <name>.ort; returns the file names. `keep_fp32`: tasks whose branch
-    weights stay fp32 (the quantization guard's fallback, fused layout)."""
+    """Write <name>.onnx and <name>.ort; returns the file names. `keep_fp32`: what the quantization
+    guard keeps in fp32: tasks (their branch, fused layout) and trunk layers ("trunk.layers.<i>")."""
     import onnx
     import torch
 
@@ -46,8 +46,10 @@ def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dic
 
 
 def _excluded_nodes(model, keep_fp32):
-    # the exporter records each node's module path in its metadata ("...branches.<task>: Branch/...")
-    marks = [re.compile(rf"branches\.{re.escape(t)}[':./]") for t in keep_fp32]
+    # the exporter records each node's module path in its metadata ("...branches.<task>: Branch/...",
+    # "model.trunk.layers.2.query"); an entry is a task (its branch) or "trunk.layers.<i>"
+    marks = [re.compile(rf"(?<![\w.])(?:model\.)?{re.escape(k)}[':./]" if k.startswith("trunk.layers.")
+                        else rf"branches\.{re.escape(k)}[':./]") for k in keep_fp32]
     return [n.name for n in model.graph.node
             if any(m.search(p.value) for p in n.metadata_props for m in marks)
             or any(m.search(i + ".") for i in n.input for m in marks)]
