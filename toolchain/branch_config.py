@@ -4,6 +4,7 @@ unknown or missing key, or a value of the wrong type, is refused in one line.
 """
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,12 @@ class DistilledFrom:
     dev_metric: float
     temperature: float
     alpha: float
+
+
+def _json_type(annotation):
+    """The JSON value type of a field declared as `T` or `T | None` (a record is a JSON object)."""
+    t = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
+    return {float: (int, float), DistilledFrom: dict}.get(t, t)
 
 
 @dataclass(frozen=True)
@@ -70,13 +77,10 @@ class BranchConfig:
         missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in data]
         if missing:
             raise UserError(f"{where}: {FILE} lacks {missing[0]!r}; {fix}")
-        kinds = {"task": str, "type": str, "labels": list, "attach": int, "layers": int, "metric": str,
-                 "backbone_fingerprint": str, "dev_metric": (int, float), "seed": int, "max_seq_len": int,
-                 "pair": bool, "hidden_size": int, "backbone": str, "toolchain_version": str,
-                 "weights_sha256": str, "distilled_from": dict}
         for k, v in data.items():
-            if v is not None and (not isinstance(v, kinds[k]) or (kinds[k] is int and isinstance(v, bool))):
-                raise UserError(f"{where}: {FILE} {k} = {v!r} is not of type {getattr(kinds[k], '__name__', 'number')}; {fix}")
+            kind = _json_type(fields[k].type)
+            if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
+                raise UserError(f"{where}: {FILE} {k} = {v!r} is not of type {getattr(kind, '__name__', 'number')}; {fix}")
         if data["type"] not in TASK_TYPES:
             raise UserError(f"{where}: {FILE} type {data['type']!r} is not one of {', '.join(TASK_TYPES)}; {fix}")
         check_name(data["task"], f"{where}: {FILE} task")

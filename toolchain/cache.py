@@ -32,7 +32,7 @@ class Batch(NamedTuple):
 
     def feeds(self) -> dict:
         """Numpy arrays by input name, for an exported program."""
-        return {n: getattr(self, n).numpy() for n in ("input_ids", "attention_mask", "token_type_ids")}
+        return {n: getattr(self, n).numpy() for n in self._fields}
 
 
 def pad_batch(ids_lists, type_lists, device) -> Batch:

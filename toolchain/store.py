@@ -11,6 +11,7 @@ files and outputs stay exactly as they were. Every change is atomic: a branch fo
 under a temporary name and renamed into place, or renamed away before it is deleted.
 """
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -30,18 +31,19 @@ SCHEMA = 1
 def load_branch(cfg, branch_dir, meta: BranchConfig | None = None):
     """Build a Branch and load its weights strictly; corrupt or mismatched files are one-line errors."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     from toolchain.model import Branch
 
     meta = meta or BranchConfig.load(branch_dir)
     branch = Branch(cfg, meta.attach, meta.layers, meta.type, meta.n_out)
     try:
-        weights = load_file(str(Path(branch_dir) / "branch.safetensors"))
+        data = (Path(branch_dir) / "branch.safetensors").read_bytes()  # read once: parsed and hashed
+        weights = load(data)
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"branch {branch_dir}: branch.safetensors is unreadable ({str(e)[:80]}); "
                         "copy it again or retrain the branch") from None
-    if meta.weights_sha256 and file_sha256(Path(branch_dir) / "branch.safetensors") != meta.weights_sha256:
+    if meta.weights_sha256 and hashlib.sha256(data).hexdigest() != meta.weights_sha256:
         raise UserError(f"branch {branch_dir}: branch.safetensors does not match the sha256 in its branch.json "
                         "(a damaged or swapped file); copy the branch again or retrain it")
     try:
