@@ -31,8 +31,10 @@ class Batch(NamedTuple):
     attention_mask: torch.Tensor
 
     def feeds(self) -> dict:
-        """Numpy arrays by input name, for an exported program."""
-        return {n: getattr(self, n).numpy() for n in self._fields}
+        """Numpy arrays by input name, in the exported programs' order (graph.INPUTS)."""
+        from toolchain.export.graph import INPUTS
+
+        return {n: getattr(self, n).numpy() for n in INPUTS}
 
 
 def pad_batch(ids_lists, type_lists, device) -> Batch:
