@@ -82,3 +82,109 @@ def test_bad_distill_requests(teacher, tmp_path):
     with pytest.raises(UserError, match="no finished teacher run for task 'snips_intent' with L = 2"):
         teacher_dir_for(out, "snips_intent", 2)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer-to-layer distillation and students that attach below their teacher
+
+
+def test_layer_map_matches_the_last_layer_to_the_last_and_spreads_the_rest():
+    from toolchain.distill import layer_map
+
+    assert layer_map(1, 3) == [2] and layer_map(2, 4) == [1, 3] and layer_map(3, 3) == [0, 1, 2]
+    assert layer_map(2, 3) == [0, 2]
+
+
+def test_explicit_attention_gives_the_fused_kernels_output_and_real_distributions():
+    from toolchain.model import EncoderConfig, Layer, additive_mask
+
+    torch.manual_seed(0)
+    cfg = EncoderConfig(vocab_size=10, hidden_size=16, num_layers=1, num_heads=4, intermediate_size=32,
+                        max_position=8, type_vocab_size=2)
+    layer = Layer(cfg).eval()
+    x, att = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    mask = additive_mask(att, x.dtype)
+    y, probs = layer(x, mask, with_probs=True)
+    torch.testing.assert_close(y, layer(x, mask), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 5))
+    assert probs[1, :, :, 3:].abs().max() == 0  # padded keys get no attention
+
+
+def test_layer_losses_are_zero_for_a_copy_and_positive_otherwise():
+    from types import SimpleNamespace
+
+    from toolchain.distill import attention_loss, hidden_loss, layer_losses
+
+    torch.manual_seed(0)
+    h, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    p = torch.softmax(torch.randn(2, 2, 5, 5) + (1 - mask[:, None, None, :]) * -1e9, -1)
+    assert hidden_loss(h, h, mask) == 0 and attention_loss(p, p, mask).abs() < 1e-6
+    h2 = h.clone()
+    h2[1, 4] += 100  # a padded position: not scored
+    assert hidden_loss(h2, h, mask) == 0
+    h2[1, 0] += 1.0
+    torch.testing.assert_close(hidden_loss(h2, h, mask), torch.tensor(8 / 8 / 8))  # one of 8 real tokens off by 1
+    kd = SimpleNamespace(hidden_weight=2.0, attention_weight=0.5)
+    q = torch.softmax(torch.randn(2, 2, 5, 5), -1)
+    want = 2.0 * hidden_loss(h2, h, mask) + 0.5 * attention_loss(q, p, mask)
+    torch.testing.assert_close(layer_losses([h2], [q], [h, h], [p, p], mask, kd), want)
+    assert layer_losses([h], [p], [h2, h], [q, p], mask, kd) == 0  # a student of 1 layer is matched to the last
+
+
+def test_the_teacher_seen_from_a_lower_depth_computes_what_the_teacher_does(teacher):
+    from toolchain.distill import teacher_stack
+    from toolchain.model import build_trunk
+
+    out, _, bb = teacher
+    t = load_branch(bb.cfg, out / "runs/snips_intent/L3-s0").eval()
+    trunk = build_trunk(bb.cfg, bb.state, bb.depth)
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]])
+    tt, att = torch.zeros_like(ids), (ids > 0).long()
+    low, high = trunk(ids, tt, att, depths=[0, t.attach])
+    stack = teacher_stack(bb.cfg, bb.state, t, 0)
+    assert (stack.attach, len(stack.layers)) == (0, t.attach + 3)
+    torch.testing.assert_close(stack(low, att), t(high, att), atol=1e-5, rtol=1e-4)
+    assert not any(p.requires_grad for p in stack.parameters())
+    same = teacher_stack(bb.cfg, bb.state, t, t.attach)
+    assert torch.equal(same(high, att), t(high, att))
+    student = student_from_teacher(bb.cfg, stack, 1, 0.1)  # starts as the backbone's layer 0, the stack's bottom
+    assert student.attach == 0
+    assert all(torch.equal(v, bb.state[f"layers.0.{k}"]) for k, v in student.layers[0].state_dict().items())
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_distilling_by_layer_below_the_teacher_leaves_teacher_and_trunk_untouched(teacher, tmp_path):
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from toolchain.branch_config import BranchConfig
+    from toolchain.distill import run_distill
+
+    out, recipe, bb = teacher
+    recipe = load_recipe(ROOT / "models/tiny.toml").override(epochs=2)
+    recipe = dataclasses.replace(recipe, distill=dataclasses.replace(recipe.distill, hidden_weight=1.0,
+                                                                     attention_weight=1.0))
+    teacher_run = out / "runs/snips_intent/L3-s0"
+    before_teacher, before_trunk = _files(teacher_run), {k: v.clone() for k, v in bb.state.items()}
+    (out / "selected.json").write_text(json.dumps({"snips_intent": {"run": "runs/snips_intent/L3-s0"}}))
+    summary = run_distill(recipe, ["snips_intent"], layers=[1, 2], out=out, attach=0)
+    assert _files(teacher_run) == before_teacher
+    assert all(torch.equal(v, before_trunk[k]) for k, v in bb.state.items())  # the frozen trunk is bit-identical
+    students = summary["snips_intent"]["students"]
+    assert set(students) == {"0,1", "0,2"} and students["0,1"]["run"] == "distill/snips_intent/a0-l1-from-L3-s0"
+    run = out / students["0,1"]["run"]
+    meta = BranchConfig.load(run)
+    assert (meta.attach, meta.layers) == (0, 1)
+    assert (meta.distilled_from.attach, meta.distilled_from.hidden_weight, meta.distilled_from.attention_weight) \
+        == (1, 1.0, 1.0)
+    res = json.loads((run / "result.json").read_text())
+    assert res["teacher_attach"] == 1 and res["attach"] == 0
+    per_epoch = len(res["losses"]) // 2
+    assert sum(res["losses"][-per_epoch:]) < sum(res["losses"][:per_epoch])
+    assert set(load_file(run / "branch.safetensors")) >= {"layers.0.query.weight", "head.out.weight"}
+    with pytest.raises(UserError, match="--attach 2 must be within 0..1"):
+        run_distill(recipe, ["snips_intent"], layers=[1], out=out, attach=2)

@@ -25,6 +25,9 @@ class DistilledFrom:
     dev_metric: float
     temperature: float
     alpha: float
+    attach: int | None = None  # the teacher's attach depth (the student's may be lower)
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
 
 
 def _json_type(annotation):
@@ -86,9 +89,11 @@ class BranchConfig:
         check_name(data["task"], f"{where}: {FILE} task")
         teacher = data.get("distilled_from")
         if teacher is not None:
-            want = {f.name for f in dataclasses.fields(DistilledFrom)}
-            if set(teacher) != want:
-                raise UserError(f"{where}: {FILE} distilled_from has keys {sorted(teacher)}, not {sorted(want)}; {fix}")
+            known = {f.name: f for f in dataclasses.fields(DistilledFrom)}
+            need = {n for n, f in known.items() if f.default is dataclasses.MISSING}
+            if not isinstance(teacher, dict) or not need <= set(teacher) <= set(known):
+                keys = sorted(teacher) if isinstance(teacher, dict) else teacher
+                raise UserError(f"{where}: {FILE} distilled_from has keys {keys}, not {sorted(known)}; {fix}")
             teacher = DistilledFrom(**teacher)
         return cls(**{**data, "distilled_from": teacher})
 

@@ -105,6 +105,7 @@ def distill(
     layers: str = typer.Option("1,2,3", help="student sizes l (task layers), e.g. 1,2,3"),
     teacher_layers: int = typer.Option(None, help="teacher L (default: the sweep's selected L per task)"),
     seeds: str = typer.Option(None, help="seeds, e.g. 0,1"),
+    attach: int = typer.Option(None, help="students' attach depth, at most the teacher's (default: the teacher's)"),
     out: Out = None,
     cache: Cache = True,
     force: Force = False,
@@ -112,7 +113,8 @@ def distill(
     max_dev: MaxDev = None,
     epochs: Epochs = None,
 ):
-    """Distil each task's teacher (L fine-tuned layers) into l-layer branches (vanilla KD)."""
+    """Distil each task's teacher (L fine-tuned layers) into l-layer branches (KD on the outputs; on
+    hidden states and attention too with [distill] hidden_weight, attention_weight)."""
 
     from toolchain.config import load_recipe
     from toolchain.distill import run_distill
@@ -120,7 +122,8 @@ def distill(
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
     summary = run_distill(recipe, task, _ints(layers, "layers"), teacher_layers, _ints(seeds, "seeds"),
-                          _workspace(recipe, out).root, use_cache=cache, force=force, console=_console(stderr=True))
+                          _workspace(recipe, out).root, use_cache=cache, force=force, console=_console(stderr=True),
+                          attach=attach)
     if not is_main_process():
         return
     for name, e in summary.items():

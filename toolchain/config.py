@@ -69,16 +69,23 @@ class SelectConfig:
 
 @dataclass
 class DistillConfig:
-    """Vanilla knowledge distillation (Hinton et al.): loss = alpha * T^2 * KL(teacher_T || student_T)
-    + (1 - alpha) * hard-label loss. Regression distils on the teacher's outputs (MSE)."""
+    """Knowledge distillation (Hinton et al.): loss = alpha * T^2 * KL(teacher_T || student_T)
+    + (1 - alpha) * hard-label loss; regression distils on the teacher's outputs (MSE). Layer to
+    layer, as TinyBERT does: + hidden_weight * MSE of hidden states + attention_weight * KL of
+    attention distributions, student layer j matched to teacher layer (j+1)*T/l - 1 (0: off)."""
 
     temperature: float = 2.0
     alpha: float = 0.5
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
 
     def check(self, where: str) -> None:
         _positive(self.temperature, "temperature", where)
         if not 0 <= self.alpha <= 1:
             raise UserError(f"{where}: alpha = {self.alpha} must be in [0, 1]")
+        for name in ("hidden_weight", "attention_weight"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise UserError(f"{where}: {name} = {getattr(self, name)} must be >= 0 (0 turns it off)")
 
 
 @dataclass

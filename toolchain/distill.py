@@ -1,14 +1,20 @@
-"""Distillation with teacher initialisation (paper, section 3.2).
+"""Distillation with teacher initialisation (paper, section 3.2), layer to layer as TinyBERT does.
 
 A teacher is a partially fine-tuned run: trunk cut at depth x = N - L, and L task layers. Its
-student keeps the same attach depth x and has l <= L task layers, initialised from the teacher's
-bottom-most l fine-tuned layers and the teacher's head. It is trained with vanilla knowledge
-distillation: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * hard-label loss. Tagging
-distils per token (every real word piece); regression distils on the teacher's outputs (MSE).
-The teacher is frozen, so its outputs on the training set are computed once, like the trunk's.
+student attaches at depth x' <= x (the teacher's by default) and has l task layers. Seen from x',
+the teacher is a stack of T = (x - x') + L layers (the frozen trunk layers x'..x-1, then its own)
+and its head; the student is initialised from the bottom-most l layers of that stack and the head,
+so with x' = x it starts from the teacher's bottom l fine-tuned layers, as in the paper.
 
-Output: <out>/distill/<task>/l<l>-from-L<L>-s<seed>/ with the same files as a training run, and
-branch.json recording the teacher it came from.
+Loss: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * hard-label loss (regression: MSE to
+the teacher's outputs); tagging distils per token. With [distill] hidden_weight or
+attention_weight > 0, student layer j is also matched to teacher stack layer (j+1)*T/l - 1: the MSE
+of their hidden states and the KL of their attention distributions, over real tokens. The teacher
+is frozen: without the layer losses its outputs on the training set are computed once, like the
+trunk's; with them it runs beside the student on each batch.
+
+Output: <out>/distill/<task>/l<l>-from-L<L>-s<seed>/ (a<x'>-l<l>-... when x' < x) with the same
+files as a training run, and branch.json recording the teacher it came from.
 """
 
 import dataclasses
@@ -61,7 +67,55 @@ def teacher_batch(outs, idx, task_type, seq_len, device):
     return batch.to(device)
 
 
+def layer_map(student_layers: int, teacher_layers: int) -> list:
+    """Teacher layer matched to each student layer: uniform, the last to the last (TinyBERT)."""
+    return [(j + 1) * teacher_layers // student_layers - 1 for j in range(student_layers)]
+
+
+def hidden_loss(student, teacher, mask):
+    """Mean squared error of two hidden states (batch, seq, hidden) over the real tokens."""
+    per_token = (student.float() - teacher.float()).pow(2).mean(-1)
+    keep = mask.bool()
+    return per_token[keep].mean()
+
+
+def attention_loss(student, teacher, mask):
+    """KL(teacher || student) of attention distributions (batch, heads, seq, seq), averaged over the
+    heads and the real query tokens; padded keys have probability 0 in both."""
+    t, s = teacher.float(), student.float()
+    kl = (t * (torch.log(t.clamp_min(1e-12)) - torch.log(s.clamp_min(1e-12)))).sum(-1)
+    keep = mask.bool()[:, None, :].expand_as(kl)
+    return kl[keep].mean()
+
+
+def layer_losses(student_states, student_probs, teacher_states, teacher_probs, mask, kd):
+    """hidden_weight * hidden-state MSE + attention_weight * attention KL, averaged over student layers."""
+    pairs = list(zip(layer_map(len(student_states), len(teacher_states)), student_states, student_probs))
+    total = 0.0
+    for m, h, p in pairs:
+        if kd.hidden_weight:
+            total = total + kd.hidden_weight * hidden_loss(h, teacher_states[m], mask)
+        if kd.attention_weight:
+            total = total + kd.attention_weight * attention_loss(p, teacher_probs[m], mask)
+    return total / len(pairs)
+
+
+def teacher_stack(cfg, backbone_state, teacher, attach: int):
+    """The teacher seen from depth `attach` <= its own: the frozen trunk layers attach..teacher.attach-1
+    followed by its layers and head, as one frozen Branch."""
+    from toolchain.model import Branch, init_layers_from
+
+    below = teacher.attach - attach
+    stack = Branch(cfg, attach, below + len(teacher.layers), teacher.head.task_type, teacher.head.out.out_features)
+    init_layers_from(stack.layers[:below], backbone_state, attach)
+    for i, layer in enumerate(teacher.layers):
+        stack.layers[below + i].load_state_dict(layer.state_dict())
+    stack.head.load_state_dict(teacher.head.state_dict())
+    return stack.requires_grad_(False).eval()
+
+
 def student_from_teacher(cfg, teacher, layers: int, dropout: float):
+    """An l-layer branch at the teacher's attach depth, from its bottom-most l layers and its head."""
     from toolchain.model import Branch
 
     student = Branch(cfg, teacher.attach, layers, teacher.head.task_type, teacher.head.out.out_features, dropout)
@@ -72,7 +126,7 @@ def student_from_teacher(cfg, teacher, layers: int, dropout: float):
 
 
 def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run_dir, accelerator,
-                use_cache=True, cache_dir=None, progress=None) -> dict:
+                use_cache=True, cache_dir=None, progress=None, attach: int | None = None) -> dict:
     from accelerate.utils import set_seed
 
     from toolchain.store import load_branch
@@ -84,33 +138,48 @@ def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run
         raise UserError(f"{where} was trained on another backbone than {recipe.backbone}; retrain the teacher")
     if tmeta.task != task.name or tmeta.labels != data.labels:
         raise UserError(f"{where} is for task {tmeta.task!r} with other labels; pick the teacher of {task.name!r}")
-    if not 1 <= layers <= tmeta.layers:
-        raise UserError(f"student layers l = {layers} must be within 1..{tmeta.layers} (the teacher's "
-                        "fine-tuned layers); choose a smaller --layers")
+    attach = tmeta.attach if attach is None else attach
+    if not 0 <= attach <= tmeta.attach:
+        raise UserError(f"student attach depth {attach} must be within 0..{tmeta.attach} (the teacher's); "
+                        "choose a smaller --attach")
+    depth = tmeta.attach - attach + tmeta.layers  # the teacher's layers seen from the student's attach depth
+    if not 1 <= layers <= depth:
+        raise UserError(f"student layers l = {layers} must be within 1..{depth} (the teacher's layers above "
+                        f"depth {attach}); choose a smaller --layers")
     cfg = recipe.train_for(task)
     kd = recipe.distill
-    teacher = load_branch(bb.cfg, teacher_dir, tmeta).to(accelerator.device)
+    teacher = teacher_stack(bb.cfg, bb.state, load_branch(bb.cfg, teacher_dir, tmeta), attach).to(accelerator.device)
     set_seed(seed)
     t0 = time.perf_counter()
-    train_b, dev_b, hit = trunk_batches(bb, task, data, tmeta.attach, accelerator, use_cache,
+    train_b, dev_b, hit = trunk_batches(bb, task, data, attach, accelerator, use_cache,
                                         cache_dir or Workspace.of_run(run_dir).cache, progress)
-    teacher_outs = raw_outputs(teacher, train_b, len(data.train))
+    by_layer = bool(kd.hidden_weight or kd.attention_weight)
+    teacher_outs = None if by_layer else raw_outputs(teacher, train_b, len(data.train))
     cache_seconds = time.perf_counter() - t0
     student = student_from_teacher(bb.cfg, teacher, layers, cfg.dropout)
     dev = accelerator.device
 
-    def loss_of(idx, out, labels):
-        target = teacher_batch(teacher_outs, idx, task.type, labels.shape[-1] if labels.dim() > 1 else 0, dev)
-        return kd_loss(task.type, out, target, labels, kd.temperature, kd.alpha)
+    def loss_of(model, idx, hidden, mask, labels):
+        if not by_layer:
+            target = teacher_batch(teacher_outs, idx, task.type, labels.shape[-1] if labels.dim() > 1 else 0, dev)
+            return kd_loss(task.type, model(hidden, mask), target, labels, kd.temperature, kd.alpha)
+        with torch.no_grad():
+            target, t_states, t_probs = teacher(hidden, mask, with_states=True)
+        out, states, probs = model(hidden, mask, with_states=True)
+        if task.type == "tagging":
+            target = target * mask[..., None]  # padding rows are zero, as in the cached outputs
+        return (kd_loss(task.type, out, target.float(), labels, kd.temperature, kd.alpha)
+                + layer_losses(states, probs, t_states, t_probs, mask, kd))
 
     student, state = fit(student, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, loss_of, progress,
                          f"distill {task.name} L={tmeta.layers}->l={layers} s={seed}")
     result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds, settings(recipe, task),
                         layers=layers,
-                        attach=tmeta.attach, seed=seed, teacher_layers=tmeta.layers,
+                        attach=attach, seed=seed, teacher_layers=tmeta.layers, teacher_attach=tmeta.attach,
                         teacher_dev_metric=tmeta.dev_metric)
-    teacher_of = DistilledFrom(str(teacher_dir), tmeta.layers, tmeta.dev_metric, kd.temperature, kd.alpha)
-    config = branch_config(recipe, bb, task, data, tmeta.attach, layers, result["dev_metric"], seed,
+    teacher_of = DistilledFrom(str(teacher_dir), tmeta.layers, tmeta.dev_metric, kd.temperature, kd.alpha,
+                               tmeta.attach, kd.hidden_weight, kd.attention_weight)
+    config = branch_config(recipe, bb, task, data, attach, layers, result["dev_metric"], seed,
                            distilled_from=teacher_of)
     save_run(run_dir, student, config, result, accelerator)
     return result
@@ -141,8 +210,9 @@ def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
 
 
 def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, seeds=None, out=None,
-                use_cache=True, force=False, console=None) -> dict:
-    """Distil each task's teacher into students of each size in `layers`; write distill.json."""
+                use_cache=True, force=False, console=None, attach=None) -> dict:
+    """Distil each task's teacher into students of each size in `layers`, at depth `attach` (default:
+    each teacher's own); write distill.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from toolchain import backbone as backbones
@@ -160,8 +230,11 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     bad = [n for n in layers if n < 1]
     if bad:
         raise UserError(f"student layers l = {bad[0]} must be at least 1; e.g. --layers 1,2,3")
-    for t in tasks:
-        BranchConfig.load(teachers[t.name])  # a missing or broken teacher fails before any training
+    for t in tasks:  # a missing or broken teacher, or a depth above it, fails before any training
+        tmeta = BranchConfig.load(teachers[t.name])
+        if attach is not None and not 0 <= attach <= tmeta.attach:
+            raise UserError(f"--attach {attach} must be within 0..{tmeta.attach} (the attach depth of "
+                            f"{t.name!r}'s teacher); choose a smaller --attach")
     ws = Workspace(out)
     summary_path = ws.distilled
     summary = read_json(summary_path) if summary_path.is_file() else {}
@@ -178,22 +251,24 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
             entry = summary.setdefault(t.name, {"metric": t.metric, "students": {}})
             entry["teacher"] = {"run": str(tdir.relative_to(out)) if tdir.is_relative_to(out) else str(tdir),
                                 "attach": tmeta.attach, "layers": tmeta.layers, "dev_metric": tmeta.dev_metric}
+            x = tmeta.attach if attach is None else attach
+            lower = None if x == tmeta.attach else x
             for n in layers:
-                if n > tmeta.layers:  # KD-n of an L < n teacher is the teacher itself: nothing to do
+                if n > tmeta.attach - x + tmeta.layers:  # deeper than the teacher: nothing to distil
                     continue
                 for s in seeds:
-                    run_dir = ws.student(t.name, n, tmeta.layers, s)
+                    run_dir = ws.student(t.name, n, tmeta.layers, s, lower)
                     res = None if force else finished(run_dir, datas[t.name], settings(recipe, t))
                     if res is None:
                         if (force or (run_dir / "result.json").exists()) and accelerator.is_main_process:
                             replaced(progress.console, run_dir, force)  # forced, or finished on other data
                         accelerator.wait_for_everyone()
                         res = distill_one(recipe, bb, t, datas[t.name], tdir, n, s, run_dir, accelerator,
-                                          use_cache, ws.cache, progress)
-                    key = f"{tmeta.attach},{n}"
+                                          use_cache, ws.cache, progress, x)
+                    key = f"{x},{n}"
                     prev = entry["students"].get(key)
                     if prev is None or res["dev_metric"] >= prev["dev_metric"]:
-                        entry["students"][key] = {"attach": tmeta.attach, "layers": n,
+                        entry["students"][key] = {"attach": x, "layers": n,
                                                   "dev_metric": res["dev_metric"],
                                                   "run": str(run_dir.relative_to(out))}
     if not accelerator.is_main_process:

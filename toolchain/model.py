@@ -101,15 +101,22 @@ class Layer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.attn_dropout = dropout
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, with_probs: bool = False):
+        """The layer's output; with `with_probs`, also its attention distributions (batch, heads, seq,
+        seq), computed explicitly (for distillation) instead of by the fused kernel."""
         b, s, h = x.shape
         heads = lambda t: t.view(b, s, self.num_heads, h // self.num_heads).transpose(1, 2)
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0)
+        p_drop = self.attn_dropout if self.training else 0.0
+        if with_probs:
+            probs = torch.softmax(q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5) + mask, dim=-1)
+            a = F.dropout(probs, p_drop, self.training) @ v
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
         a = a.transpose(1, 2).reshape(b, s, h)
         x = self.attn_norm(x + self.dropout(self.attn_out(a)))
-        return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+        x = self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+        return (x, probs) if with_probs else x
 
 
 class Trunk(nn.Module):
@@ -170,11 +177,20 @@ class Branch(nn.Module):
         self.layers = nn.ModuleList(Layer(cfg, dropout) for _ in range(num_layers))
         self.head = Head(cfg, task_type, num_outputs, dropout)
 
-    def forward(self, hidden, attention_mask):
+    def forward(self, hidden, attention_mask, with_states: bool = False):
+        """The head's output; with `with_states`, also every layer's output hidden state and attention
+        distributions (two lists, one entry per layer), which distillation matches to the teacher's."""
         mask = additive_mask(attention_mask, hidden.dtype)
+        states, probs = [], []
         for layer in self.layers:
-            hidden = layer(hidden, mask)
-        return self.head(hidden)
+            if with_states:
+                hidden, p = layer(hidden, mask, with_probs=True)
+                states.append(hidden)
+                probs.append(p)
+            else:
+                hidden = layer(hidden, mask)
+        out = self.head(hidden)
+        return (out, states, probs) if with_states else out
 
 
 class TaskModel(nn.Module):

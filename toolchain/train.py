@@ -183,7 +183,7 @@ def trunk_batches(bb, task, data, attach, accelerator, use_cache=True, cache_dir
 def fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, loss_of, progress=None, label=""):
     """The training loop shared by partial fine-tuning and distillation.
 
-    `loss_of(idx, out, labels)` gives the batch loss. Checkpoints after every epoch under
+    `loss_of(model, idx, hidden, mask, labels)` runs the model on a batch (rows `idx`) and gives its loss. Checkpoints after every epoch under
     run_dir/ckpt and resumes from there; the data order depends only on (seed, epoch).
     Returns the trained (unwrapped) branch and the run state (losses, dev metric per epoch, timings).
     """
@@ -227,7 +227,7 @@ def fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, los
             hidden, mask = train_b.hidden(idx)
             labels = train_b.labels(idx, task.type, hidden.shape[1])
             with accelerator.autocast():
-                loss = loss_of(idx, branch(hidden, mask), labels)
+                loss = loss_of(branch, idx, hidden, mask, labels)
             accelerator.backward(loss)  # under N processes, DDP averages the gradients here
             opt.step()
             sched.step()
@@ -348,7 +348,8 @@ def train_one(recipe, bb, task, data, L: int, seed: int, run_dir: Path, accelera
     n_out = {"regression": 1}.get(task.type, len(data.labels))
     branch = build_branch(bb.cfg, bb.state, attach, L, task.type, n_out, cfg.dropout)
     branch, state = fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b,
-                        lambda idx, out, labels: loss_fn(task.type, out, labels), progress,
+                        lambda model, idx, hidden, mask, labels: loss_fn(task.type, model(hidden, mask), labels),
+                        progress,
                         f"train {task.name} L={L} s={seed}")
     result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds, dataclasses.asdict(cfg),
                         layers=L, attach=attach, seed=seed)

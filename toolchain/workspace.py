@@ -85,8 +85,10 @@ class Workspace:
     def run(self, task: str, layers: int, seed: int) -> Path:
         return self.runs_of(task) / f"L{layers}-s{seed}"
 
-    def student(self, task: str, layers: int, teacher_layers: int, seed: int) -> Path:
-        return self.students_of(task) / f"l{layers}-from-L{teacher_layers}-s{seed}"
+    def student(self, task: str, layers: int, teacher_layers: int, seed: int, attach: int | None = None) -> Path:
+        """A student run; `attach` is given only when it is lower than its teacher's."""
+        lower = "" if attach is None else f"a{attach}-"
+        return self.students_of(task) / f"{lower}l{layers}-from-L{teacher_layers}-s{seed}"
 
     def bundle(self, target: str, layout: str, precision: str) -> Path:
         return self.bundles / f"{target}-{layout}-{precision}"
