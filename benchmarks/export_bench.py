@@ -95,7 +95,8 @@ def main():
                         continue
                     ids, mask, tt = (t.numpy() for t in feeds[n])
                     ms = median_ms(lambda r=run, m=manifest, ids=ids, mask=mask, tt=tt:
-                                   check.run_bundle(r, m, ids, mask, tt), args.repeats)
+                                   check.run_bundle(r, m, {"input_ids": ids, "attention_mask": mask,
+                                                           "token_type_ids": tt}), args.repeats)
                     cells.append(f"{ms:.2f} ({ms / eager[n]:.2f}×)")
             rows.append(f"| {target} | {precision} | {model_bytes:,} | {model_bytes / weights:.2f} | "
                         + " | ".join(cells) + " |")

@@ -87,6 +87,14 @@ def test_onnx_int8_passes_the_guard_and_shrinks(tiny, tmp_path, precision):
     assert all(g["drop"] <= 1.0 for g in guard.values())
     fp32 = export_bundle(recipe, out / "store", "onnx", "fp32", "fused", tmp_path / "f", log=lambda m: None)
     assert manifest["files"]["model.onnx"]["bytes"] < 0.5 * fp32["files"]["model.onnx"]["bytes"]
+    if precision == "int8":  # the guard judged the bundle by the same path, on the same dev sets, as verify
+        from toolchain.verify import verify
+
+        report = verify(tmp_path / "q", recipe, out / "store", tmp_path / "v", out, limit=500, golden=1,
+                        log=lambda m: None)
+        for name, g in guard.items():
+            v = report["tasks"][name]
+            assert (g["agreement"], g["exported"], g["rows"]) == (v["agreement"], v["exported"], v["rows"]), name
 
 
 def test_the_onnx_fallback_finds_exactly_the_matmuls_of_a_kept_trunk_layer_or_branch(tiny_bundles):
@@ -237,8 +245,8 @@ def test_guard_keeps_a_sensitive_branch_in_fp32_or_fails_with_a_report(tiny, tmp
     def slots_lose_points_once():  # the first (all-int8) attempt loses 5 points on snips_slots
         seen = []
 
-        def compare(task, *a):
-            r = real(task, *a)
+        def compare(task, *a, **k):
+            r = real(task, *a, **k)
             if task.name == "snips_slots" and not seen:
                 seen.append(1)
                 return {**r, "drop": 5.0}
@@ -262,7 +270,7 @@ def test_guard_keeps_a_sensitive_branch_in_fp32_or_fails_with_a_report(tiny, tmp
     assert {t["name"]: t["precision"] for t in m["tasks"]}["snips_slots"] == "fp32"
     assert {p["name"]: p["precision"] for p in m["programs"]}["branch_snips_slots"] == "fp32"
     before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()}
-    monkeypatch.setattr(check, "compare", lambda task, *a: {**real(task, *a), "drop": 3.0})
+    monkeypatch.setattr(check, "compare", lambda task, *a, **k: {**real(task, *a, **k), "drop": 3.0})
     with pytest.raises(UserError, match=r"loses more than 1.0 points.*snips_intent: accuracy"):
         export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
     assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()} == before
@@ -274,8 +282,8 @@ def test_guard_keeps_a_branch_whose_predictions_disagree_in_fp32(tiny, tmp_path,
     real = check.compare
     calls = []
 
-    def compare(task, *a):  # clinc_domain keeps its metric but agrees on only 95% of predictions at first
-        r = real(task, *a)
+    def compare(task, *a, **k):  # clinc_domain keeps its metric but agrees on only 95% of predictions at first
+        r = real(task, *a, **k)
         calls.append(task.name)
         return {**r, "drop": 0.0, "agreement": 0.95 if task.name == "clinc_domain" and len(calls) <= 3 else 1.0}
 
@@ -286,7 +294,7 @@ def test_guard_keeps_a_branch_whose_predictions_disagree_in_fp32(tiny, tmp_path,
     # Still short after the fallback (the shared trunk disagrees): the export fails as verify would, and
     # the bundle written above stays as it was.
     before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()}
-    monkeypatch.setattr(check, "compare", lambda task, *a: {**real(task, *a), "drop": 0.0,
+    monkeypatch.setattr(check, "compare", lambda task, *a, **k: {**real(task, *a, **k), "drop": 0.0,
                                                             "agreement": 0.95 if task.name == "clinc_domain" else 1.0})
     with pytest.raises(UserError, match=r"agree with fp32 on under 99.00% .*every trunk layer in fp32 "
                                          r"\(clinc_domain 95.00%\), so verify would fail"):
@@ -310,9 +318,9 @@ def test_guard_then_keeps_the_fewest_trunk_layers_in_fp32(tiny, tmp_path, monkey
             trunk_keeps.append(list(a[-1]))
         return real_export(mod, target, graph, *a)
 
-    def compare(task, *a):
+    def compare(task, *a, **k):
         fixed = bool(trunk_keeps) and "trunk.layers.1" in trunk_keeps[-1]
-        return {**real_compare(task, *a), "drop": 0.0,
+        return {**real_compare(task, *a, **k), "drop": 0.0,
                 "agreement": 0.95 if task.name == "clinc_domain" and not fixed else 1.0}
 
     monkeypatch.setattr(cache, "export", export)

@@ -75,20 +75,13 @@ def single_task_outputs(store_meta, source: Path, dev, trunk_cache: dict) -> lis
     return outputs_on(dev, torch_runner(lambda *a: {meta.task: model(*a)}))  # TaskModel returns one tensor
 
 
-def runtime_texts(task, examples) -> tuple:
-    """The text (and pair) an app would pass for each dev example; tagging examples are word lists."""
-    texts = [ex.text if ex.text is not None else " ".join(ex.tokens) for ex in examples]
-    pairs = [ex.text_pair or "" for ex in examples] if any(ex.text_pair is not None for ex in examples) else None
-    return texts, pairs
-
-
 def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 300, golden: int = 4,
            log=print) -> dict:
     """Run every check; write the report; return it (report["ok"] says pass or fail)."""
     from runtime_py import BundleError, InputError, Predictor
     from toolchain.backbone import tokenizer_fingerprint
     from toolchain.export import dev_sets
-    from toolchain.export.check import TOLERANCES, compare, limits, outputs_on, torch_runner
+    from toolchain.export.check import TOLERANCES, compare, limits, outputs_on, runtime_outputs, torch_runner
     from toolchain.store import load_merged, read_store
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
@@ -149,9 +142,7 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
     labels_by_task = {t["name"]: t["labels"] for t in m["tasks"]}
     for name, (task, labels, dev, examples) in devs.items():
         log(f"verify {name}: {len(dev)} dev examples")
-        texts, pairs = runtime_texts(task, examples)
-        encs, got = predictor.raw(texts, pairs, tasks=[name])
-        valid = [e.ids == list(ids) and e.type_ids == list(tt) for e, ids, tt in zip(encs, dev.input_ids, dev.type_ids)]
+        got, valid = runtime_outputs(predictor, name, task, examples, dev)
         ref = outputs_on(dev, torch_runner(model))
         single = single_task_outputs(store_meta, sources[name], dev, cache)
         merge_diff = max(float(np.max(np.abs(r[name] - s[name]))) for r, s in zip(ref, single))
@@ -185,6 +176,8 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
 def golden_cases(predictor, model, tok, devs, per_task: int) -> dict:
     """Test vectors for the apps: text, token ids, the bundle's outputs and PyTorch's, decoded predictions."""
     import torch
+
+    from toolchain.export.check import runtime_texts
 
     tasks = [n for n, t in predictor.tasks.items() if not t.pair]  # single-text tasks share the cases
     texts = [t for n in tasks if n in devs for t in runtime_texts(devs[n][0], devs[n][3][:per_task])[0]]

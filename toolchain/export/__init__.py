@@ -211,13 +211,25 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
             return manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs,
                                 {t: "fp32" for t in keep_tasks}, tok_spec)
 
+        def write_manifest(manifest):
+            manifest.files = {f.name: {"sha256": sha256(f), "bytes": size(f)} for f in sorted(tmp.iterdir())
+                              if f.name not in ("manifest.json", "README.md")}
+            out = manifest.to_json()
+            parse(out, f"exported manifest for {out_dir}")  # every bundle written conforms to the schema
+            (tmp / "manifest.json").write_text(json.dumps(out, indent=2) + "\n")
+            return out
+
         def run_guard(manifest, names=tuple(devs)):
-            run = mod.runner(tmp)
+            """Judge the staged bundle as verify will: through runtime_py's Predictor, from the text."""
+            from runtime_py import Predictor
+
+            write_manifest(manifest)
+            predictor = Predictor(tmp)
             guard = {}
             for name in names:
-                task, labels, dev, _ = devs[name]
-                got = check.outputs_on(dev, check.bundle_runner(run, manifest.to_json()))
-                guard[name] = check.compare(task, labels, dev, ref_rows[name], got)
+                task, labels, dev, examples = devs[name]
+                got, valid = check.runtime_outputs(predictor, name, task, examples, dev)
+                guard[name] = check.compare(task, labels, dev, ref_rows[name], got, valid=valid)
             log("guard: " + ", ".join(f"{n} {g['metric']} {g['reference']:.2f} -> {g['exported']:.2f} "
                                       f"(agreement {g['agreement']:.1%})" for n, g in guard.items()))
             failing = [n for n, g in guard.items() if g["drop"] > max_drop]
@@ -267,9 +279,6 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
             manifest.quantization = {"guard": guard, "guard_skipped": skipped, "max_metric_drop": max_drop,
                                      "min_agreement": min_agree, "fp32_branches": keep_tasks,
                                      "fp32_trunk_layers": keep_layers}
-        manifest.files = {f.name: {"sha256": sha256(f), "bytes": size(f)} for f in sorted(tmp.iterdir())}
-        out = manifest.to_json()
-        parse(out, f"exported manifest for {out_dir}")  # every bundle written conforms to the schema
-        (tmp / "manifest.json").write_text(json.dumps(out, indent=2) + "\n")
+        out = write_manifest(manifest)
         (tmp / "README.md").write_text(model_card(out, manifest.files, guard))
     return out

@@ -29,6 +29,24 @@ def limits(target: str, precision: str, export_cfg) -> dict:
     return row
 
 
+def runtime_texts(task, examples) -> tuple:
+    """The text (and pair) an app would pass for each dev example; tagging examples are word lists."""
+    texts = [ex.text if ex.text is not None else " ".join(ex.tokens) for ex in examples]
+    pairs = [ex.text_pair or "" for ex in examples] if any(ex.text_pair is not None for ex in examples) else None
+    return texts, pairs
+
+
+def runtime_outputs(predictor, name, task, examples, encoded) -> tuple:
+    """A task's outputs on dev examples the way an app gets them: runtime_py's Predictor tokenizes the
+    text with the bundle's tokenizer and runs the bundle's programs. Returns (rows, valid), `valid`
+    saying per example whether the bundle saw training's token ids. The export guard and verify both
+    judge a bundle by this."""
+    texts, pairs = runtime_texts(task, examples)
+    encs, rows = predictor.raw(texts, pairs, tasks=[name])
+    valid = [e.ids == list(ids) and e.type_ids == list(tt) for e, ids, tt in zip(encs, encoded.input_ids, encoded.type_ids)]
+    return rows, valid
+
+
 def run_bundle(run, manifest, feeds: dict) -> dict:
     """task -> numpy output, for one padded batch (inputs by name), through the bundle's program(s)."""
     programs = {p["name"]: p for p in manifest["programs"]}
