@@ -51,3 +51,26 @@ def test_best_and_bad_criteria():
         make_plan(CANDS, 6, "greedy")
     with pytest.raises(UserError, match="no finished runs"):
         make_plan({}, 6)
+
+
+def test_cost_picks_attach_depths_and_layers_together_within_the_bound():
+    from itertools import product
+
+    cands = {
+        "a": [c(4, 2, 90.0), c(4, 1, 88.0), c(3, 1, 87.5), c(5, 1, 85.0)],
+        "b": [c(4, 2, 80.0), c(4, 1, 79.0), c(3, 1, 76.0), c(3, 2, 79.5)],
+    }
+    for max_cost in (1.0, 0.6, 0.5, 0.45, 0.42):
+        p = make_plan(cands, 6, "cost", max_cost=max_cost)
+        assert p["overhead"]["fraction"] <= max_cost + 1e-9
+        got = sum(v["dev_metric"] for v in p["tasks"].values())
+        # exhaustive search over every combination gives the same best total
+        feasible = [sum(x["dev_metric"] for x in combo) for combo in product(*cands.values())
+                    if overhead(dict(zip(cands, combo)), 6)["fraction"] <= max_cost + 1e-9]
+        assert got == pytest.approx(max(feasible)), max_cost
+    p = make_plan(cands, 6, "cost", max_cost=0.42)  # 5 of 12 layers: trunk 3 + two 1-layer students
+    assert {t: (v["attach"], v["layers"]) for t, v in p["tasks"].items()} == {"a": (3, 1), "b": (3, 1)}
+    with pytest.raises(UserError, match="max_cost = 0.2 allows 2 of 12 layers, below the cheapest plan \\(5\\)"):
+        make_plan(cands, 6, "cost", max_cost=0.2)
+    with pytest.raises(UserError, match="needs max_cost in"):
+        make_plan(cands, 6, "cost", max_cost=0.0)

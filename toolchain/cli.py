@@ -136,9 +136,12 @@ def distill(
 def plan(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
     out: Out = None,
-    criterion: str = typer.Option("mixed", help="mixed (marginal gain per layer) or best"),
+    criterion: str = typer.Option("mixed", help="mixed (marginal gain per layer), best, or cost (best metric "
+                                  "within --max-cost)"),
     threshold: float = typer.Option(None, help="mixed: minimum gain in points per added layer (recipe [plan])"),
     budget: int = typer.Option(None, help="cap on the total branch layers (0: none; recipe [plan])"),
+    max_cost: float = typer.Option(None, help="cost: largest overhead, a fraction of separate full models, "
+                                   "e.g. 0.3 (recipe [plan])"),
 ):
     """Propose (attach depth, branch layers) per task from the sweep and distillation results."""
     from toolchain import backbone
@@ -149,11 +152,11 @@ def plan(
     ws = _workspace(recipe, out)
     depth = backbone.load(recipe.backbone_spec).depth
     names = {t.name for t in recipe.tasks}
-    cfg = dataclasses.replace(recipe.plan, **{k: v for k, v in (("threshold", threshold), ("budget", budget))
-                                              if v is not None})
-    cfg.check("plan (--threshold/--budget or [plan])")
+    cfg = dataclasses.replace(recipe.plan, **{k: v for k, v in (("threshold", threshold), ("budget", budget),
+                                                                 ("max_cost", max_cost)) if v is not None})
+    cfg.check("plan (--threshold/--budget/--max-cost or [plan])")
     cands = {t: c for t, c in candidates(ws.root).items() if t in names}
-    p = make_plan(cands, depth, criterion, cfg.threshold, cfg.budget)
+    p = make_plan(cands, depth, criterion, cfg.threshold, cfg.budget, cfg.max_cost)
     write_plan(ws.root, p)
     typer.echo(plan_markdown(p) + f"written: {ws.plan}")
 

@@ -93,16 +93,20 @@ class PlanConfig:
     """The planner's choice of (attach depth, branch layers) per task (paper, section 4.2, "mixed").
 
     A task gets one more branch layer only when that layer raises its expected dev metric by at
-    least `threshold` points (the paper used 1.2); `budget` > 0 caps the total branch layers."""
+    least `threshold` points (the paper used 1.2); `budget` > 0 caps the total branch layers.
+    `max_cost` is the cost criterion's bound on the overhead, a fraction of separate full models."""
 
     threshold: float = 1.2
     budget: int = 0
+    max_cost: float = 0.35
 
     def check(self, where: str) -> None:
         if not 0 <= self.threshold < math.inf:
             raise UserError(f"{where}: threshold = {self.threshold} must be >= 0")
         if self.budget < 0:
             raise UserError(f"{where}: budget = {self.budget} must be >= 0 (0: no budget)")
+        if not 0 < self.max_cost <= 1:
+            raise UserError(f"{where}: max_cost = {self.max_cost} must be in (0, 1], a fraction of separate full models")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from toolchain.branch_config import BranchConfig
 from toolchain.fsutil import read_json, write_json_atomic, write_text_atomic
 from toolchain.workspace import Workspace
 
-CRITERIA = ("mixed", "best")
+CRITERIA = ("mixed", "best", "cost")
 
 
 def candidates(out) -> dict:
@@ -51,15 +51,49 @@ def overhead(choice: dict, depth: int) -> dict:
             "separate_full_models": full, "fraction": (trunk + branch) / full}
 
 
-def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=0) -> dict:
+def best_within_cost(cands: dict, depth: int, max_cost: float) -> dict:
+    """The (attach, layers) per task with the highest summed dev metric whose overhead, max(attach) +
+    sum(layers) over depth x tasks, is at most max_cost; ties go to fewer layers. Exact: for each
+    trunk depth, a multiple-choice knapsack over branch layers."""
+    allowed = int(max_cost * depth * len(cands) + 1e-9)
+    best = None  # (sum of metrics, -total layers, choice)
+    for trunk in sorted({c["attach"] for cs in cands.values() for c in cs}):
+        table = {0: (0.0, {})}  # branch layers used -> (summed metric, choice)
+        for task, cs in cands.items():
+            options = _best_by_size([c for c in cs if c["attach"] <= trunk]).values()
+            nxt = {}
+            for used, (total, choice) in table.items():
+                for c in options:
+                    n = used + c["layers"]
+                    if trunk + n <= allowed and (n not in nxt or total + c["dev_metric"] > nxt[n][0]):
+                        nxt[n] = (total + c["dev_metric"], {**choice, task: c})
+            table = nxt
+        for used, (total, choice) in table.items():
+            key = (round(total, 9), -(trunk + used))
+            if best is None or key > best[:2]:
+                best = (*key, choice)
+    if best is None:
+        smallest = min(c["attach"] for cs in cands.values() for c in cs) + len(cands)
+        raise UserError(f"max_cost = {max_cost} allows {allowed} of {depth * len(cands)} layers, below the cheapest "
+                        f"plan ({smallest}); raise --max-cost or distil students that attach lower")
+    return {t: best[2][t] for t in cands}
+
+
+def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=0, max_cost=0.0) -> dict:
     """mixed: every task starts at its smallest branch; a task gets more layers only while the added
     layers gain >= threshold points each (on average), largest gain first, within the budget (0: none).
-    best: each task's best candidate, whatever its size."""
+    best: each task's best candidate, whatever its size.
+    cost: the best summed dev metric whose overhead (trunk and branches) is at most max_cost of
+    separate full models, choosing attach depths and branch layers together."""
     if criterion not in CRITERIA:
         raise UserError(f"criterion {criterion!r} is not valid; use one of: {', '.join(CRITERIA)}")
     if not cands:
         raise UserError("no finished runs to plan from; run `ctb-mobile train` (and `ctb-mobile distill`) first")
-    if criterion == "best":
+    if criterion == "cost":
+        if not 0 < max_cost <= 1:
+            raise UserError(f"criterion cost needs max_cost in (0, 1], got {max_cost}; e.g. --max-cost 0.3")
+        choice = best_within_cost(cands, depth, max_cost)
+    elif criterion == "best":
         choice = {t: max(c, key=lambda x: (x["dev_metric"], -x["layers"])) for t, c in cands.items()}
     else:
         by_size = {t: _best_by_size(c) for t, c in cands.items()}
@@ -82,7 +116,7 @@ def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=
                 break
             _, _, t, nxt = max(steps, key=lambda s: (s[0], s[1]))  # ties: the smaller step
             choice[t] = nxt
-    return {"criterion": criterion, "threshold": threshold, "budget": budget, "depth": depth,
+    return {"criterion": criterion, "threshold": threshold, "budget": budget, "max_cost": max_cost, "depth": depth,
             "tasks": choice, "overhead": overhead(choice, depth)}
 
 
@@ -95,6 +129,7 @@ def plan_markdown(plan: dict) -> str:
               f"for {len(plan['tasks'])} tasks, {o['fraction']:.1%} of {o['separate_full_models']} "
               f"(separate {plan['depth']}-layer models). Criterion: {plan['criterion']}"
               + (f", threshold {plan['threshold']}" if plan["criterion"] == "mixed" else "")
+              + (f", max cost {plan['max_cost']:.0%}" if plan["criterion"] == "cost" else "")
               + (f", budget {plan['budget']}" if plan["budget"] else "") + "."]
     return "\n".join(lines) + "\n"
 
