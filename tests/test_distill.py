@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -188,3 +189,52 @@ def test_distilling_by_layer_below_the_teacher_leaves_teacher_and_trunk_untouche
     assert set(load_file(run / "branch.safetensors")) >= {"layers.0.query.weight", "head.out.weight"}
     with pytest.raises(UserError, match="--attach 2 must be within 0..1"):
         run_distill(recipe, ["snips_intent"], layers=[1], out=out, attach=2)
+
+
+def test_the_transfer_set_adds_other_tasks_rows_unlabelled_once():
+    from types import SimpleNamespace
+
+    from toolchain.data import Encoded, TaskData
+    from toolchain.distill import with_transfer_set
+
+    own = TaskData(Encoded([[101, 5, 102], [101, 6, 102]], [[0] * 3] * 2, [0, 1]), Encoded([], [], []), ["a", "b"], [])
+    other = TaskData(Encoded([[101, 5, 102], [101, 7, 8, 102], [101, 9, 102], [101, 1, 2, 3, 4, 102],
+                              [101, 7, 102, 4, 102]],
+                             [[0] * 3, [0] * 4, [0] * 3, [0] * 6, [0, 0, 0, 1, 1]], [3, 4, 5, 6, 7]),
+                     Encoded([], [], []), [], [])
+    again = TaskData(Encoded([[101, 9, 102]], [[0] * 3], [0]), Encoded([], [], []), [], [])
+    task = SimpleNamespace(type="classification")
+    got = with_transfer_set(task, own, [other, again], max_len=5).train
+    # kept: [101 7 8 102] and [101 9 102] once; left out: a duplicate of own, a row over max_len, a text pair
+    assert got.input_ids == [[101, 5, 102], [101, 6, 102], [101, 7, 8, 102], [101, 9, 102]]
+    assert got.labels == [0, 1, IGNORE, IGNORE] and own.train.labels == [0, 1]
+    assert len(with_transfer_set(task, own, [other], max_len=5, limit=1).train) == 3
+    tagging = with_transfer_set(SimpleNamespace(type="tagging"), own, [again], max_len=5).train
+    assert tagging.labels[-1] == [IGNORE] * 3
+    assert with_transfer_set(SimpleNamespace(type="regression"), own, [other], max_len=5) is own
+
+
+def test_a_batch_of_transfer_rows_has_only_the_soft_loss():
+    s, t = torch.randn(3, 4), torch.randn(3, 4)
+    y = torch.full((3,), IGNORE)
+    got = kd_loss("classification", s, t, y, 2.0, 0.5)
+    kl = F.kl_div(F.log_softmax(s / 2, -1), F.softmax(t / 2, -1), reduction="batchmean")
+    torch.testing.assert_close(got, 0.5 * 4 * kl)
+    mixed = torch.tensor([1, IGNORE, 2])  # the hard loss averages over the labelled rows only
+    torch.testing.assert_close(kd_loss("classification", s, t, mixed, 2.0, 0.0), F.cross_entropy(s[[0, 2]], mixed[[0, 2]]))
+
+
+def test_distilling_on_the_recipes_texts(teacher):
+    import dataclasses
+
+    from toolchain.distill import run_distill
+
+    out, _, bb = teacher
+    recipe = load_recipe(ROOT / "models/tiny.toml").override(epochs=1)
+    recipe = dataclasses.replace(recipe, distill=dataclasses.replace(recipe.distill, transfer="recipe"))
+    (out / "selected.json").write_text(json.dumps({"snips_intent": {"run": "runs/snips_intent/L3-s0"}}))
+    run = out / run_distill(recipe, ["snips_intent"], layers=[1], out=out)["snips_intent"]["students"]["1,1"]["run"]
+    res = json.loads((run / "result.json").read_text())
+    own = len(load_task(recipe, recipe.task("snips_intent"), bb.tokenizer()).train)
+    assert res["labelled_examples"] == own < res["train_examples"]  # clinc_domain's texts were added
+    assert res["settings"]["transfer"] == "recipe" and all(math.isfinite(x) for x in res["losses"])

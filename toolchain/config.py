@@ -67,6 +67,9 @@ class SelectConfig:
             raise UserError(f"{where}: tolerance = {self.tolerance} must be a fraction in [0, 1)")
 
 
+TRANSFER_SETS = ("own", "recipe")
+
+
 @dataclass
 class DistillConfig:
     """Knowledge distillation (Hinton et al.): loss = alpha * T^2 * KL(teacher_T || student_T)
@@ -78,9 +81,17 @@ class DistillConfig:
     alpha: float = 0.5
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
+    # "recipe": also distil on every other task's training text (unlabelled, soft loss only): the trunk
+    # is shared, so the recipe's texts are free in-domain transfer data. transfer_max > 0 caps those rows.
+    transfer: str = "own"
+    transfer_max: int = 0
 
     def check(self, where: str) -> None:
         _positive(self.temperature, "temperature", where)
+        if self.transfer not in TRANSFER_SETS:
+            raise UserError(f"{where}: transfer = {self.transfer!r} must be one of {', '.join(TRANSFER_SETS)}")
+        if self.transfer_max < 0:
+            raise UserError(f"{where}: transfer_max = {self.transfer_max} must be >= 0 (0: every row)")
         if not 0 <= self.alpha <= 1:
             raise UserError(f"{where}: alpha = {self.alpha} must be in [0, 1]")
         for name in ("hidden_weight", "attention_weight"):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from toolchain import UserError
 from toolchain.branch_config import BranchConfig, DistilledFrom
+from toolchain.data import IGNORE
 from toolchain.fsutil import read_json
 from toolchain.train import (
     branch_config,
@@ -43,7 +44,8 @@ from toolchain.workspace import Workspace
 
 
 def kd_loss(task_type, student, teacher, labels, temperature: float, alpha: float):
-    hard = loss_fn(task_type, student, labels)
+    labelled = task_type == "regression" or bool((labels != IGNORE).any())  # transfer rows have no label
+    hard = loss_fn(task_type, student, labels) if labelled else student.float().sum() * 0
     student = student.float()
     if task_type == "regression":
         return alpha * F.mse_loss(student, teacher) + (1 - alpha) * hard
@@ -55,6 +57,34 @@ def kd_loss(task_type, student, teacher, labels, temperature: float, alpha: floa
         valid = teacher.abs().sum(-1) > 0
         kl = kl[valid]
     return alpha * t * t * kl.mean() + (1 - alpha) * hard
+
+
+def with_transfer_set(task, data, others, max_len: int, limit: int = 0, seed: int = 0):
+    """`data` with other tasks' training rows appended, unlabelled (label IGNORE): the student learns
+    the teacher's outputs on them and the hard loss skips them. Rows already in `data`, longer than
+    `max_len` or of the other input form (text pair or not) are left out; `limit` > 0 keeps a seeded
+    sample of that many. Regression tasks keep their own rows only."""
+    import random
+
+    from toolchain.data import Encoded
+
+    if task.type == "regression":
+        return data
+    own = data.train
+    pair = any(any(tt) for tt in own.type_ids)
+    seen = {tuple(ids) for ids in own.input_ids}
+    rows = []
+    for other in others:
+        for ids, tt in zip(other.train.input_ids, other.train.type_ids):
+            if tuple(ids) not in seen and len(ids) <= max_len and any(tt) == pair:
+                seen.add(tuple(ids))
+                rows.append((ids, tt))
+    if limit and len(rows) > limit:
+        rows = random.Random(seed).sample(rows, limit)
+    unlabelled = [[IGNORE] * len(ids) if task.type == "tagging" else IGNORE for ids, _ in rows]
+    train = Encoded(own.input_ids + [r[0] for r in rows], own.type_ids + [r[1] for r in rows],
+                    own.labels + unlabelled, own.word_ids + [[None] * len(r[0]) for r in rows] if own.word_ids else [])
+    return dataclasses.replace(data, train=train)
 
 
 def teacher_batch(outs, idx, task_type, seq_len, device):
@@ -174,7 +204,7 @@ def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run
     student, state = fit(student, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, loss_of, progress,
                          f"distill {task.name} L={tmeta.layers}->l={layers} s={seed}")
     result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds, settings(recipe, task),
-                        layers=layers,
+                        layers=layers, labelled_examples=sum(_labelled(y) for y in data.train.labels),
                         attach=attach, seed=seed, teacher_layers=tmeta.layers, teacher_attach=tmeta.attach,
                         teacher_dev_metric=tmeta.dev_metric)
     teacher_of = DistilledFrom(str(teacher_dir), tmeta.layers, tmeta.dev_metric, kd.temperature, kd.alpha,
@@ -183,6 +213,10 @@ def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run
                            distilled_from=teacher_of)
     save_run(run_dir, student, config, result, accelerator)
     return result
+
+
+def _labelled(label) -> bool:
+    return any(x != IGNORE for x in label) if isinstance(label, list) else label != IGNORE
 
 
 def settings(recipe, task) -> dict:
@@ -242,9 +276,14 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     console = for_this_process(console, accelerator)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
-        datas = {t.name: load_task(recipe, t, tok) for t in tasks}
+        transfer = recipe.distill.transfer == "recipe"
+        datas = {t.name: load_task(recipe, t, tok) for t in (recipe.tasks if transfer else tasks)}
         for note in (n for d in datas.values() for n in d.notes):
             say(progress.console, note)
+        if transfer:  # each task's training rows plus every other task's, unlabelled
+            datas = {t.name: with_transfer_set(t, datas[t.name], [d for n, d in datas.items() if n != t.name],
+                                               recipe.seq_len(t), recipe.distill.transfer_max, recipe.train.seed)
+                     for t in tasks}
         for t in tasks:
             tdir = teachers[t.name]
             tmeta = BranchConfig.load(tdir)

@@ -116,7 +116,7 @@ def loss_fn(task_type, out, labels):
         return torch.nn.functional.mse_loss(out.float(), labels)
     if task_type == "tagging":
         return torch.nn.functional.cross_entropy(out.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
-    return torch.nn.functional.cross_entropy(out.float(), labels)
+    return torch.nn.functional.cross_entropy(out.float(), labels, ignore_index=IGNORE)
 
 
 @torch.no_grad()
