@@ -1,5 +1,5 @@
 """The multi-task benchmark: the merged model against the same tasks as N single-task models and the
-optimum-onnx peer, on one machine in one run. A thin wrapper over `ctb-mobile bench` (toolchain/bench.py).
+optimum-onnx peer, on one machine in one run. A thin wrapper over `ctb-mobile bench` (toolchain/bench/).
 
     python benchmarks/multitask_bench.py models/assistant.toml --threads 1
 

@@ -7,6 +7,8 @@ import torch
 from conftest import ROOT, write_recipe
 
 from toolchain import UserError, backbone, bench, store
+from toolchain.bench import flops, request, timing
+from toolchain.bench.peer import HF_ATOL, ConversionMismatch, check_hf, hf_model
 from toolchain.config import load_recipe
 
 for _package in ("onnxruntime", "optimum.exporters.onnx", "matplotlib"):
@@ -103,15 +105,27 @@ def test_ratios_are_merged_over_the_sum_of_single_task_models(result):
     assert r["memory_mb"]["onnx/fp32"]["merged"] > 0 and r["memory_mb"]["peer/fp32"]["single_sum"] > 0
 
 
+def test_the_gemm_peak_is_the_best_engine_at_every_shape():
+    shapes = [(8, 32, 64), (16, 32, 32)]
+    g = flops.gemm_peak(shapes, 3, threads=1)
+    engines = [e for e in ("torch", "onnxruntime", "xnnpack") if e not in g["skipped"]]
+    assert engines[0] == "torch" and [(r["engine"], r["m"], r["k"], r["n"]) for r in g["shapes"]] == \
+        [(e, *s) for e in engines for s in shapes]
+    assert g["peak_gflops"] == max(r["gflops"] for r in g["shapes"]) > 0
+    assert g["engines"][g["peak_engine"]] == g["peak_gflops"] and set(g["engines"]) == set(engines)
+    for r in g["shapes"]:
+        assert r["gflops"] == pytest.approx(2 * r["m"] * r["k"] * r["n"] / (r["median_ms"] / 1e3) / 1e9)
+
+
 @pytest.mark.slow
 def test_flops_and_gemm_peak(result):
     r, _, _ = result
     metas = {m.task: m for m in store.list_branches(r["store"])}
-    heads = {t: bench.head_flops(m, 8, 32) for t, m in metas.items()}
+    heads = {t: flops.head_flops(m, 8, 32) for t, m in metas.items()}
     # tiny backbone (h 32, ffn 64): the merged model runs the trunk to depth 3, then 2 + 1 + 1 branch layers;
     # the single-task models run 2 + 2, 3 + 1 and 3 + 1 layers
-    assert r["flops"]["merged"]["8"] == 7 * bench.layer_flops(8, 32, 64) + sum(heads.values())
-    assert r["flops"]["single_sum"]["8"] == 12 * bench.layer_flops(8, 32, 64) + sum(heads.values())
+    assert r["flops"]["merged"]["8"] == 7 * flops.layer_flops(8, 32, 64) + sum(heads.values())
+    assert r["flops"]["single_sum"]["8"] == 12 * flops.layer_flops(8, 32, 64) + sum(heads.values())
     for k in ("8", "16"):
         assert r["flops"]["merged"][k] < r["flops"]["single_sum"][k]
     assert r["gemm"]["peak_gflops"] == max(s["gflops"] for s in r["gemm"]["shapes"]) > 0
@@ -127,7 +141,7 @@ def test_bundles_are_reused_while_their_sources_are_unchanged(tiny, result):
     bundle = result[1] / "bundles" / "merged-onnx-fp32"
     before = (bundle / "model.onnx").stat().st_mtime_ns
     lines = []
-    bench.bundle(recipe, out / "store", "onnx", "fp32", bundle, 24, log=lines.append)
+    request.bundle(recipe, out / "store", "onnx", "fp32", bundle, 24, log=lines.append)
     assert lines == ["reusing merged-onnx-fp32"] and (bundle / "model.onnx").stat().st_mtime_ns == before
 
 
@@ -142,7 +156,7 @@ def test_lengths_beyond_max_seq_len_are_not_run(result):
 def test_peer_dev_metric_and_conversion(result):
     r, out, _ = result
     assert r["peer"]["run"] and "AutoQuantizationConfig" in r["peer"]["quantizer"]
-    assert all(v["hf_max_abs"] <= bench.HF_ATOL for v in r["peer"]["tasks"].values())
+    assert all(v["hf_max_abs"] <= HF_ATOL for v in r["peer"]["tasks"].values())
     for t in r["peer"]["tasks"]:  # optimum's export, then its ORT quantizer: int8 weights are smaller
         peer = out / "peer" / t
         assert (peer / "onnx-int8/model_quantized.onnx").stat().st_size < 0.5 * (peer / "onnx/model.onnx").stat().st_size
@@ -171,15 +185,15 @@ def test_hf_conversion_matches_the_task_model_and_catches_a_corrupt_weight(tiny,
     _, (ids, tt, mask) = encode(bb.tokenizer(), ["wake me up at seven", "play some jazz in the kitchen please"],
                                 max_len=32)
     batches = [(ids.numpy(), mask.numpy(), tt.numpy())]  # padded: tagging compares valid positions only
-    hf = bench.hf_model(bb, branch, meta)
+    hf = hf_model(bb, branch, meta)
     assert hf.config.num_hidden_layers == attach + layers
-    assert bench.check_hf(hf, model, "t", meta, batches) <= bench.HF_ATOL
+    assert check_hf(hf, model, "t", meta, batches) <= HF_ATOL
     for layer in (0, attach):  # a trunk layer (from the backbone) and a branch layer
-        hf = bench.hf_model(bb, branch, meta)
+        hf = hf_model(bb, branch, meta)
         with torch.no_grad():
             hf.bert.encoder.layer[layer].output.dense.weight[0] += 0.5  # one output feature
-        with pytest.raises(bench.ConversionMismatch, match="differs from our task model"):
-            bench.check_hf(hf, model, "t", meta, batches)
+        with pytest.raises(ConversionMismatch, match="differs from our task model"):
+            check_hf(hf, model, "t", meta, batches)
 
 
 @pytest.mark.parametrize("kwargs, needle", [
@@ -225,8 +239,8 @@ def test_single_task_models_can_come_from_another_store(tiny, tmp_path):
                         repeats=2, peer=False, guard_examples=8, threads=1, log=lambda m: None,
                         singles_from=tmp_path / "full")
     assert [t["single"] for t in r["tasks"]] == [[0, 4]] * 3 and r["singles_from"] == str(tmp_path / "full")
-    heads = sum(bench.head_flops(m, 8, 32) for m in store.list_branches(tmp_path / "full"))
-    assert r["flops"]["single_sum"]["8"] == 12 * bench.layer_flops(8, 32, 64) + heads
+    heads = sum(flops.head_flops(m, 8, 32) for m in store.list_branches(tmp_path / "full"))
+    assert r["flops"]["single_sum"]["8"] == 12 * flops.layer_flops(8, 32, 64) + heads
     assert "/ (0, 4)" in (tmp_path / "b" / "bench.md").read_text()
     store.remove(tmp_path / "full", "snips_slots")
     with pytest.raises(UserError, match="must hold the same tasks"):
@@ -254,4 +268,4 @@ OLD_X86 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx fma avx2\n"
     ("", []),
 ])
 def test_bench_names_the_cpus_vector_extensions(info, expected):
-    assert bench.vector_extensions(info) == expected
+    assert timing.vector_extensions(info) == expected
