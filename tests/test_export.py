@@ -172,6 +172,18 @@ def test_onnx_int8_scales_activations_per_token():
     kept = rewritten({"mm"})
     assert [n.op_type for n in kept.graph.node] == ["MatMul"]
     assert [i.name for i in kept.graph.initializer] == ["w"]  # no unused quantization constants
+    # symmetric: zero point 128 and ORT's MatMulIntegerToFloat, two nodes per MatMul and no offset term
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), helper.make_node("MatMul", ["x", "w"], ["z"], name="m2")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, 64])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, None, 32]) for n in ("y", "z")],
+        [numpy_helper.from_array(w, "w")])
+    sym = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    _per_token_matmuls(sym.graph, set(), symmetric=True)
+    ops = [n.op_type for n in sym.graph.node]
+    assert ops.count("QuantizeLinear") == 1 and ops[-4:] == ["MatMulIntegerToFloat", "Mul"] * 2  # x quantized once
+    y, z = ort.InferenceSession(sym.SerializeToString()).run(None, {"x": x})
+    assert (np.abs(y - ref).max(-1) / np.abs(ref).max(-1)).max() < 0.02 and np.array_equal(y, z)
 
 
 @pytest.mark.slow
