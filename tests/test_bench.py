@@ -107,8 +107,10 @@ def test_ratios_are_merged_over_the_sum_of_single_task_models(result):
 
 def test_the_gemm_peak_is_the_best_engine_at_every_shape():
     shapes = [(8, 32, 64), (16, 32, 32)]
-    g = flops.gemm_peak(shapes, 3, threads=1)
-    engines = [e for e in ("torch", "onnxruntime", "xnnpack") if e not in g["skipped"]]
+    g = flops.gemm_peak(shapes, 3, threads=1, engines=("torch", "onnxruntime"))
+    x = flops.gemm_peak(shapes[:1], 3, engines=("xnnpack",))  # one lowering: ExecuTorch export is slow
+    assert set(x["engines"]) == {"xnnpack"} and x["peak_gflops"] == x["shapes"][0]["gflops"] > 0
+    engines = [e for e in ("torch", "onnxruntime") if e not in g["skipped"]]
     assert engines[0] == "torch" and [(r["engine"], r["m"], r["k"], r["n"]) for r in g["shapes"]] == \
         [(e, *s) for e in engines for s in shapes]
     assert g["peak_gflops"] == max(r["gflops"] for r in g["shapes"]) > 0
