@@ -28,16 +28,14 @@ def main():
     ap.add_argument("--dev", type=int, default=500, help="dev examples per task for the agreement")
     args = ap.parse_args()
 
-    import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from toolchain.cache import pad_batch
     from toolchain.config import load_recipe
     from toolchain.export import dev_sets
+    from toolchain.export import onnx as onnx_target
     from toolchain.export.check import predictions
     from toolchain.export.graph import example_inputs, graphs
-    from toolchain.export.onnx import OPSET, _per_token_matmuls
     from toolchain.store import load_merged
 
     recipe = load_recipe(args.recipe)
@@ -45,20 +43,10 @@ def main():
     max_len = max(recipe.seq_len(t) for t in recipe.tasks)
     graph = graphs(model, metas, "fused", example_inputs(tok, ["play some jazz", "wake me up at seven"], max_len))[0]
     tmp = Path(tempfile.mkdtemp())
-    import torch
-
-    program = torch.onnx.export(graph.module, graph.example, dynamo=True, opset_version=OPSET,
-                                input_names=list(graph.inputs), output_names=list(graph.outputs),
-                                dynamic_shapes=graph.dynamic_shapes(max_len))
-    program.save(str(tmp / "fp32.onnx"))
-    paths = {"fp32": tmp / "fp32.onnx"}
+    paths = {"fp32": tmp / onnx_target.export(graph, tmp, "fp32", max_len, {})[0]}
     for name, symmetric in (("int8 asymmetric", False), ("int8 symmetric", True)):
-        m = onnx.load(str(paths["fp32"]))
-        _per_token_matmuls(m.graph, set(), symmetric)
-        if not any(o.domain == "com.microsoft" for o in m.opset_import):
-            m.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         paths[name] = tmp / f"{name.replace(' ', '-')}.onnx"
-        quantize_dynamic(m, str(paths[name]), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
+        onnx_target._quantize(paths["fp32"], paths[name], "int8", graph, (), (), symmetric)
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")

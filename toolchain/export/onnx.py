@@ -55,7 +55,7 @@ def _excluded_nodes(model, keep_fp32):
             or any(m.search(i + ".") for i in n.input for m in marks)]
 
 
-def _quantize(src, dst, precision, graph, calibration, keep_fp32):
+def _quantize(src, dst, precision, graph, calibration, keep_fp32, symmetric: bool = False):
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -68,7 +68,9 @@ def _quantize(src, dst, precision, graph, calibration, keep_fp32):
     model = onnx.load(str(src))
     exclude = _excluded_nodes(model, keep_fp32)
     if precision == "int8":
-        _per_token_matmuls(model.graph, set(exclude))
+        _per_token_matmuls(model.graph, set(exclude), symmetric)
+        if symmetric and not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))  # MatMulIntegerToFloat
         quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
                          nodes_to_exclude=exclude)  # the word embeddings
         return
