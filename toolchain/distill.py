@@ -144,6 +144,16 @@ def teacher_stack(cfg, backbone_state, teacher, attach: int):
     return stack.requires_grad_(False).eval()
 
 
+def student_depth(tmeta, attach: int | None) -> tuple:
+    """(x', T): the student's attach depth (default: the teacher's) and the teacher's layers above it,
+    the most a student there can have; a depth above the teacher's is refused."""
+    x = tmeta.attach if attach is None else attach
+    if not 0 <= x <= tmeta.attach:
+        raise UserError(f"--attach {x} must be within 0..{tmeta.attach} (the attach depth of {tmeta.task!r}'s "
+                        "teacher); choose a smaller --attach")
+    return x, tmeta.attach - x + tmeta.layers
+
+
 def student_from_teacher(cfg, teacher, layers: int, dropout: float):
     """An l-layer branch at the teacher's attach depth, from its bottom-most l layers and its head."""
     from toolchain.model import Branch
@@ -168,11 +178,7 @@ def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run
         raise UserError(f"{where} was trained on another backbone than {recipe.backbone}; retrain the teacher")
     if tmeta.task != task.name or tmeta.labels != data.labels:
         raise UserError(f"{where} is for task {tmeta.task!r} with other labels; pick the teacher of {task.name!r}")
-    attach = tmeta.attach if attach is None else attach
-    if not 0 <= attach <= tmeta.attach:
-        raise UserError(f"student attach depth {attach} must be within 0..{tmeta.attach} (the teacher's); "
-                        "choose a smaller --attach")
-    depth = tmeta.attach - attach + tmeta.layers  # the teacher's layers seen from the student's attach depth
+    attach, depth = student_depth(tmeta, attach)
     if not 1 <= layers <= depth:
         raise UserError(f"student layers l = {layers} must be within 1..{depth} (the teacher's layers above "
                         f"depth {attach}); choose a smaller --layers")
@@ -265,10 +271,7 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     if bad:
         raise UserError(f"student layers l = {bad[0]} must be at least 1; e.g. --layers 1,2,3")
     for t in tasks:  # a missing or broken teacher, or a depth above it, fails before any training
-        tmeta = BranchConfig.load(teachers[t.name])
-        if attach is not None and not 0 <= attach <= tmeta.attach:
-            raise UserError(f"--attach {attach} must be within 0..{tmeta.attach} (the attach depth of "
-                            f"{t.name!r}'s teacher); choose a smaller --attach")
+        student_depth(BranchConfig.load(teachers[t.name]), attach)
     ws = Workspace(out)
     summary_path = ws.distilled
     summary = read_json(summary_path) if summary_path.is_file() else {}
@@ -290,10 +293,10 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
             entry = summary.setdefault(t.name, {"metric": t.metric, "students": {}})
             entry["teacher"] = {"run": str(tdir.relative_to(out)) if tdir.is_relative_to(out) else str(tdir),
                                 "attach": tmeta.attach, "layers": tmeta.layers, "dev_metric": tmeta.dev_metric}
-            x = tmeta.attach if attach is None else attach
+            x, depth = student_depth(tmeta, attach)
             lower = None if x == tmeta.attach else x
             for n in layers:
-                if n > tmeta.attach - x + tmeta.layers:  # deeper than the teacher: nothing to distil
+                if n > depth:  # deeper than the teacher: nothing to distil
                     continue
                 for s in seeds:
                     run_dir = ws.student(t.name, n, tmeta.layers, s, lower)
