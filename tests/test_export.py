@@ -1,5 +1,6 @@
 """Export to ONNX / ONNX Runtime Mobile, ExecuTorch (XNNPACK) and CoreML, checked on real text."""
 
+import dataclasses
 import json
 import platform
 import re
@@ -95,6 +96,26 @@ def test_onnx_int8_passes_the_guard_and_shrinks(tiny, tmp_path, precision):
         for name, g in guard.items():
             v = report["tasks"][name]
             assert (g["agreement"], g["exported"], g["rows"]) == (v["agreement"], v["exported"], v["rows"]), name
+
+
+def test_symmetric_onnx_int8_is_a_recipe_option_that_the_guard_and_the_manifest_see(tiny, tmp_path):
+    """[export] onnx_int8 = "symmetric": per-token activations into MatMulIntegerToFloat, judged by the
+    same guard, recorded in the manifest, and not served from the asymmetric export's cache entry."""
+    import onnx
+
+    out, recipe = tiny
+    sym = dataclasses.replace(recipe, export=dataclasses.replace(recipe.export, onnx_int8="symmetric"))
+    bundles = {r.export.onnx_int8: export_bundle(r, out / "store", "onnx", "int8", "fused", tmp_path / r.export.onnx_int8,
+                                                 log=lambda m: None) for r in (recipe, sym)}
+    ops = {}
+    for scheme, manifest in bundles.items():
+        q = manifest["quantization"]
+        assert q["onnx_int8"] == scheme and not q["fp32_branches"] and not q["fp32_trunk_layers"]
+        assert all(g["drop"] <= 1.0 and g["agreement"] >= 0.99 for g in q["guard"].values()), q["guard"]
+        ops[scheme] = [n.op_type for n in onnx.load(str(tmp_path / scheme / "model.onnx")).graph.node]
+    assert "MatMulInteger" in ops["asymmetric"] and "MatMulIntegerToFloat" not in ops["asymmetric"]
+    assert "MatMulIntegerToFloat" in ops["symmetric"] and "MatMulInteger" not in ops["symmetric"]
+    assert len(ops["symmetric"]) < len(ops["asymmetric"])  # the rescale in fewer nodes
 
 
 def test_the_onnx_fallback_finds_exactly_the_matmuls_of_a_kept_trunk_layer_or_branch(tiny_bundles):

@@ -328,8 +328,8 @@ def test_the_export_cache_reuses_identical_graphs_only(bb, tmp_path, monkeypatch
 
     class Backend:
         @staticmethod
-        def export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep):
-            calls.append(graph.name)
+        def export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep, symmetric=False):
+            calls.append(graph.name + ("-sym" if symmetric else ""))
             (out_dir / f"{graph.name}.bin").write_bytes(str(graph.module.weight.sum().item()).encode())
             return [f"{graph.name}.bin"]
 
@@ -347,9 +347,13 @@ def test_the_export_cache_reuses_identical_graphs_only(bb, tmp_path, monkeypatch
     cache.export(Backend, args[0], g, tmp_path / "o2", "fp32", 32, {"program": "model"})  # another precision
     cache.export(Backend, args[0], g, tmp_path / "o2", "fp32", 32, {"program": "model", "v": 2})  # other metadata
     assert calls == ["model"] * 4
+    sym = (args[0], g, tmp_path / "o2", "fp32", 32, {"program": "model"}, (), (), {"symmetric": True})
+    cache.export(Backend, *sym)  # another option for the target: exported afresh, then from the cache
+    cache.export(Backend, *sym)
+    assert calls == ["model"] * 4 + ["model-sym"]
     monkeypatch.setenv("CTB_EXPORT_CACHE", "0")
     cache.export(Backend, args[0], g, tmp_path / "o2", "fp32", 32, {"program": "model"})
-    assert len(calls) == 5 and math.isfinite(float((tmp_path / "o2/model.bin").read_text()))
+    assert len(calls) == 6 and math.isfinite(float((tmp_path / "o2/model.bin").read_text()))
 
 
 # ---------------------------------------------------------------------------------------------

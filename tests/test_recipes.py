@@ -37,6 +37,8 @@ def test_assistant_recipe_is_the_documented_default():
      "min_agreement = 99.0 must be between 0 and 1"),
     (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[export]\nmin_agreement = "high"'),
      "min_agreement = 'high' must be of type float"),
+    (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[export]\nonnx_int8 = "sym"'),
+     "onnx_int8 = 'sym' is not valid; use one of: asymmetric, symmetric"),
 ])
 def test_bad_recipes_give_one_line_errors(tmp_path, edit, message):
     path = write_recipe(tmp_path, edit(TINY_TASK))

@@ -120,20 +120,28 @@ class PlanConfig:
             raise UserError(f"{where}: max_cost = {self.max_cost} must be in (0, 1], a fraction of separate full models")
 
 
+ONNX_INT8 = ("asymmetric", "symmetric")
+
+
 @dataclass
 class ExportConfig:
     """The quantization guard: an int8 bundle may lose at most `max_metric_drop` dev-metric points per
     task (hard limit); a task whose predictions agree with fp32 on fewer than `min_agreement` of dev
-    examples also gets its branch kept in fp32 (default: the target's row in check.TOLERANCES)."""
+    examples also gets its branch kept in fp32 (default: the target's row in check.TOLERANCES).
+    `onnx_int8`: how ONNX int8 quantizes activations per token before each MatMul (toolchain.export.onnx):
+    "asymmetric" (uint8 from the token's min and max, MatMulInteger and a six-node rescale) or
+    "symmetric" (zero point 128, MatMulIntegerToFloat and one Mul: fewer nodes, a little coarser)."""
 
     max_metric_drop: float = 1.0
     min_agreement: float | None = None
+    onnx_int8: str = "asymmetric"
 
     def check(self, where: str) -> None:
         if not 0 <= self.max_metric_drop < math.inf:
             raise UserError(f"{where}: max_metric_drop = {self.max_metric_drop} must be a number >= 0, e.g. 1.0")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise UserError(f"{where}: min_agreement = {self.min_agreement} must be between 0 and 1, e.g. 0.99")
+        _one_of(self.onnx_int8, ONNX_INT8, "onnx_int8", where)
 
 
 @dataclass

@@ -172,6 +172,8 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
         calib_texts = [ex.text or " ".join(ex.tokens) for _, _, _, exs in devs.values() for ex in exs[:64]]
         calibration = [example_inputs(tok, calib_texts[i: i + 16], max_seq_len) for i in range(0, len(calib_texts), 16)]
     quantized = precision.startswith("int8")
+    scheme = guard_cfg.onnx_int8 if (target, precision) == ("onnx", "int8") else None  # per-token activations
+    options = {"symmetric": True} if scheme == "symmetric" else {}
 
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -201,12 +203,13 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                 task = g.name.removeprefix("branch_")
                 keep, p = {"model": (keep_tasks + layers, precision), "trunk": (layers, precision)}.get(
                     g.name, ((), "fp32" if task in keep_tasks else precision))  # split: a kept branch is all fp32
-                log(f"exporting {g.name} ({target}, {p}{', fp32: ' + ', '.join(keep) if keep else ''})")
+                log(f"exporting {g.name} ({target}, {p}{f' {scheme}' if scheme and p == precision else ''}"
+                    f"{', fp32: ' + ', '.join(keep) if keep else ''})")
                 embedded = {"target": target, "program": g.name, "trunk_fingerprint": store_meta["backbone_fingerprint"],
                             "tokenizer_fingerprint": tok_spec["fingerprint"], "outputs": list(g.outputs),
                             "tasks": [t for t in g.outputs if t in metas]}
                 files = cache.export(mod, target, g, tmp, p, max_seq_len, embedded,
-                                     calibration_for(g, model, calibration), keep)
+                                     calibration_for(g, model, calibration), keep, options if p == precision else {})
                 programs.append(program_spec(target, g, files, p, metas, hidden_size, max_seq_len))
             return manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs,
                                 {t: "fp32" for t in keep_tasks}, tok_spec)
@@ -276,8 +279,8 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                 "prediction needs macOS); compare its outputs with the PyTorch original on a Mac before shipping"
             if skipped:
                 log(f"guard: not run: {skipped}")
-            manifest.quantization = {"guard": guard, "guard_skipped": skipped, "max_metric_drop": max_drop,
-                                     "min_agreement": min_agree, "fp32_branches": keep_tasks,
+            manifest.quantization = {"onnx_int8": scheme, "guard": guard, "guard_skipped": skipped,
+                                     "max_metric_drop": max_drop, "min_agreement": min_agree, "fp32_branches": keep_tasks,
                                      "fp32_trunk_layers": keep_layers}
         out = write_manifest(manifest)
         (tmp / "README.md").write_text(model_card(out, manifest.files, guard))

@@ -4,7 +4,7 @@ bench) copies the files instead of tracing and lowering again.
 
 The key covers everything the files depend on: the graph (its module's structure, every weight, its
 input and output names, the example tensors), the export arguments (target, precision,
-max_seq_len, embedded metadata, calibration batches, branches kept in fp32), the versions of torch
+max_seq_len, embedded metadata, calibration batches, what is kept in fp32, the target's options), the versions of torch
 and of the backend packages, and the source of the code that builds and exports graphs. Entries live
 under `<cache>/exports/`; the newest KEEP stay. CTB_EXPORT_CACHE=0 turns the cache off.
 """
@@ -38,13 +38,13 @@ def _tensor_bytes(t) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-def key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32) -> str:
+def key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32, options=None) -> str:
     h = hashlib.sha256()
     root = Path(__file__).resolve().parents[1]
     for name in SOURCES:
         h.update((root / name).read_bytes())
     h.update(json.dumps([target, graph.name, list(graph.inputs), list(graph.outputs), precision, max_seq_len,
-                         metadata, sorted(keep_fp32), _versions(), repr(graph.module),
+                         metadata, sorted(keep_fp32), options or {}, _versions(), repr(graph.module),
                          [(list(t.shape), str(t.dtype)) for t in graph.example]], sort_keys=True).encode())
     for t in graph.example:
         h.update(_tensor_bytes(t))
@@ -67,14 +67,17 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst) if src.is_dir() else shutil.copyfile(src, dst)
 
 
-def export(mod, target, graph, out_dir: Path, precision, max_seq_len, metadata, calibration=(), keep_fp32=()) -> list:
-    """`mod.export(...)` through the cache; returns the file names written into `out_dir`."""
+def export(mod, target, graph, out_dir: Path, precision, max_seq_len, metadata, calibration=(), keep_fp32=(),
+           options=None) -> list:
+    """`mod.export(...)` through the cache; returns the file names written into `out_dir`. `options`:
+    the target's own keyword arguments (onnx: symmetric)."""
+    options = options or {}
     if os.environ.get("CTB_EXPORT_CACHE", "1") == "0":
-        return mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32)
+        return mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32, **options)
     from toolchain.backbone import cache_root
 
     base = cache_root() / "exports"
-    entry = base / key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32)
+    entry = base / key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32, options)
     files = None
     try:
         files = [check_name_file(f) for f in json.loads((entry / "files.json").read_text())]
@@ -86,7 +89,7 @@ def export(mod, target, graph, out_dir: Path, precision, max_seq_len, metadata, 
         for f in files or ():
             p = Path(out_dir) / f
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    files = mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32)
+    files = mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32, **options)
     _store(base, entry, Path(out_dir), files)
     return files
 

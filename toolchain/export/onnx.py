@@ -7,7 +7,8 @@ per token at run time, like XNNPACK's dynamic int8 on Android; word embeddings i
 
 ONNX Runtime's own dynamic quantizer gives a whole tensor one activation scale, set by BERT's
 outlier dimensions; on CLINC150 intents that kept 98 % of fp32's predictions. So the int8 MatMuls
-are rewritten here: per-token (asymmetric) activations into MatMulInteger.
+are rewritten here: per-token activations into MatMulInteger (asymmetric, the default) or, with the
+recipe's `[export] onnx_int8 = "symmetric"`, into MatMulIntegerToFloat (see _per_token_matmuls).
 """
 
 import json
@@ -20,9 +21,10 @@ OPSET = 18
 
 
 def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
-           keep_fp32=()) -> list:
+           keep_fp32=(), symmetric: bool = False) -> list:
     """Write <name>.onnx and <name>.ort; returns the file names. `keep_fp32`: what the quantization
-    guard keeps in fp32: tasks (their branch, fused layout) and trunk layers ("trunk.layers.<i>")."""
+    guard keeps in fp32: tasks (their branch, fused layout) and trunk layers ("trunk.layers.<i>").
+    `symmetric`: int8 only, the symmetric per-token activation scheme."""
     import onnx
     import torch
 
@@ -36,7 +38,7 @@ def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dic
     if precision == "fp32":
         fp32.rename(final)
     else:
-        _quantize(fp32, final, precision, graph, calibration, keep_fp32)
+        _quantize(fp32, final, precision, graph, calibration, keep_fp32, symmetric)
         fp32.unlink()
     model = onnx.load(str(final))
     onnx.helper.set_model_props(model, {"ctb_mobile_manifest": json.dumps(metadata, sort_keys=True)})
