@@ -61,6 +61,20 @@ def test_per_task_training_overrides(tmp_path):
     assert (cfg.lr, cfg.epochs, cfg.batch_size) == (0.5, 7, 16)
 
 
+def test_students_train_for_the_distill_epochs_and_epochs_overrides_both(tmp_path):
+    body = TINY_TASK.replace("max_seq_len = 32", "max_seq_len = 32\n[distill]\nepochs = 10")
+    r = load_recipe(write_recipe(tmp_path, body))
+    task = r.tasks[0]
+    assert (r.train_for(task).epochs, r.distill_for(task).epochs) == (r.train.epochs, 10)
+    assert r.distill_for(task).lr == r.train_for(task).lr
+    r.override(epochs=2)
+    assert (r.train_for(task).epochs, r.distill_for(task).epochs) == (2, 2)
+    plain = load_recipe(write_recipe(tmp_path, TINY_TASK, "p.toml"))
+    assert plain.distill_for(plain.tasks[0]) == plain.train_for(plain.tasks[0])
+    with pytest.raises(UserError, match="epochs = -1 must be >= 0"):
+        load_recipe(write_recipe(tmp_path, body.replace("epochs = 10", "epochs = -1"), "n.toml"))
+
+
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_recipe(tmp_path / "nope.toml")

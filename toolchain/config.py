@@ -75,8 +75,10 @@ class DistillConfig:
     """Knowledge distillation (Hinton et al.): loss = alpha * T^2 * KL(teacher_T || student_T)
     + (1 - alpha) * hard-label loss; regression distils on the teacher's outputs (MSE). Layer to
     layer, as TinyBERT does: + hidden_weight * MSE of hidden states + attention_weight * KL of
-    attention distributions, student layer j matched to teacher layer (j+1)*T/l - 1 (0: off)."""
+    attention distributions, student layer j matched to teacher layer (j+1)*T/l - 1 (0: off).
+    `epochs`: the students' epochs (0: the task's [train] epochs; --epochs overrides both)."""
 
+    epochs: int = 0
     temperature: float = 2.0
     alpha: float = 0.5
     hidden_weight: float = 0.0
@@ -88,6 +90,8 @@ class DistillConfig:
 
     def check(self, where: str) -> None:
         _positive(self.temperature, "temperature", where)
+        if self.epochs < 0:
+            raise UserError(f"{where}: epochs = {self.epochs} must be >= 0 (0: the [train] epochs)")
         if self.transfer not in TRANSFER_SETS:
             raise UserError(f"{where}: transfer = {self.transfer!r} must be one of {', '.join(TRANSFER_SETS)}")
         if self.transfer_max < 0:
@@ -229,6 +233,11 @@ class Recipe:
     def train_for(self, task: TaskConfig) -> TrainConfig:
         return dataclasses.replace(self.train, **task.train_overrides)
 
+    def distill_for(self, task: TaskConfig) -> TrainConfig:
+        """A student's training settings: the task's, with [distill] epochs when set."""
+        cfg = self.train_for(task)
+        return dataclasses.replace(cfg, epochs=self.distill.epochs) if self.distill.epochs else cfg
+
     def seq_len(self, task: TaskConfig) -> int:
         return task.max_seq_len or self.max_seq_len
 
@@ -245,6 +254,7 @@ class Recipe:
         if epochs is not None:
             _positive(epochs, "--epochs", "command line")
             self.train.epochs = epochs
+            self.distill.epochs = 0  # the students too
             for t in self.tasks:
                 t.train_overrides.pop("epochs", None)
         return self

@@ -182,7 +182,7 @@ def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run
     if not 1 <= layers <= depth:
         raise UserError(f"student layers l = {layers} must be within 1..{depth} (the teacher's layers above "
                         f"depth {attach}); choose a smaller --layers")
-    cfg = recipe.train_for(task)
+    cfg = recipe.distill_for(task)
     kd = recipe.distill
     teacher = teacher_stack(bb.cfg, bb.state, load_branch(bb.cfg, teacher_dir, tmeta), attach).to(accelerator.device)
     set_seed(seed)
@@ -227,7 +227,7 @@ def _labelled(label) -> bool:
 
 def settings(recipe, task) -> dict:
     """What a student's result depends on besides its data: training and distillation settings."""
-    return {**dataclasses.asdict(recipe.train_for(task)), **dataclasses.asdict(recipe.distill)}
+    return {**dataclasses.asdict(recipe.distill_for(task)), **dataclasses.asdict(recipe.distill)}
 
 
 def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
