@@ -110,6 +110,11 @@ def test_the_gemm_peak_is_the_best_engine_at_every_shape():
     g = flops.gemm_peak(shapes, 3, threads=1, engines=("torch", "onnxruntime"))
     x = flops.gemm_peak(shapes[:1], 3, engines=("xnnpack",))  # one lowering: ExecuTorch export is slow
     assert set(x["engines"]) == {"xnnpack"} and x["peak_gflops"] == x["shapes"][0]["gflops"] > 0
+    kept = list((backbone.cache_root() / "gemm").glob("xnnpack-8-32-64-*.pte"))
+    assert len(kept) == 1  # the lowered program is kept: the next bench run loads it instead of lowering again
+    stamp = kept[0].stat().st_mtime_ns
+    assert flops.gemm_peak(shapes[:1], 3, engines=("xnnpack",))["peak_gflops"] > 0
+    assert kept[0].stat().st_mtime_ns == stamp
     engines = [e for e in ("torch", "onnxruntime") if e not in g["skipped"]]
     assert engines[0] == "torch" and [(r["engine"], r["m"], r["k"], r["n"]) for r in g["shapes"]] == \
         [(e, *s) for e in engines for s in shapes]

@@ -66,11 +66,32 @@ def _ort_matmul(m, k, n, threads, tmp):
 
 
 def _xnnpack_matmul(m, k, n, threads, tmp):
-    """One fp32 matmul lowered to XNNPACK by ExecuTorch, B a constant as in the exported programs."""
+    """One fp32 matmul lowered to XNNPACK by ExecuTorch, B a constant as in the exported programs. The
+    lowering takes seconds per shape, so each shape's program is kept in the cache folder (its weights
+    are random and only the timing matters)."""
+    import importlib.metadata
+    import os
+
+    import torch
+    from executorch.runtime import Runtime
+
+    from toolchain.backbone import cache_root
+
+    path = cache_root() / "gemm" / f"xnnpack-{m}-{k}-{n}-executorch{importlib.metadata.version('executorch')}.pte"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.{os.getpid()}")
+        part.write_bytes(_lower_matmul(m, k, n))
+        os.replace(part, path)
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    a = torch.randn(m, k)
+    return lambda: method.execute([a])
+
+
+def _lower_matmul(m, k, n) -> bytes:
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
-    from executorch.runtime import Runtime
 
     class MatMul(torch.nn.Module):
         def __init__(self):
@@ -80,13 +101,8 @@ def _xnnpack_matmul(m, k, n, threads, tmp):
         def forward(self, a):
             return a @ self.b
 
-    a = torch.randn(m, k)
-    ep = torch.export.export(MatMul().eval(), (a,))
-    buffer = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
-    path = Path(tmp) / f"gemm-{m}-{k}-{n}.pte"
-    path.write_bytes(buffer)
-    method = Runtime.get().load_program(str(path)).load_method("forward")
-    return lambda: method.execute([a])
+    ep = torch.export.export(MatMul().eval(), (torch.randn(m, k),))
+    return to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
 
 
 ENGINES = {"torch": ("torch", _torch_matmul), "onnxruntime": ("onnxruntime", _ort_matmul),
