@@ -245,11 +245,11 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
             if failing or shaky:  # first fallback: those tasks' branches in fp32
                 keep_tasks = failing + shaky
                 log(f"guard: {', '.join(keep_tasks)} lost more than {max_drop} points or agree on under "
-                    f"{min_agree:.0%} of predictions; keeping their branches in fp32")
+                    f"{min_agree:.1%} of predictions; keeping their branches in fp32")
                 manifest = export_all()
                 guard, failing, shaky = run_guard(manifest)
             if shaky and not failing:  # then the shared trunk: the fewest int8 layers kept in fp32, most sensitive first
-                log(f"guard: {', '.join(shaky)} still agree on under {min_agree:.0%}; measuring each trunk layer in fp32")
+                log(f"guard: {', '.join(shaky)} still agree on under {min_agree:.1%}; measuring each trunk layer in fp32")
                 gain = {}
                 for i in range(model.trunk.depth):
                     keep_layers = [i]
