@@ -18,13 +18,10 @@ def main():
     ap.add_argument("--store", type=Path, required=True)
     args = ap.parse_args()
 
-    import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
-    from executorch.exir import to_edge_transform_and_lower
 
     from toolchain.config import load_recipe
-    from toolchain.export.executorch import _quantize
+    from toolchain.export.executorch import lower
     from toolchain.export.graph import example_inputs, graphs
     from toolchain.store import load_merged
 
@@ -32,11 +29,8 @@ def main():
     model, tok, metas = load_merged(args.store)
     max_len = max(recipe.seq_len(t) for t in recipe.tasks)
     graph = graphs(model, metas, "fused", example_inputs(tok, ["play some jazz", "wake me up at seven"], max_len))[0]
-    shapes = graph.dynamic_shapes(max_len)
     for precision in ("fp32", "int8"):
-        module = _quantize(graph, shapes, (), ()) if precision == "int8" else graph.module
-        ep = torch.export.export(module, graph.example, dynamic_shapes=shapes)
-        lowered = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        lowered = lower(graph, precision, max_len)
         info = get_delegation_info(lowered.exported_program().graph_module)
         outside = {k: v.non_delegated for k, v in info.delegation_by_operator.items() if v.non_delegated}
         print(f"{precision}: {info.num_delegated_subgraphs} XNNPACK subgraphs, {info.num_delegated_nodes} nodes "

@@ -85,7 +85,10 @@ class Embeddings(nn.Module):
 
 
 class Layer(nn.Module):
-    """One post-LayerNorm BERT transformer layer."""
+    """One post-LayerNorm BERT transformer layer. `fused_attention` False: attention written as
+    softmax(q k^T + mask) v instead of the fused kernel (same result; see export.graph.for_xnnpack)."""
+
+    fused_attention = True
 
     def __init__(self, cfg: EncoderConfig, dropout: float = 0.0):
         super().__init__()
@@ -108,7 +111,7 @@ class Layer(nn.Module):
         heads = lambda t: t.view(b, s, self.num_heads, h // self.num_heads).transpose(1, 2)
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         p_drop = self.attn_dropout if self.training else 0.0
-        if with_probs:
+        if with_probs or not self.fused_attention:
             probs = torch.softmax(q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5) + mask, dim=-1)
             a = F.dropout(probs, p_drop, self.training) @ v
         else:

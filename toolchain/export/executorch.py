@@ -2,8 +2,9 @@
 
 Precisions: fp32 | int8 (PT2E with the XNNPACK quantizer on Linear layers: int8 per-channel
 weights, int8 activations quantized dynamically at run time; word embeddings stored as int8 rows
-with per-row scales). The bundle's manifest is stored in
-the program as the constant method `manifest` (a JSON string), so the .pte describes itself.
+with per-row scales). Attention is written out (graph.for_xnnpack) so that XNNPACK takes all of it.
+The bundle's manifest is stored in the program as the constant method `manifest` (a JSON string), so
+the .pte describes itself.
 """
 
 import json
@@ -15,24 +16,31 @@ SUFFIX = ".pte"
 
 def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
            keep_fp32=()) -> list:
-    import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    shapes = graph.dynamic_shapes(max_seq_len)
-    module = graph.module
-    if precision == "int8":
-        module = _quantize(graph, shapes, calibration, keep_fp32)
-    ep = torch.export.export(module, graph.example, dynamic_shapes=shapes)
-    program = to_edge_transform_and_lower(
-        ep, partitioner=[XnnpackPartitioner()],
-        constant_methods={"manifest": json.dumps(metadata, sort_keys=True)}).to_executorch()
+    program = lower(graph, precision, max_seq_len, metadata, keep_fp32).to_executorch()
     name = f"{graph.name}{SUFFIX}"
     (Path(out_dir) / name).write_bytes(program.buffer)
     return [name]
 
 
-def _quantize(graph, shapes, calibration, keep_fp32):
+def lower(graph, precision: str, max_seq_len: int, metadata: dict | None = None, keep_fp32=()):
+    """The graph lowered to XNNPACK (an ExecuTorch EdgeProgramManager), one program for every length
+    up to max_seq_len."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from toolchain.export.graph import for_xnnpack
+
+    shapes = graph.dynamic_shapes(max_seq_len)
+    module = for_xnnpack(graph.module)
+    if precision == "int8":
+        module = _quantize(graph, module, shapes, keep_fp32)
+    ep = torch.export.export(module, graph.example, dynamic_shapes=shapes)
+    return to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                       constant_methods={"manifest": json.dumps(metadata or {}, sort_keys=True)})
+
+
+def _quantize(graph, module, shapes, keep_fp32):
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -45,11 +53,11 @@ def _quantize(graph, shapes, calibration, keep_fp32):
     if not keep_fp32:
         quantizer.set_module_type(torch.nn.Linear, cfg)
     else:  # the guard's fallback: quantize all but the branches (tasks) and trunk layers kept in fp32
-        for name in quantized_modules([n for n, _ in graph.module.named_modules()], graph.name, keep_fp32):
+        for name in quantized_modules([n for n, _ in module.named_modules()], graph.name, keep_fp32):
             quantizer.set_module_name(name, cfg)
     from toolchain.export.graph import with_int8_embeddings
 
-    module = with_int8_embeddings(graph.module)
+    module = with_int8_embeddings(module)
     m = torch.export.export(module, graph.example, dynamic_shapes=shapes).module()
     m = prepare_pt2e(m, quantizer)
     m(*graph.example)  # dynamic activations: no ranges to calibrate, one pass records the graph

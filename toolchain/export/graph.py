@@ -84,6 +84,23 @@ def graphs(model, metas: dict, layout: str, example) -> list:
     return out
 
 
+def for_xnnpack(module: nn.Module) -> nn.Module:
+    """A copy of `module` (the original is untouched) whose attention is written as explicit
+    softmax(q k^T + mask) v. The fused kernel's decomposition adds mask handling (eq, any, logical_not,
+    where, full_like) that XNNPACK does not take, so every layer left the delegate for it; two MiniLM
+    layers in int8 ran 1.25x faster at seq 16 and 1.57x at seq 64 without it
+    (benchmarks/xnnpack_layer_variants.py --time). Same result to float rounding."""
+    import copy
+
+    from toolchain.model import Layer
+
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        if isinstance(m, Layer):
+            m.fused_attention = False
+    return module
+
+
 @torch.no_grad()
 def calibration_for(graph: Graph, model, token_batches) -> list:
     """Calibration batches in the graph's own inputs: token batches, or the trunk's hidden states."""
