@@ -67,8 +67,12 @@ def test_students_train_for_the_distill_epochs_and_epochs_overrides_both(tmp_pat
     task = r.tasks[0]
     assert (r.train_for(task).epochs, r.distill_for(task).epochs) == (r.train.epochs, 10)
     assert r.distill_for(task).lr == r.train_for(task).lr
+    from toolchain.distill import settings
+
+    assert settings(r, task)["epochs"] == 10  # a student's result is keyed by the epochs it trained for
     r.override(epochs=2)
     assert (r.train_for(task).epochs, r.distill_for(task).epochs) == (2, 2)
+    assert settings(r, task)["epochs"] == 2
     plain = load_recipe(write_recipe(tmp_path, TINY_TASK, "p.toml"))
     assert plain.distill_for(plain.tasks[0]) == plain.train_for(plain.tasks[0])
     with pytest.raises(UserError, match="epochs = -1 must be >= 0"):

@@ -226,8 +226,9 @@ def _labelled(label) -> bool:
 
 
 def settings(recipe, task) -> dict:
-    """What a student's result depends on besides its data: training and distillation settings."""
-    return {**dataclasses.asdict(recipe.distill_for(task)), **dataclasses.asdict(recipe.distill)}
+    """What a student's result depends on besides its data: training and distillation settings (the
+    epochs it trained for, not [distill] epochs, which may be 0 for "the [train] epochs")."""
+    return {**dataclasses.asdict(recipe.distill), **dataclasses.asdict(recipe.distill_for(task))}
 
 
 def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
