@@ -30,37 +30,33 @@ MINILM = EncoderConfig(vocab_size=100, hidden_size=384, num_layers=2, num_heads=
                        max_position=512, type_vocab_size=2)
 
 
-def layer_norm_4d(norm, x):
+class LayerNorm4d(torch.nn.LayerNorm):
     """LayerNorm over the last axis from ops XNNPACK takes: a 4-D mean over the two innermost dims."""
-    x4 = x.unsqueeze(-1)
-    d = x4 - x4.mean(dim=(2, 3), keepdim=True)
-    var = (d * d).mean(dim=(2, 3), keepdim=True)
-    return (d * torch.rsqrt(var + norm.eps)).squeeze(-1) * norm.weight + norm.bias
 
-
-def explicit_layer(layer, x, mask, norm):
-    b, s, h = x.shape
-    n = layer.num_heads
-    q, k, v = (t.view(b, s, n, h // n).transpose(1, 2) for t in (layer.query(x), layer.key(x), layer.value(x)))
-    a = torch.softmax(q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5) + mask, dim=-1) @ v
-    x = norm(layer.attn_norm, x + layer.attn_out(a.transpose(1, 2).reshape(b, s, h)))
-    return norm(layer.ffn_norm, x + layer.ffn_out(layer.act(layer.ffn_in(x))))
+    def forward(self, x):
+        x4 = x.unsqueeze(-1)
+        d = x4 - x4.mean(dim=(2, 3), keepdim=True)
+        var = (d * d).mean(dim=(2, 3), keepdim=True)
+        return (d * torch.rsqrt(var + self.eps)).squeeze(-1) * self.weight + self.bias
 
 
 class TwoLayers(torch.nn.Module):
+    """toolchain.model.Layer as it is ("now"), with attention written out as the android export writes
+    it ("explicit": Layer.fused_attention off), and also with LayerNorm4d ("explicit+ln4d")."""
+
     def __init__(self, variant: str, cfg: EncoderConfig = CFG):
         super().__init__()
         self.layers = torch.nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
-        self.variant = variant
+        for layer in self.layers:
+            layer.fused_attention = variant == "now"
+            if variant == "explicit+ln4d":
+                layer.attn_norm = LayerNorm4d(cfg.hidden_size, eps=cfg.layer_norm_eps)
+                layer.ffn_norm = LayerNorm4d(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
     def forward(self, x, attention_mask):
         mask = additive_mask(attention_mask, x.dtype)
         for layer in self.layers:
-            if self.variant == "now":
-                x = layer(x, mask)
-            else:
-                norm = layer_norm_4d if self.variant == "explicit+ln4d" else (lambda m, y: m(y))
-                x = explicit_layer(layer, x, mask, norm)
+            x = layer(x, mask)
         return x
 
 

@@ -32,7 +32,7 @@ def lower(graph, precision: str, max_seq_len: int, metadata: dict | None = None,
     from toolchain.export.graph import for_xnnpack
 
     shapes = graph.dynamic_shapes(max_seq_len)
-    module = for_xnnpack(graph.module)
+    module = for_xnnpack(graph.module, int8_embeddings=precision == "int8")
     if precision == "int8":
         module = _quantize(graph, module, shapes, keep_fp32)
     ep = torch.export.export(module, graph.example, dynamic_shapes=shapes)
@@ -55,9 +55,6 @@ def _quantize(graph, module, shapes, keep_fp32):
     else:  # the guard's fallback: quantize all but the branches (tasks) and trunk layers kept in fp32
         for name in quantized_modules([n for n, _ in module.named_modules()], graph.name, keep_fp32):
             quantizer.set_module_name(name, cfg)
-    from toolchain.export.graph import with_int8_embeddings
-
-    module = with_int8_embeddings(module)
     m = torch.export.export(module, graph.example, dynamic_shapes=shapes).module()
     m = prepare_pt2e(m, quantizer)
     m(*graph.example)  # dynamic activations: no ranges to calibrate, one pass records the graph

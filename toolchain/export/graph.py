@@ -84,20 +84,23 @@ def graphs(model, metas: dict, layout: str, example) -> list:
     return out
 
 
-def for_xnnpack(module: nn.Module) -> nn.Module:
+def for_xnnpack(module: nn.Module, int8_embeddings: bool = False) -> nn.Module:
     """A copy of `module` (the original is untouched) whose attention is written as explicit
     softmax(q k^T + mask) v. The fused kernel's decomposition adds mask handling (eq, any, logical_not,
     where, full_like) that XNNPACK does not take, so every layer left the delegate for it; two MiniLM
     layers in int8 ran 1.25x faster at seq 16 and 1.57x at seq 64 without it
-    (benchmarks/xnnpack_layer_variants.py --time). Same result to float rounding."""
+    (benchmarks/xnnpack_layer_variants.py --time). Same result to float rounding. `int8_embeddings`:
+    the word embeddings become Int8Embedding too (int8 programs)."""
     import copy
 
-    from toolchain.model import Layer
+    from toolchain.model import Embeddings, Layer
 
     module = copy.deepcopy(module)
-    for m in module.modules():
+    for m in list(module.modules()):
         if isinstance(m, Layer):
             m.fused_attention = False
+        if int8_embeddings and isinstance(m, Embeddings):
+            m.word = Int8Embedding(m.word.weight.detach())
     return module
 
 
@@ -124,16 +127,3 @@ class Int8Embedding(nn.Module):
 
     def forward(self, ids):
         return nn.functional.embedding(ids, self.q).to(torch.float32) * nn.functional.embedding(ids, self.scale)
-
-
-def with_int8_embeddings(module: nn.Module) -> nn.Module:
-    """A copy of `module` whose word embeddings are Int8Embedding (the original is untouched)."""
-    import copy
-
-    from toolchain.model import Embeddings
-
-    module = copy.deepcopy(module)
-    for m in module.modules():
-        if isinstance(m, Embeddings):
-            m.word = Int8Embedding(m.word.weight.detach())
-    return module
