@@ -95,3 +95,29 @@ def test_import_toolchain_stays_light():
             "bad = [m for m in ('torch', 'transformers', 'executorch', 'coremltools', 'onnxruntime') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_help_keeps_the_recipe_sections_it_names(cli, monkeypatch):
+    """Rich reads "[plan]" as a style tag and drops it from --help; every section a command's help
+    names must reach the screen."""
+    import re
+
+    import typer
+
+    from toolchain.cli import app
+
+    monkeypatch.setenv("COLUMNS", "400")
+    group = typer.main.get_command(app)
+    seen = 0
+    for name, command in group.commands.items():
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        sections = {m for t in texts for m in re.findall(r"\[([a-z_]+)\]", t)}
+        if not sections:
+            continue
+        code, out, _ = cli(name, "--help")
+        assert code == 0
+        shown = " ".join(out.split())
+        for s in sections:
+            assert f"[{s}]" in shown, f"ctb-mobile {name} --help lost [{s}]"
+            seen += 1
+    assert seen >= 3  # distill's [distill], plan's [plan], export's [export]

@@ -114,7 +114,7 @@ def distill(
     epochs: Epochs = None,
 ):
     """Distil each task's teacher (L fine-tuned layers) into l-layer branches (KD on the outputs; on
-    hidden states and attention too with [distill] hidden_weight, attention_weight)."""
+    hidden states and attention too with \\[distill] hidden_weight, attention_weight)."""
 
     from toolchain.config import load_recipe
     from toolchain.distill import run_distill
@@ -138,10 +138,10 @@ def plan(
     out: Out = None,
     criterion: str = typer.Option("mixed", help="mixed (marginal gain per layer), best, or cost (best metric "
                                   "within --max-cost)"),
-    threshold: float = typer.Option(None, help="mixed: minimum gain in points per added layer (recipe [plan])"),
-    budget: int = typer.Option(None, help="cap on the total branch layers (0: none; recipe [plan])"),
+    threshold: float = typer.Option(None, help="mixed: minimum gain in points per added layer (recipe \\[plan])"),
+    budget: int = typer.Option(None, help="cap on the total branch layers (0: none; recipe \\[plan])"),
     max_cost: float = typer.Option(None, help="cost: largest overhead, a fraction of separate full models, "
-                                   "e.g. 0.3 (recipe [plan])"),
+                                   "e.g. 0.3 (recipe \\[plan])"),
 ):
     """Propose (attach depth, branch layers) per task from the sweep and distillation results."""
     from toolchain import backbone
@@ -243,7 +243,7 @@ def export(
     store: Path = typer.Option(None, help="merged store (default: <out>/store)"),
     out: Out = None,
     out_dir: Path = typer.Option(None, help="bundle folder (default: <out>/bundles/<target>-<layout>-<precision>)"),
-    max_drop: float = typer.Option(None, help="guard: max dev-metric drop per task (recipe [export])"),
+    max_drop: float = typer.Option(None, help="guard: max dev-metric drop per task (recipe \\[export])"),
 ):
     """Quantize and export the merged model as a bundle for a device target."""
     from rich.table import Table

@@ -271,8 +271,9 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     bad = [n for n in layers if n < 1]
     if bad:
         raise UserError(f"student layers l = {bad[0]} must be at least 1; e.g. --layers 1,2,3")
+    tmetas = {t.name: BranchConfig.load(teachers[t.name]) for t in tasks}
     for t in tasks:  # a missing or broken teacher, or a depth above it, fails before any training
-        student_depth(BranchConfig.load(teachers[t.name]), attach)
+        student_depth(tmetas[t.name], attach)
     ws = Workspace(out)
     summary_path = ws.distilled
     summary = read_json(summary_path) if summary_path.is_file() else {}
@@ -289,8 +290,7 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
                                                recipe.seq_len(t), recipe.distill.transfer_max, recipe.train.seed)
                      for t in tasks}
         for t in tasks:
-            tdir = teachers[t.name]
-            tmeta = BranchConfig.load(tdir)
+            tdir, tmeta = teachers[t.name], tmetas[t.name]
             entry = summary.setdefault(t.name, {"metric": t.metric, "students": {}})
             entry["teacher"] = {"run": str(tdir.relative_to(out)) if tdir.is_relative_to(out) else str(tdir),
                                 "attach": tmeta.attach, "layers": tmeta.layers, "dev_metric": tmeta.dev_metric}
