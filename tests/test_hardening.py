@@ -356,6 +356,35 @@ def test_the_export_cache_reuses_identical_graphs_only(bb, tmp_path, monkeypatch
     assert len(calls) == 6 and math.isfinite(float((tmp_path / "o2/model.bin").read_text()))
 
 
+def test_a_trace_is_made_once_for_every_precision_and_fallback(bb, tmp_path, monkeypatch):
+    """cache.traced: the step every precision starts from (ONNX's fp32 trace) is made once per graph
+    and length; another graph or length traces again, and so does every call with the cache off."""
+    import torch
+
+    from toolchain.export import cache
+    from toolchain.export.graph import Graph
+
+    monkeypatch.setenv("CTB_CACHE_DIR", str(tmp_path / "cache"))
+    made = []
+
+    def make(path):
+        made.append(path)
+        path.write_text(f"trace {len(made)}")
+
+    g = Graph("model", torch.nn.Linear(4, 2), ("x",), ("y",), (torch.ones(1, 4),))
+    for i, n in enumerate((32, 32, 64, 32)):
+        (tmp_path / f"o{i}").mkdir()
+        cache.traced("onnx", g, n, tmp_path / f"o{i}/model.fp32.onnx", make)
+    assert [p.parent.name for p in made] == ["o0", "o2"]
+    assert (tmp_path / "o1/model.fp32.onnx").read_text() == (tmp_path / "o3/model.fp32.onnx").read_text() == "trace 1"
+    other = Graph("model", torch.nn.Linear(4, 2), ("x",), ("y",), (torch.ones(1, 4),))  # other weights
+    cache.traced("onnx", other, 32, tmp_path / "o0/model.fp32.onnx", make)
+    assert len(made) == 3
+    monkeypatch.setenv("CTB_EXPORT_CACHE", "0")
+    cache.traced("onnx", g, 32, tmp_path / "o1/model.fp32.onnx", make)
+    assert len(made) == 4 and (tmp_path / "o1/model.fp32.onnx").read_text() == "trace 4"
+
+
 # ---------------------------------------------------------------------------------------------
 # 20: output for pipelines
 

@@ -7,6 +7,10 @@ input and output names, the example tensors), the export arguments (target, prec
 max_seq_len, embedded metadata, calibration batches, what is kept in fp32, the target's options), the versions of torch
 and of the backend packages, and the source of the code that builds and exports graphs. Entries live
 under `<cache>/exports/`; the newest KEEP stay. CTB_EXPORT_CACHE=0 turns the cache off.
+
+A target may also keep the step every precision starts from (`traced`: ONNX's fp32 trace), so that an
+int8 export after the fp32 one, and each of the guard's fp32 fallbacks, quantize the same trace
+instead of tracing the graph again.
 """
 
 import hashlib
@@ -72,26 +76,55 @@ def export(mod, target, graph, out_dir: Path, precision, max_seq_len, metadata, 
     """`mod.export(...)` through the cache; returns the file names written into `out_dir`. `options`:
     the target's own keyword arguments (onnx: symmetric)."""
     options = options or {}
-    if os.environ.get("CTB_EXPORT_CACHE", "1") == "0":
+    if not _enabled():
         return mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32, **options)
+    entry = _base() / key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32, options)
+    files = _fetch(entry, Path(out_dir))
+    if files is None:
+        files = mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32, **options)
+        _store(_base(), entry, Path(out_dir), files)
+    return files
+
+
+def traced(target, graph, max_seq_len, dst: Path, make) -> None:
+    """`make(dst)` writes the graph's fp32 trace, which does not depend on the precision, the
+    calibration or what the guard keeps in fp32; from the cache when this graph was traced before."""
+    dst = Path(dst)
+    if not _enabled():
+        return make(dst)
+    entry = _base() / key(f"{target}-trace", graph, "fp32", max_seq_len, {}, (), ())
+    if _fetch(entry, dst.parent, [dst.name]) is None:
+        make(dst)
+        _store(_base(), entry, dst.parent, [dst.name])
+
+
+def _enabled() -> bool:
+    return os.environ.get("CTB_EXPORT_CACHE", "1") != "0"
+
+
+def _base() -> Path:
     from toolchain.backbone import cache_root
 
-    base = cache_root() / "exports"
-    entry = base / key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32, options)
+    return cache_root() / "exports"
+
+
+def _fetch(entry: Path, out_dir: Path, expect=None) -> list | None:
+    """Copy an entry's files into out_dir and return their names; None (and nothing left behind) when
+    the entry is missing, damaged, or holds other files than `expect`."""
     files = None
     try:
         files = [check_name_file(f) for f in json.loads((entry / "files.json").read_text())]
+        if expect is not None and files != list(expect):
+            raise ValueError(f"entry {entry.name} holds {files}")
         for f in files:
-            _copy(entry / f, Path(out_dir) / f)
+            _copy(entry / f, out_dir / f)
         os.utime(entry)
         return files
     except (OSError, ValueError, TypeError):  # no entry, or a damaged one: export afresh
         for f in files or ():
-            p = Path(out_dir) / f
+            p = out_dir / f
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    files = mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32, **options)
-    _store(base, entry, Path(out_dir), files)
-    return files
+        return None
 
 
 def _store(base: Path, entry: Path, out_dir: Path, files: list) -> None:

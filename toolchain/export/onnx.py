@@ -26,14 +26,12 @@ def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dic
     guard keeps in fp32: tasks (their branch, fused layout) and trunk layers ("trunk.layers.<i>").
     `symmetric`: int8 only, the symmetric per-token activation scheme."""
     import onnx
-    import torch
+
+    from toolchain.export import cache
 
     out_dir = Path(out_dir)
     fp32 = out_dir / f"{graph.name}.fp32.onnx"
-    program = torch.onnx.export(graph.module, graph.example, dynamo=True, opset_version=OPSET,
-                                input_names=list(graph.inputs), output_names=list(graph.outputs),
-                                dynamic_shapes=graph.dynamic_shapes(max_seq_len))
-    program.save(str(fp32))
+    cache.traced("onnx", graph, max_seq_len, fp32, lambda path: _trace(graph, max_seq_len, path))
     final = out_dir / f"{graph.name}.onnx"
     if precision == "fp32":
         fp32.rename(final)
@@ -45,6 +43,15 @@ def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dic
     onnx.save(model, str(final))
     _to_ort(final, out_dir / f"{graph.name}.ort")
     return [final.name, f"{graph.name}.ort"]
+
+
+def _trace(graph, max_seq_len: int, path: Path) -> None:
+    import torch
+
+    program = torch.onnx.export(graph.module, graph.example, dynamo=True, opset_version=OPSET,
+                                input_names=list(graph.inputs), output_names=list(graph.outputs),
+                                dynamic_shapes=graph.dynamic_shapes(max_seq_len))
+    program.save(str(path))
 
 
 def _excluded_nodes(model, keep_fp32):
