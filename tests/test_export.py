@@ -374,10 +374,12 @@ def test_guard_then_keeps_the_fewest_trunk_layers_in_fp32(tiny, tmp_path, monkey
     out, recipe = tiny
     real_export, real_compare, trunk_keeps = cache.export, check.compare, []
 
-    def export(mod, target, graph, *a):
+    def export(mod, target, graph, out_dir, precision, max_seq_len, metadata, calibration=(), keep_fp32=(),
+               options=None):
         if graph.name == "trunk":
-            trunk_keeps.append(list(a[-1]))
-        return real_export(mod, target, graph, *a)
+            trunk_keeps.append(list(keep_fp32))
+        return real_export(mod, target, graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32,
+                           options)
 
     def compare(task, *a, **k):
         fixed = bool(trunk_keeps) and "trunk.layers.1" in trunk_keeps[-1]
