@@ -358,7 +358,8 @@ def test_the_export_cache_reuses_identical_graphs_only(bb, tmp_path, monkeypatch
 
 def test_a_trace_is_made_once_for_every_precision_and_fallback(bb, tmp_path, monkeypatch):
     """cache.traced: the step every precision starts from (ONNX's fp32 trace) is made once per graph
-    and length; another graph or length traces again, and so does every call with the cache off."""
+    and length, whatever the example tensors hold; another graph, length or example shape traces again,
+    and so does every call with the cache off."""
     import torch
 
     from toolchain.export import cache
@@ -380,9 +381,15 @@ def test_a_trace_is_made_once_for_every_precision_and_fallback(bb, tmp_path, mon
     other = Graph("model", torch.nn.Linear(4, 2), ("x",), ("y",), (torch.ones(1, 4),))  # other weights
     cache.traced("onnx", other, 32, tmp_path / "o0/model.fp32.onnx", make)
     assert len(made) == 3
+    same = Graph("model", g.module, ("x",), ("y",), (torch.full((1, 4), 7.0),))  # other token ids, same shape
+    cache.traced("onnx", same, 32, tmp_path / "o2/model.fp32.onnx", make)
+    assert len(made) == 3 and (tmp_path / "o2/model.fp32.onnx").read_text() == "trace 1"
+    longer = Graph("model", g.module, ("x",), ("y",), (torch.ones(2, 4),))
+    cache.traced("onnx", longer, 32, tmp_path / "o2/model.fp32.onnx", make)
+    assert len(made) == 4
     monkeypatch.setenv("CTB_EXPORT_CACHE", "0")
     cache.traced("onnx", g, 32, tmp_path / "o1/model.fp32.onnx", make)
-    assert len(made) == 4 and (tmp_path / "o1/model.fp32.onnx").read_text() == "trace 4"
+    assert len(made) == 5 and (tmp_path / "o1/model.fp32.onnx").read_text() == "trace 5"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,10 @@ def _tensor_bytes(t) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-def key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32, options=None) -> str:
+def key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32, options=None,
+        example_values=True) -> str:
+    """`example_values=False`: the example tensors count by shape and dtype only (a trace: the
+    exporters see the examples as symbolic shapes, never their values)."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parents[1]
     for name in SOURCES:
@@ -50,7 +53,7 @@ def key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32,
     h.update(json.dumps([target, graph.name, list(graph.inputs), list(graph.outputs), precision, max_seq_len,
                          metadata, sorted(keep_fp32), options or {}, _versions(), repr(graph.module),
                          [(list(t.shape), str(t.dtype)) for t in graph.example]], sort_keys=True).encode())
-    for t in graph.example:
+    for t in graph.example if example_values else ():
         h.update(_tensor_bytes(t))
     for name, t in graph.module.state_dict().items():
         h.update(name.encode() + str(t.dtype).encode() + str(list(t.shape)).encode())
@@ -88,11 +91,12 @@ def export(mod, target, graph, out_dir: Path, precision, max_seq_len, metadata, 
 
 def traced(target, graph, max_seq_len, dst: Path, make) -> None:
     """`make(dst)` writes the graph's fp32 trace, which does not depend on the precision, the
-    calibration or what the guard keeps in fp32; from the cache when this graph was traced before."""
+    calibration, what the guard keeps in fp32 or the example token ids (only on their shapes); from the
+    cache when this graph was traced before."""
     dst = Path(dst)
     if not _enabled():
         return make(dst)
-    entry = _base() / key(f"{target}-trace", graph, "fp32", max_seq_len, {}, (), ())
+    entry = _base() / key(f"{target}-trace", graph, "fp32", max_seq_len, {}, (), (), example_values=False)
     if _fetch(entry, dst.parent, [dst.name]) is None:
         make(dst)
         _store(_base(), entry, dst.parent, [dst.name])
