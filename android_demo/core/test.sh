@@ -2,9 +2,11 @@
 # Builds and tests android_demo/core on the JVM (no Android SDK, no Gradle):
 #
 #   bash android_demo/core/test.sh [BUNDLE_DIR REPORT_DIR]        (or env CTB_BUNDLE, CTB_REPORT)
+#   bash android_demo/core/test.sh --tools                        (install the tools below and exit)
 #
 # Installs what is missing: kotlinc (npm package kotlin-compiler) into android_demo/.tools, and
-# JUnit 5 and Gson with apt-get. With no bundle given it makes one with the toolchain (models/tiny.toml,
+# JUnit 5 and Gson with apt-get; one run at a time installs (a lock), so CI can start `--tools` early
+# and in the background. With no bundle given it makes one with the toolchain (models/tiny.toml,
 # android fused fp32) and verifies it, from the repository root with .venv active. Compiles
 # core/src/main and core/src/test with kotlinc (JVM target 17) and runs the JUnit console launcher.
 # The last line is "N passed, N failed" (a build that cannot run counts as one failure); the exit
@@ -19,6 +21,8 @@ TOOLS=$DEMO/.tools
 KOTLIN_HOME=$TOOLS/node_modules/kotlin-compiler
 JUNIT=/usr/share/java/junit-platform-console-standalone.jar
 GSON=/usr/share/java/gson.jar
+TOOLS_ONLY=0
+if [ "${1:-}" = "--tools" ]; then TOOLS_ONLY=1; shift; fi
 BUNDLE=${1:-${CTB_BUNDLE:-}}
 REPORT=${2:-${CTB_REPORT:-}}
 START=$SECONDS
@@ -31,10 +35,12 @@ broken() {
 
 command -v java >/dev/null || broken "java not found; install a JDK 17 (apt-get install -y openjdk-17-jdk-headless)"
 
+mkdir -p "$TOOLS"
+exec 9>"$TOOLS/.install.lock"
+flock 9 || broken "could not lock $TOOLS/.install.lock"
 if [ "$(cat "$KOTLIN_HOME/build.txt" 2>/dev/null)" != "$KOTLIN_VERSION" ]; then
     command -v npm >/dev/null || broken "npm not found; it installs kotlinc $KOTLIN_VERSION (apt-get install -y npm)"
     echo "installing kotlinc $KOTLIN_VERSION into $TOOLS" >&2
-    mkdir -p "$TOOLS"
     npm install --prefix "$TOOLS" --no-audit --no-fund "kotlin-compiler@$KOTLIN_VERSION" >&2 ||
         broken "npm install kotlin-compiler@$KOTLIN_VERSION failed"
 fi
@@ -46,6 +52,11 @@ if [ ! -f "$JUNIT" ] || [ ! -f "$GSON" ]; then
     echo "installing junit5 and libgoogle-gson-java" >&2
     { apt-get update -qq && apt-get install -y -qq junit5 libgoogle-gson-java; } >&2 ||
         broken "apt-get install junit5 libgoogle-gson-java failed (run as root)"
+fi
+flock -u 9
+if [ "$TOOLS_ONLY" -eq 1 ]; then
+    echo "core/test.sh: kotlinc $KOTLIN_VERSION, JUnit 5 and Gson ready ($(( SECONDS - START )) s)" >&2
+    exit 0
 fi
 
 if [ -z "$BUNDLE" ]; then
