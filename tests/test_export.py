@@ -136,6 +136,13 @@ def test_the_onnx_fallback_finds_exactly_the_matmuls_of_a_kept_trunk_layer_or_br
     assert slots and all("model.branches.snips_slots" in scopes[n] for n in slots)
     both = linears(_excluded_nodes(model, ["snips_slots", "trunk.layers.1"]))
     assert both == layer1 | slots and not linears(_excluded_nodes(model, ["trunk.layers.9"]))
+    # the word embeddings: the Gather that int8 quantizes, and no Linear layer
+    embeddings = _excluded_nodes(model, ["trunk.embeddings"])
+    tables = {i.name: i.dims[0] for i in model.graph.initializer if len(i.dims) == 2}
+    word = max((n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables),
+               key=lambda n: tables[n.input[0]])  # the vocabulary's rows
+    assert word.name in embeddings and not linears(embeddings)
+    assert word.name not in _excluded_nodes(model, ["trunk.layers.0", "snips_slots"])
 
 
 def test_xnnpack_takes_the_whole_attention_of_an_android_program(tiny, tmp_path):
@@ -357,16 +364,19 @@ def test_guard_keeps_a_branch_whose_predictions_disagree_in_fp32(tiny, tmp_path,
     before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()}
     monkeypatch.setattr(check, "compare", lambda task, *a, **k: {**real(task, *a, **k), "drop": 0.0,
                                                             "agreement": 0.95 if task.name == "clinc_domain" else 1.0})
-    with pytest.raises(UserError, match=r"agree with fp32 on under 99.00% .*every trunk layer in fp32 "
+    with pytest.raises(UserError, match=r"agree with fp32 on under 99.00% .*the whole trunk in fp32 "
                                          r"\(clinc_domain 95.00%\), so verify would fail"):
         export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
     assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()} == before
 
 
 @pytest.mark.slow
-def test_guard_then_keeps_the_fewest_trunk_layers_in_fp32(tiny, tmp_path, monkeypatch):
-    """clinc_domain disagrees until trunk layer 1 runs in fp32 (simulated): the guard measures each trunk
-    layer once, keeps layer 1 only, and the bundle's trunk program leaves exactly that layer in fp32."""
+@pytest.mark.parametrize("cause", ["trunk.layers.1", "trunk.embeddings"])
+def test_guard_then_keeps_the_fewest_trunk_layers_in_fp32(tiny, tmp_path, monkeypatch, cause):
+    """clinc_domain disagrees until trunk layer 1 (or the word embeddings) runs in fp32 (simulated): the
+    guard measures the embeddings and each trunk layer once, keeps that part only, then finds that
+    clinc_domain's branch need not stay in fp32; the bundle's trunk program leaves exactly that part in
+    fp32."""
     import onnx
 
     from toolchain.export import cache
@@ -382,7 +392,7 @@ def test_guard_then_keeps_the_fewest_trunk_layers_in_fp32(tiny, tmp_path, monkey
                            options)
 
     def compare(task, *a, **k):
-        fixed = bool(trunk_keeps) and "trunk.layers.1" in trunk_keeps[-1]
+        fixed = bool(trunk_keeps) and cause in trunk_keeps[-1]
         return {**real_compare(task, *a, **k), "drop": 0.0,
                 "agreement": 0.95 if task.name == "clinc_domain" and not fixed else 1.0}
 
@@ -390,14 +400,23 @@ def test_guard_then_keeps_the_fewest_trunk_layers_in_fp32(tiny, tmp_path, monkey
     monkeypatch.setattr(check, "compare", compare)
     m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
     depth = max(t["attach"] for t in m["tasks"])
-    assert trunk_keeps == [[], []] + [[f"trunk.layers.{i}"] for i in range(depth)] + [["trunk.layers.1"]]
-    assert m["quantization"]["fp32_branches"] == ["clinc_domain"] and m["quantization"]["fp32_trunk_layers"] == [1]
+    assert trunk_keeps == [[], [], ["trunk.embeddings"]] + [[f"trunk.layers.{i}"] for i in range(depth)] + [[cause]] * 2
+    q = m["quantization"]
+    assert q["fp32_branches"] == [] and {p["name"]: p["precision"] for p in m["programs"]}["branch_clinc_domain"] == "int8"
+    assert (q["fp32_trunk_layers"], q["fp32_embeddings"]) == (([1], False) if cause == "trunk.layers.1" else ([], True))
     trunk = onnx.load(str(tmp_path / "b" / "trunk.onnx"))
     weights = {i.name for i in trunk.graph.initializer if len(i.dims) == 2}
     float_linears = [re.search(r"'trunk\.layers\.(\d+)'", p.value).group(1) for n in trunk.graph.node
                      if n.op_type == "MatMul" and n.input[1] in weights
                      for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"]
-    assert sorted(float_linears) == ["1"] * 6, float_linears  # its six Linear layers, and no other layer's
+    vocab = max(i.dims[0] for i in trunk.graph.initializer if len(i.dims) == 2)
+    float_tables = {i.name for i in trunk.graph.initializer
+                    if len(i.dims) == 2 and i.dims[0] == vocab and i.data_type == onnx.TensorProto.FLOAT}
+    float_gathers = [n for n in trunk.graph.node if n.op_type == "Gather" and n.input[0] in float_tables]
+    if cause == "trunk.layers.1":  # its six Linear layers, and no other layer's; the word embeddings int8
+        assert sorted(float_linears) == ["1"] * 6 and not float_gathers, float_linears
+    else:  # every Linear layer int8; the word embeddings' Gather reads the fp32 table
+        assert not float_linears and len(float_gathers) == 1
 
 
 @pytest.mark.parametrize("args, needle", [

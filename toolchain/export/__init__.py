@@ -11,11 +11,12 @@ Targets are one module each, registered here: android (ExecuTorch + XNNPACK), io
 (ONNX + ORT format). After an int8 export the quantization guard compares every task's dev metric
 with PyTorch fp32; a task that drops more than the limit, or whose predictions agree with fp32 on
 fewer than `min_agreement` of dev examples, has its branch kept in fp32 and the bundle is exported
-again. If the agreement is still short, the disagreement comes from the shared int8 trunk: each
-trunk layer is measured alone in fp32, and layers are then kept in fp32, most helpful first, until
-the agreement holds. If the drop is still over the limit, or the agreement short with every trunk
-layer in fp32 (the limit `verify` applies: the same `check.limits`), the export fails with the
-per-task report. Nothing is written unless the whole bundle succeeds (the previous bundle stays).
+again. If the agreement is still short, the disagreement comes from the shared int8 trunk: its word
+embeddings and each trunk layer are measured alone in fp32, and they are then kept in fp32, most
+helpful first, until the agreement holds; the branches kept for their agreement alone are then tried
+in int8 again. If the drop is still over the limit, or the agreement short
+with the whole trunk in fp32 (the limit `verify` applies: the same `check.limits`), the export fails
+with the per-task report. Nothing is written unless the whole bundle succeeds (the previous bundle stays).
 """
 
 import dataclasses
@@ -35,7 +36,9 @@ TARGETS = {"android": "toolchain.export.executorch", "ios": "toolchain.export.co
 EXTRAS = {"android": ("executorch", "executorch"), "ios": ("coremltools", "coreml"), "onnx": ("onnxruntime", "onnx")}
 DEFAULT_PRECISION = {"android": "int8", "ios": "fp16", "onnx": "int8"}
 LAYOUTS = ("fused", "split")
-TRUNK_LAYER = "trunk.layers."  # a keep_fp32 entry naming one trunk layer (the others name a task's branch)
+# keep_fp32 entries: a task's name (its branch), one trunk layer, or the trunk's (word) embeddings
+TRUNK_LAYER = "trunk.layers."
+EMBEDDINGS = "trunk.embeddings"
 
 
 def backend(target: str):
@@ -186,7 +189,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
     from toolchain.export import tokenizer as tokfiles
 
     hidden_size = store_meta["encoder"]["hidden_size"]
-    keep_tasks, keep_layers, guard = [], [], None  # the guard's fallbacks: branches, then trunk layers in fp32
+    keep_tasks, keep_trunk, guard = [], [], None  # the guard's fallbacks: branches, then trunk parts in fp32
     ref_rows = {name: check.outputs_on(dev, check.torch_runner(model)) for name, (_, _, dev, _) in devs.items()} \
         if quantized and mod.runner is not None else {}
     with atomic_dir(out_dir) as tmp:
@@ -197,7 +200,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
             for f in tmp.iterdir():
                 if f.name not in tok_names:
                     shutil.rmtree(f) if f.is_dir() else f.unlink()
-            layers = [f"{TRUNK_LAYER}{i}" for i in keep_layers]
+            layers = list(keep_trunk)
             programs = []
             for g in graphs(model, metas, layout, example):
                 task = g.name.removeprefix("branch_")
@@ -242,27 +245,41 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
         manifest = export_all()
         if ref_rows:
             guard, failing, shaky = run_guard(manifest)
+            agreeing_only = list(shaky)  # kept for their agreement alone: released if a trunk part explains it
             if failing or shaky:  # first fallback: those tasks' branches in fp32
                 keep_tasks = failing + shaky
                 log(f"guard: {', '.join(keep_tasks)} lost more than {max_drop} points or agree on under "
                     f"{min_agree:.1%} of predictions; keeping their branches in fp32")
                 manifest = export_all()
                 guard, failing, shaky = run_guard(manifest)
-            if shaky and not failing:  # then the shared trunk: the fewest int8 layers kept in fp32, most sensitive first
-                log(f"guard: {', '.join(shaky)} still agree on under {min_agree:.1%}; measuring each trunk layer in fp32")
+            if shaky and not failing:  # then the shared trunk: the fewest int8 parts kept in fp32, most sensitive first
+                log(f"guard: {', '.join(shaky)} still agree on under {min_agree:.1%}; measuring the embeddings and "
+                    "each trunk layer in fp32")
+                parts = [EMBEDDINGS] + [f"{TRUNK_LAYER}{i}" for i in range(model.trunk.depth)]
                 gain = {}
-                for i in range(model.trunk.depth):
-                    keep_layers = [i]
+                for part in parts:
+                    keep_trunk = [part]
                     g, _, _ = run_guard(export_all(), shaky)  # only the tasks still short
-                    gain[i] = min(g[n]["agreement"] for n in shaky)
-                keep_layers = []
-                for i in sorted(gain, key=lambda i: (-gain[i], i)):
-                    keep_layers = sorted([*keep_layers, i])
-                    log(f"guard: trunk layers {keep_layers} in fp32")
+                    gain[part] = min(g[n]["agreement"] for n in shaky)
+                keep_trunk = []
+                for part in sorted(parts, key=lambda k: (-gain[k], parts.index(k))):
+                    keep_trunk = [k for k in parts if k in (*keep_trunk, part)]
+                    log(f"guard: {', '.join(keep_trunk)} in fp32")
                     manifest = export_all()
                     guard, failing, shaky = run_guard(manifest)
                     if not shaky or failing:
                         break
+                if keep_trunk and not shaky and not failing and agreeing_only:  # were those branches needed?
+                    before, keep_tasks = keep_tasks, [n for n in keep_tasks if n not in agreeing_only]
+                    log(f"guard: {', '.join(keep_trunk)} in fp32; trying {', '.join(agreeing_only)} in int8 again")
+                    trial = export_all()
+                    g, failing, shaky = run_guard(trial)
+                    if failing or shaky:  # they were: back to the bundle that passed (from the export cache)
+                        keep_tasks = before
+                        manifest = export_all()
+                        guard, failing, shaky = run_guard(manifest)
+                    else:
+                        manifest, guard = trial, g
             if failing:
                 report = "; ".join(f"{n}: {guard[n]['metric']} {guard[n]['reference']:.2f} -> "
                                    f"{guard[n]['exported']:.2f} (drop {guard[n]['drop']:.2f})" for n in failing)
@@ -271,7 +288,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
             if shaky:  # verify reads the same limit (check.limits): fail here, not after shipping
                 report = "; ".join(f"{n} {guard[n]['agreement']:.2%}" for n in shaky)
                 raise UserError(f"int8 predictions agree with fp32 on under {min_agree:.2%} of dev examples even with "
-                                f"those branches and every trunk layer in fp32 ({report}), so verify would fail the "
+                                f"those branches and the whole trunk in fp32 ({report}), so verify would fail the "
                                 "bundle; export fp32, or lower [export] min_agreement")
 
         if quantized:
@@ -281,7 +298,9 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                 log(f"guard: not run: {skipped}")
             manifest.quantization = {"onnx_int8": scheme, "guard": guard, "guard_skipped": skipped,
                                      "max_metric_drop": max_drop, "min_agreement": min_agree, "fp32_branches": keep_tasks,
-                                     "fp32_trunk_layers": keep_layers}
+                                     "fp32_trunk_layers": [int(k.removeprefix(TRUNK_LAYER)) for k in keep_trunk
+                                                           if k.startswith(TRUNK_LAYER)],
+                                     "fp32_embeddings": EMBEDDINGS in keep_trunk}
         out = write_manifest(manifest)
         (tmp / "README.md").write_text(model_card(out, manifest.files, guard))
     return out

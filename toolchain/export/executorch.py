@@ -2,7 +2,7 @@
 
 Precisions: fp32 | int8 (PT2E with the XNNPACK quantizer on Linear layers: int8 per-channel
 weights, int8 activations quantized dynamically at run time; word embeddings stored as int8 rows
-with per-row scales). Attention is written out (graph.for_xnnpack) so that XNNPACK takes all of it.
+with per-row scales, unless the quantization guard keeps them in fp32). Attention is written out (graph.for_xnnpack) so that XNNPACK takes all of it.
 The bundle's manifest is stored in the program as the constant method `manifest` (a JSON string), so
 the .pte describes itself.
 """
@@ -29,10 +29,11 @@ def lower(graph, precision: str, max_seq_len: int, metadata: dict | None = None,
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    from toolchain.export import EMBEDDINGS
     from toolchain.export.graph import for_xnnpack
 
     shapes = graph.dynamic_shapes(max_seq_len)
-    module = for_xnnpack(graph.module, int8_embeddings=precision == "int8")
+    module = for_xnnpack(graph.module, int8_embeddings=precision == "int8" and EMBEDDINGS not in keep_fp32)
     if precision == "int8":
         module = _quantize(graph, module, shapes, keep_fp32)
     ep = torch.export.export(module, graph.example, dynamic_shapes=shapes)

@@ -56,8 +56,8 @@ def _trace(graph, max_seq_len: int, path: Path) -> None:
 
 def _excluded_nodes(model, keep_fp32):
     # the exporter records each node's module path in its metadata ("...branches.<task>: Branch/...",
-    # "model.trunk.layers.2.query"); an entry is a task (its branch) or "trunk.layers.<i>"
-    marks = [re.compile(rf"(?<![\w.])(?:model\.)?{re.escape(k)}[':./]" if k.startswith("trunk.layers.")
+    # "model.trunk.layers.2.query"); an entry is a task (its branch), "trunk.layers.<i>" or "trunk.embeddings"
+    marks = [re.compile(rf"(?<![\w.])(?:model\.)?{re.escape(k)}[':./]" if k.startswith("trunk.")
                         else rf"branches\.{re.escape(k)}[':./]") for k in keep_fp32]
     return [n.name for n in model.graph.node
             if any(m.search(p.value) for p in n.metadata_props for m in marks)
