@@ -33,7 +33,7 @@ def test_minilm_distil_merge_and_branch_lifecycle(tmp_path):
     from toolchain.distill import run_distill
     from toolchain.model import TaskModel, build_trunk
 
-    recipe = load_recipe(ROOT / "models" / "assistant.toml").override(max_train=400, max_dev=100, epochs=1)
+    recipe = load_recipe(ROOT / "models" / "assistant.toml").override(max_train=160, max_dev=48, epochs=1)
     for t in recipe.tasks:
         t.unseen_labels = "drop"
     run_sweep(recipe, ["snips_intent", "clinc_domain"], layers=[2], out=tmp_path)

@@ -14,9 +14,9 @@ fewer than `min_agreement` of dev examples, has its branch kept in fp32 and the 
 again. If the agreement is still short, the disagreement comes from the shared int8 trunk: its word
 embeddings and each trunk layer are measured alone in fp32, and they are then kept in fp32, most
 helpful first, until the agreement holds; the branches kept for their agreement alone are then tried
-in int8 again. If the drop is still over the limit, or the agreement short
-with the whole trunk in fp32 (the limit `verify` applies: the same `check.limits`), the export fails
-with the per-task report. Nothing is written unless the whole bundle succeeds (the previous bundle stays).
+in int8 again. If the drop is still over the limit, or the agreement short with the whole trunk in
+fp32 (the limit `verify` applies: the same `check.limits`), the export fails with the per-task
+report. Nothing is written unless the whole bundle succeeds (the previous bundle stays).
 """
 
 import dataclasses

@@ -2,9 +2,9 @@
 
 Precisions: fp32 | int8 (PT2E with the XNNPACK quantizer on Linear layers: int8 per-channel
 weights, int8 activations quantized dynamically at run time; word embeddings stored as int8 rows
-with per-row scales, unless the quantization guard keeps them in fp32). Attention is written out (graph.for_xnnpack) so that XNNPACK takes all of it.
-The bundle's manifest is stored in the program as the constant method `manifest` (a JSON string), so
-the .pte describes itself.
+with per-row scales, unless the quantization guard keeps them in fp32). Attention is written out
+(graph.for_xnnpack) so that XNNPACK takes all of it. The bundle's manifest is stored in the program
+as the constant method `manifest` (a JSON string), so the .pte describes itself.
 """
 
 import json
