@@ -419,6 +419,42 @@ def test_guard_then_keeps_the_fewest_trunk_layers_in_fp32(tiny, tmp_path, monkey
         assert not float_linears and len(float_gathers) == 1
 
 
+@pytest.mark.slow
+def test_guard_keeps_the_branch_when_the_trunk_part_alone_is_not_enough(tiny, tmp_path, monkeypatch):
+    """clinc_domain agrees only with trunk layer 1 and its own branch in fp32 (simulated): the guard's
+    trial of that branch in int8 fails, and the bundle written is the one that passed."""
+    import onnx
+
+    from toolchain.export import cache
+
+    out, recipe = tiny
+    real_export, real_compare, exported = cache.export, check.compare, []
+
+    def export(mod, target, graph, out_dir, precision, max_seq_len, metadata, calibration=(), keep_fp32=(),
+               options=None):
+        exported.append((graph.name, precision, list(keep_fp32)))
+        return real_export(mod, target, graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32,
+                           options)
+
+    def compare(task, *a, **k):
+        trunk = next(keep for name, _, keep in reversed(exported) if name == "trunk")
+        branch = next(p for name, p, _ in reversed(exported) if name == "branch_clinc_domain")
+        fixed = "trunk.layers.1" in trunk and branch == "fp32"
+        return {**real_compare(task, *a, **k), "drop": 0.0,
+                "agreement": 0.95 if task.name == "clinc_domain" and not fixed else 1.0}
+
+    monkeypatch.setattr(cache, "export", export)
+    monkeypatch.setattr(check, "compare", compare)
+    m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
+    q = m["quantization"]
+    assert (q["fp32_branches"], q["fp32_trunk_layers"], q["fp32_embeddings"]) == (["clinc_domain"], [1], False)
+    assert all(g["agreement"] == 1.0 for g in q["guard"].values())
+    branch = [(p, keep) for name, p, keep in exported if name == "branch_clinc_domain"]
+    assert branch[-2:] == [("int8", []), ("fp32", [])]  # the trial in int8, then the passing bundle again
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "branch_clinc_domain.onnx")).graph.node}
+    assert "MatMul" in ops and "MatMulInteger" not in ops  # the files on disk are the fp32 branch's
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--target", "windows"], "unknown target 'windows'; use one of: android, ios, onnx, all"),
     (["--target", "android", "--precision", "int4"], "precision 'int4' is not supported for android"),

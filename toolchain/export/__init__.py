@@ -200,11 +200,10 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
             for f in tmp.iterdir():
                 if f.name not in tok_names:
                     shutil.rmtree(f) if f.is_dir() else f.unlink()
-            layers = list(keep_trunk)
             programs = []
             for g in graphs(model, metas, layout, example):
                 task = g.name.removeprefix("branch_")
-                keep, p = {"model": (keep_tasks + layers, precision), "trunk": (layers, precision)}.get(
+                keep, p = {"model": (keep_tasks + keep_trunk, precision), "trunk": (keep_trunk, precision)}.get(
                     g.name, ((), "fp32" if task in keep_tasks else precision))  # split: a kept branch is all fp32
                 log(f"exporting {g.name} ({target}, {p}{f' {scheme}' if scheme and p == precision else ''}"
                     f"{', fp32: ' + ', '.join(keep) if keep else ''})")
@@ -270,16 +269,14 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                     if not shaky or failing:
                         break
                 if keep_trunk and not shaky and not failing and agreeing_only:  # were those branches needed?
-                    before, keep_tasks = keep_tasks, [n for n in keep_tasks if n not in agreeing_only]
+                    before, passed = keep_tasks, guard
+                    keep_tasks = [n for n in keep_tasks if n not in agreeing_only]
                     log(f"guard: {', '.join(keep_trunk)} in fp32; trying {', '.join(agreeing_only)} in int8 again")
-                    trial = export_all()
-                    g, failing, shaky = run_guard(trial)
-                    if failing or shaky:  # they were: back to the bundle that passed (from the export cache)
-                        keep_tasks = before
+                    manifest = export_all()
+                    guard, failing, shaky = run_guard(manifest)
+                    if failing or shaky:  # they were: back to the bundle that passed (files from the export cache)
+                        keep_tasks, guard, failing, shaky = before, passed, [], []
                         manifest = export_all()
-                        guard, failing, shaky = run_guard(manifest)
-                    else:
-                        manifest, guard = trial, g
             if failing:
                 report = "; ".join(f"{n}: {guard[n]['metric']} {guard[n]['reference']:.2f} -> "
                                    f"{guard[n]['exported']:.2f} (drop {guard[n]['drop']:.2f})" for n in failing)

@@ -66,14 +66,16 @@ def quantized_modules(names: list, graph_name: str, keep_fp32) -> list:
     """The modules to quantize when `keep_fp32` names tasks (their branch) and "trunk.layers.<i>":
     the whole trunk when no trunk layer is kept, else each trunk layer but those, and every branch
     but the kept tasks'."""
-    layers = {k for k in keep_fp32 if k.startswith("trunk.layers.")}
+    from toolchain.export import TRUNK_LAYER
+
+    layers = {k for k in keep_fp32 if k.startswith(TRUNK_LAYER)}
     root = "model.trunk" if graph_name == "model" else "trunk"  # the fused graph, or a split trunk program
     out = []
     for name in names:
         parts = name.split(".")
         whole_trunk = name == root and not layers
         trunk_layer = (bool(layers) and name.startswith(f"{root}.layers.") and parts[-1].isdigit()
-                       and len(parts) == len(root.split(".")) + 2 and f"trunk.layers.{parts[-1]}" not in layers)
+                       and len(parts) == len(root.split(".")) + 2 and f"{TRUNK_LAYER}{parts[-1]}" not in layers)
         branch = parts[:2] == ["model", "branches"] and len(parts) == 3 and parts[2] not in keep_fp32
         if whole_trunk or trunk_layer or branch:
             out.append(name)
