@@ -392,6 +392,36 @@ def test_a_trace_is_made_once_for_every_precision_and_fallback(bb, tmp_path, mon
     assert len(made) == 5 and (tmp_path / "o1/model.fp32.onnx").read_text() == "trace 5"
 
 
+def test_the_weight_digest_is_reused_until_a_weight_changes(monkeypatch):
+    """cache.key hashes a module's weights once for the export's key and the trace's, and again as
+    soon as a weight changes in place or is replaced, so a stale key never reaches the cache."""
+    import torch
+
+    from toolchain.export import cache
+    from toolchain.export.graph import Graph
+
+    hashed = []
+    tensor_bytes = cache._tensor_bytes
+    monkeypatch.setattr(cache, "_tensor_bytes", lambda t: hashed.append(t.shape) or tensor_bytes(t))
+    g = Graph("model", torch.nn.Linear(4, 2), ("x",), ("y",), (torch.ones(1, 4),))
+
+    def keys():
+        return cache.key("onnx", g, "int8", 32, {}, (), ()), cache.key("onnx-trace", g, "fp32", 32, {}, (), ())
+
+    first = keys()
+    weights_hashed = len([s for s in hashed if s != (1, 4)])
+    assert weights_hashed == 2 and keys() == first and len([s for s in hashed if s != (1, 4)]) == 2
+    with torch.no_grad():
+        g.module.weight[0, 0] += 1.0  # in place
+    changed = keys()
+    assert changed[0] != first[0] and changed[1] != first[1]
+    g.module.bias = torch.nn.Parameter(g.module.bias.detach().clone())  # replaced, same values
+    assert keys() == changed and len([s for s in hashed if s != (1, 4)]) == 6
+    with torch.no_grad():
+        g.module.bias.zero_()
+    assert keys()[0] != changed[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # 20: output for pipelines
 

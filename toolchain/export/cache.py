@@ -18,6 +18,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 KEEP = 24
@@ -55,13 +56,30 @@ def key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32,
                          [(list(t.shape), str(t.dtype)) for t in graph.example]], sort_keys=True).encode())
     for t in graph.example if example_values else ():
         h.update(_tensor_bytes(t))
-    for name, t in graph.module.state_dict().items():
-        h.update(name.encode() + str(t.dtype).encode() + str(list(t.shape)).encode())
-        h.update(_tensor_bytes(t))
+    h.update(_state_digest(graph.module))
     for batch in calibration:
         for t in batch:
             h.update(_tensor_bytes(t))
     return h.hexdigest()[:40]
+
+
+_digests = weakref.WeakKeyDictionary()  # module -> (stamp of its tensors, digest of its weights)
+
+
+def _state_digest(module) -> bytes:
+    """sha256 of every weight, computed again only when a tensor was replaced or changed in place
+    (its address or version counter moved): an export keys the same module twice (the files, the trace)."""
+    state = module.state_dict()
+    stamp = tuple((name, t.data_ptr(), t._version) for name, t in state.items())
+    memo = _digests.get(module)
+    if memo is not None and memo[0] == stamp:
+        return memo[1]
+    h = hashlib.sha256()
+    for name, t in state.items():
+        h.update(name.encode() + str(t.dtype).encode() + str(list(t.shape)).encode())
+        h.update(_tensor_bytes(t))
+    _digests[module] = (stamp, h.digest())
+    return h.digest()
 
 
 def check_name_file(name) -> str:
