@@ -276,3 +276,44 @@ OLD_X86 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx fma avx2\n"
 ])
 def test_bench_names_the_cpus_vector_extensions(info, expected):
     assert timing.vector_extensions(info) == expected
+
+
+def test_smoothquant_in_the_int8_variants_benchmark_leaves_the_fp32_function_unchanged(tmp_path):
+    """benchmarks/onnx_int8_variants.py's SmoothQuant (x / s before the MatMuls that read x, W * s) is
+    exact in fp32, with one Mul per distinct MatMul input, so its agreement figures measure the int8
+    scheme alone."""
+    import importlib.util
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    spec = importlib.util.spec_from_file_location("variants", ROOT / "benchmarks" / "onnx_int8_variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("g", (8,)), ("b", (8,)), ("w1", (8, 4)), ("w2", (8, 5)), ("w3", (8, 3)))]
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["ln"], axis=-1),
+             helper.make_node("MatMul", ["ln", "w1"], ["y1"]), helper.make_node("MatMul", ["ln", "w2"], ["y2"]),
+             helper.make_node("MatMul", ["x", "w3"], ["y3"])]
+    outs = [helper.make_tensor_value_info(y, TensorProto.FLOAT, None) for y in ("y1", "y2", "y3")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8])],
+                                                outs, inits), opset_imports=[helper.make_opsetid("", 18)])
+    x = (rng.normal(size=(2, 3, 8)) * np.linspace(0.1, 30, 8)).astype(np.float32)  # outlier channels
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    absmax = variants.input_absmax(tmp_path / "m.onnx", model, [({"x": x}, np.ones((2, 3)))])
+    assert set(absmax) == {"ln", "x"} and np.allclose(absmax["x"], np.abs(x).max((0, 1)))
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    before = run(model)
+    smoothed = onnx.load_from_string(model.SerializeToString())
+    variants.smooth(smoothed, absmax, 0.8)
+    assert [n.op_type for n in smoothed.graph.node].count("Mul") == 2
+    assert {i.name for i in smoothed.graph.initializer} >= {"w1/smoothed", "w2/smoothed", "w3/smoothed"}
+    assert not {"w1", "w2", "w3"} & {i.name for i in smoothed.graph.initializer}
+    for a, b in zip(before, run(smoothed)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
