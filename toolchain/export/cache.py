@@ -100,11 +100,8 @@ def export(mod, target, graph, out_dir: Path, precision, max_seq_len, metadata, 
     if not _enabled():
         return mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32, **options)
     entry = _base() / key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32, options)
-    files = _fetch(entry, Path(out_dir))
-    if files is None:
-        files = mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32, **options)
-        _store(_base(), entry, Path(out_dir), files)
-    return files
+    return _through(entry, Path(out_dir), None, lambda: mod.export(graph, out_dir, precision, max_seq_len, metadata,
+                                                                   calibration, keep_fp32, **options))
 
 
 def traced(target, graph, max_seq_len, dst: Path, make) -> None:
@@ -115,9 +112,21 @@ def traced(target, graph, max_seq_len, dst: Path, make) -> None:
     if not _enabled():
         return make(dst)
     entry = _base() / key(f"{target}-trace", graph, "fp32", max_seq_len, {}, (), (), example_values=False)
-    if _fetch(entry, dst.parent, [dst.name]) is None:
+
+    def made():
         make(dst)
-        _store(_base(), entry, dst.parent, [dst.name])
+        return [dst.name]
+
+    _through(entry, dst.parent, [dst.name], made)
+
+
+def _through(entry: Path, out_dir: Path, expect, make) -> list:
+    """The entry's files copied into out_dir, or `make()`'s (it returns their names), then kept."""
+    files = _fetch(entry, out_dir, expect)
+    if files is None:
+        files = make()
+        _store(_base(), entry, out_dir, files)
+    return files
 
 
 def _enabled() -> bool:
