@@ -192,6 +192,19 @@ def test_the_executorch_fallback_quantizes_all_but_the_kept_trunk_layers_and_bra
     assert quantized_modules(names, "trunk", ["intent"]) == ["trunk"]
 
 
+def test_every_exported_graph_is_in_eval_mode(tiny):
+    """The exporters trace each graph's module as it is: a wrapper left in training mode (the split
+    layout's trunk and branch programs) made torch.onnx warn that it exported a training graph."""
+    from toolchain.export.graph import example_inputs, graphs
+
+    model, tok, metas = store.load_merged(tiny[0] / "store")
+    example = example_inputs(tok, ["play some jazz"], 32)
+    for layout in ("fused", "split"):
+        training = [f"{g.name}:{n or 'wrapper'}" for g in graphs(model.train(), metas, layout, example)
+                    for n, m in g.module.named_modules() if m.training]
+        assert not training, (layout, training)
+
+
 def test_onnx_int8_scales_activations_per_token():
     """A token with an outlier dimension must not wipe out the other tokens' precision, as one scale
     per tensor (ONNX Runtime's dynamic quantizer) does; an excluded MatMul stays fp32."""

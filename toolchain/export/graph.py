@@ -73,13 +73,13 @@ def graphs(model, metas: dict, layout: str, example) -> list:
     if layout == "fused":
         return [Graph("model", Fused(model, tasks).eval(), INPUTS, tuple(tasks), example)]
     depths = sorted({m.attach for m in metas.values()})
-    trunk = TrunkOnly(model.trunk, depths)
+    trunk = TrunkOnly(model.trunk, depths).eval()
     with torch.no_grad():
         hidden = dict(zip(depths, trunk(*example)))
     out = [Graph("trunk", trunk, INPUTS, tuple(f"hidden_{d}" for d in depths), example)]
     for t in tasks:
         b = model.branches[t]
-        out.append(Graph(f"branch_{t}", BranchOnly(b), ("hidden", "attention_mask"), (t,),
+        out.append(Graph(f"branch_{t}", BranchOnly(b).eval(), ("hidden", "attention_mask"), (t,),
                          (hidden[b.attach], example[1])))
     return out
 
