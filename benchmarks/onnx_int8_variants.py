@@ -31,15 +31,6 @@ import numpy as np
 VARIANTS = ("asymmetric", "symmetric", "per-tensor", "smooth", "nbits8", "mixed")
 
 
-def weight_matmuls(model):
-    """The MatMul nodes by a constant 2-D fp32 weight (the Linear layers), and those weights by name."""
-    from onnx import TensorProto, numpy_helper
-
-    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
-               if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT}
-    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights], weights
-
-
 def per_tensor(model, dst):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -51,7 +42,10 @@ def smooth(model, absmax: dict, alpha: float):
     """SmoothQuant, in place: x / s before the MatMuls that read x (one Mul per x), W * s."""
     from onnx import helper, numpy_helper
 
-    matmuls, weights = weight_matmuls(model)
+    from toolchain.export.onnx import weight_matmuls
+
+    matmuls, protos = weight_matmuls(model.graph)
+    weights = {k: numpy_helper.to_array(v) for k, v in protos.items()}
     readers = {}
     for n in matmuls:
         readers.setdefault(n.input[0], []).append(n)
@@ -73,13 +67,16 @@ def smooth(model, absmax: dict, alpha: float):
     model.graph.initializer.extend(kept)
 
 
-def input_absmax(fp32_path, model, batches) -> dict:
+def input_absmax(model, batches) -> dict:
     """Per channel max |x| of every MatMul input over real (unpadded) tokens of the batches."""
     import onnx
     import onnxruntime as ort
 
-    xs = sorted({n.input[0] for n in weight_matmuls(model)[0]})
-    probe = onnx.load(str(fp32_path))
+    from toolchain.export.onnx import weight_matmuls
+
+    xs = sorted({n.input[0] for n in weight_matmuls(model.graph)[0]})
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in xs)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     out = {}
@@ -141,7 +138,7 @@ def main():
             batches = [example_inputs(tok, texts[i: i + 32], max_len) for i in range(0, len(texts), 32)]
             batches = [({k: v.numpy() for k, v in zip(INPUTS, b)}, b[INPUTS.index("attention_mask")].numpy())
                        for b in batches]
-            smooth(m, input_absmax(paths["fp32"], m, batches), args.alpha)
+            smooth(m, input_absmax(m, batches), args.alpha)
             per_tensor(m, dst)
         elif name == "nbits8":
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -153,7 +150,8 @@ def main():
         else:  # mixed
             m = onnx.load(str(paths["fp32"]))
             made_by = {o: n.op_type for n in m.graph.node for o in n.output}
-            rest = {n.name for n in weight_matmuls(m)[0] if made_by.get(n.input[0]) not in ("LayerNormalization", "Mul")}
+            rest = {n.name for n in onnx_target.weight_matmuls(m.graph)[0]
+                    if made_by.get(n.input[0]) not in ("LayerNormalization", "Mul")}
             onnx_target._per_token_matmuls(m.graph, rest)
             per_tensor(m, dst)
     so = ort.SessionOptions()

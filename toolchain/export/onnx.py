@@ -57,7 +57,9 @@ def _trace(graph, max_seq_len: int, path: Path) -> None:
 def _excluded_nodes(model, keep_fp32):
     # the exporter records each node's module path in its metadata ("...branches.<task>: Branch/...",
     # "model.trunk.layers.2.query"); an entry is a task (its branch), "trunk.layers.<i>" or "trunk.embeddings"
-    marks = [re.compile(rf"(?<![\w.])(?:model\.)?{re.escape(k)}[':./]" if k.startswith("trunk.")
+    from toolchain.export import EMBEDDINGS, TRUNK_LAYER
+
+    marks = [re.compile(rf"(?<![\w.])(?:model\.)?{re.escape(k)}[':./]" if k.startswith((TRUNK_LAYER, EMBEDDINGS))
                         else rf"branches\.{re.escape(k)}[':./]") for k in keep_fp32]
     return [n.name for n in model.graph.node
             if any(m.search(p.value) for p in n.metadata_props for m in marks)
@@ -96,6 +98,14 @@ def _quantize(src, dst, precision, graph, calibration, keep_fp32, symmetric: boo
                     op_types_to_quantize=["MatMul", "Gemm", "Gather"])
 
 
+def weight_matmuls(graph):
+    """The MatMul nodes by a constant 2-D fp32 weight (the Linear layers), and those weights by name."""
+    from onnx import TensorProto
+
+    weights = {i.name: i for i in graph.initializer if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT}
+    return [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights], weights
+
+
 def _per_token_matmuls(graph, exclude, symmetric: bool = False):
     """Rewrite every MatMul by a constant fp32 weight W [K, N] (the Linear layers), in place.
 
@@ -109,8 +119,7 @@ def _per_token_matmuls(graph, exclude, symmetric: bool = False):
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = {i.name: i for i in graph.initializer
-               if len(i.dims) == 2 and i.data_type == TensorProto.FLOAT}
+    _, weights = weight_matmuls(graph)
     consts = {"ctbq_axis": np.array([-1], np.int64), "ctbq_eps": np.array(1e-8, np.float32),
               "ctbq_hi": np.array(255.0, np.float32), "ctbq_lo": np.array(0.0, np.float32)}
     if symmetric:
