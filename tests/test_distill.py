@@ -191,6 +191,29 @@ def test_distilling_by_layer_below_the_teacher_leaves_teacher_and_trunk_untouche
         run_distill(recipe, ["snips_intent"], layers=[1], out=out, attach=2)
 
 
+def test_the_recipes_students_are_made_at_each_depth_up_to_the_teachers_and_kept(teacher, tmp_path):
+    import dataclasses
+    import shutil
+
+    from toolchain.distill import run_distill
+
+    out, _, _ = teacher
+    shutil.copytree(out / "runs/snips_intent/L3-s0", tmp_path / "runs/snips_intent/L3-s0")
+    (tmp_path / "selected.json").write_text(json.dumps({"snips_intent": {"run": "runs/snips_intent/L3-s0"}}))
+    recipe = load_recipe(ROOT / "models/tiny.toml").override(epochs=1)
+    recipe = dataclasses.replace(recipe, distill=dataclasses.replace(recipe.distill, layers=[1], attach=[0, 1, 3]))
+    students = run_distill(recipe, ["snips_intent"], out=tmp_path)["snips_intent"]["students"]
+    assert set(students) == {"0,1", "1,1"}  # depth 3 is above this teacher (attached at 1): not for this task
+    results = {k: tmp_path / s["run"] / "result.json" for k, s in students.items()}
+    stamps = {k: p.stat().st_mtime_ns for k, p in results.items()}
+    # which students to make is not a setting of a student: asking for more keeps the finished ones
+    more = dataclasses.replace(recipe, distill=dataclasses.replace(recipe.distill, layers=[1, 2], attach=[1]))
+    assert set(run_distill(more, ["snips_intent"], out=tmp_path)["snips_intent"]["students"]) == {"0,1", "1,1", "1,2"}
+    assert {k: p.stat().st_mtime_ns for k, p in results.items()} == stamps
+    with pytest.raises(UserError, match="--attach 3 must be within 0..1"):
+        run_distill(recipe, ["snips_intent"], layers=[1], out=tmp_path, attach=[3, 4])
+
+
 def test_the_transfer_set_adds_other_tasks_rows_unlabelled_once():
     from types import SimpleNamespace
 

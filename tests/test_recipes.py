@@ -15,6 +15,9 @@ def test_assistant_recipe_is_the_documented_default():
     r = load_recipe(ROOT / "models" / "assistant.toml")
     assert r.backbone == "minilm"
     assert [t.name for t in r.tasks] == ["snips_intent", "snips_slots", "clinc_domain", "clinc_intent"]
+    # issue 13's first tier without flags: one-layer students at depths 2-4 on the recipe's texts, planned by cost
+    assert (r.distill.layers, r.distill.attach, r.distill.transfer) == ([1], [2, 3, 4], "recipe")
+    assert (r.plan.criterion, r.plan.max_cost) == ("cost", 0.35)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -39,6 +42,16 @@ def test_assistant_recipe_is_the_documented_default():
      "min_agreement = 'high' must be of type float"),
     (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[export]\nonnx_int8 = "sym"'),
      "onnx_int8 = 'sym' is not valid; use one of: asymmetric, symmetric"),
+    (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[distill]\nattach = [3, -1]'),
+     "attach = [3, -1] must be a list of integers >= 0, e.g. attach = [2, 3, 4]"),
+    (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[distill]\nlayers = []'),
+     "layers = [] must be a list of integers >= 1"),
+    (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[distill]\nlayers = ["1"]'),
+     "layers = ['1'] must be a list of integers >= 1"),
+    (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[distill]\nattach = 3'),
+     "attach = 3 must be of type list"),
+    (lambda s: s.replace('max_seq_len = 32', 'max_seq_len = 32\n[plan]\ncriterion = "cheap"'),
+     "criterion = 'cheap' is not valid; use one of: mixed, best, cost"),
 ])
 def test_bad_recipes_give_one_line_errors(tmp_path, edit, message):
     path = write_recipe(tmp_path, edit(TINY_TASK))

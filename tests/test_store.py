@@ -208,7 +208,14 @@ def test_cli_merge_plan_report_and_predict(runs, tmp_path, cli):
     assert code == 0, err
     plan = json.loads((out / "plan.json").read_text())
     assert set(plan["tasks"]) == {"snips_intent", "snips_slots", "clinc_domain"}
-    assert f"= {plan['overhead']['total_layers']} transformer layers" in text
+    assert f"= {plan['overhead']['total_layers']} transformer layers" in text and plan["criterion"] == "mixed"
+    by_cost = write_recipe(tmp_path, (ROOT / "models/tiny.toml").read_text().replace('"data/', '"@DATA@/').replace(
+        "[select]", '[plan]\ncriterion = "cost"\nmax_cost = 0.5\n\n[select]'), "cost.toml")
+    code, text, err = cli("plan", by_cost, "--out", out)  # the recipe's criterion, no flag
+    assert code == 0, err
+    assert (json.loads((out / "plan.json").read_text())["criterion"], "max cost 50%" in text) == ("cost", True)
+    code, text, err = cli("plan", recipe, "--out", out, "--threshold", "0.5")
+    assert code == 0, err
     code, text, err = cli("report", recipe, "--out", out)
     assert code == 0 and "| KD-1 |" in text and "| Teacher (w/o KD) |" in text, err
     code, text, err = cli("merge", recipe, "--out", out, "--store", tmp_path / "st")

@@ -102,10 +102,11 @@ def train(
 def distill(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
     task: Tasks = None,
-    layers: str = typer.Option("1,2,3", help="student sizes l (task layers), e.g. 1,2,3"),
+    layers: str = typer.Option(None, help="student sizes l (task layers), e.g. 1,2,3 (default: \\[distill] layers)"),
     teacher_layers: int = typer.Option(None, help="teacher L (default: the sweep's selected L per task)"),
     seeds: str = typer.Option(None, help="seeds, e.g. 0,1"),
-    attach: int = typer.Option(None, help="students' attach depth, at most the teacher's (default: the teacher's)"),
+    attach: str = typer.Option(None, help="students' attach depths, e.g. 2,3,4; each task uses those at most its "
+                               "teacher's (default: \\[distill] attach, else the teacher's)"),
     out: Out = None,
     cache: Cache = True,
     force: Force = False,
@@ -123,7 +124,7 @@ def distill(
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
     summary = run_distill(recipe, task, _ints(layers, "layers"), teacher_layers, _ints(seeds, "seeds"),
                           _workspace(recipe, out).root, use_cache=cache, force=force, console=_console(stderr=True),
-                          attach=attach)
+                          attach=_ints(attach, "attach"))
     if not is_main_process():
         return
     for name, e in summary.items():
@@ -136,8 +137,8 @@ def distill(
 def plan(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
     out: Out = None,
-    criterion: str = typer.Option("mixed", help="mixed (marginal gain per layer), best, or cost (best metric "
-                                  "within --max-cost)"),
+    criterion: str = typer.Option(None, help="mixed (marginal gain per layer), best, or cost (best metric "
+                                  "within --max-cost); default: \\[plan] criterion, mixed"),
     threshold: float = typer.Option(None, help="mixed: minimum gain in points per added layer (recipe \\[plan])"),
     budget: int = typer.Option(None, help="cap on the total branch layers (0: none; recipe \\[plan])"),
     max_cost: float = typer.Option(None, help="cost: largest overhead, a fraction of separate full models, "
@@ -152,11 +153,12 @@ def plan(
     ws = _workspace(recipe, out)
     depth = backbone.load(recipe.backbone_spec).depth
     names = {t.name for t in recipe.tasks}
-    cfg = dataclasses.replace(recipe.plan, **{k: v for k, v in (("threshold", threshold), ("budget", budget),
-                                                                 ("max_cost", max_cost)) if v is not None})
-    cfg.check("plan (--threshold/--budget/--max-cost or [plan])")
+    cfg = dataclasses.replace(recipe.plan, **{k: v for k, v in (("criterion", criterion), ("threshold", threshold),
+                                                                 ("budget", budget), ("max_cost", max_cost))
+                                              if v is not None})
+    cfg.check("plan (--criterion/--threshold/--budget/--max-cost or [plan])")
     cands = {t: c for t, c in candidates(ws.root).items() if t in names}
-    p = make_plan(cands, depth, criterion, cfg.threshold, cfg.budget, cfg.max_cost)
+    p = make_plan(cands, depth, cfg.criterion, cfg.threshold, cfg.budget, cfg.max_cost)
     write_plan(ws.root, p)
     typer.echo(plan_markdown(p) + f"written: {ws.plan}")
 

@@ -68,6 +68,7 @@ class SelectConfig:
 
 
 TRANSFER_SETS = ("own", "recipe")
+PLAN_CRITERIA = ("mixed", "best", "cost")
 
 
 @dataclass
@@ -76,9 +77,13 @@ class DistillConfig:
     + (1 - alpha) * hard-label loss; regression distils on the teacher's outputs (MSE). Layer to
     layer, as TinyBERT does: + hidden_weight * MSE of hidden states + attention_weight * KL of
     attention distributions, student layer j matched to teacher layer (j+1)*T/l - 1 (0: off).
-    `epochs`: the students' epochs (0: the task's [train] epochs; --epochs overrides both)."""
+    `epochs`: the students' epochs (0: the task's [train] epochs; --epochs overrides both).
+    `layers` and `attach`: the students `ctb-mobile distill` makes without --layers / --attach: sizes l,
+    at each depth in `attach` that is at most the task's teacher's (empty: the teacher's own depth)."""
 
     epochs: int = 0
+    layers: list = field(default_factory=lambda: [1, 2, 3])
+    attach: list = field(default_factory=list)
     temperature: float = 2.0
     alpha: float = 0.5
     hidden_weight: float = 0.0
@@ -101,6 +106,11 @@ class DistillConfig:
         for name in ("hidden_weight", "attention_weight"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise UserError(f"{where}: {name} = {getattr(self, name)} must be >= 0 (0 turns it off)")
+        for name, least, example in (("layers", 1, "[1, 2]"), ("attach", 0, "[2, 3, 4]")):
+            bad = [v for v in getattr(self, name) if not isinstance(v, int) or isinstance(v, bool) or v < least]
+            if bad or (name == "layers" and not self.layers):
+                raise UserError(f"{where}: {name} = {getattr(self, name)!r} must be a list of integers >= {least}, "
+                                f"e.g. {name} = {example}")
 
 
 @dataclass
@@ -109,13 +119,16 @@ class PlanConfig:
 
     A task gets one more branch layer only when that layer raises its expected dev metric by at
     least `threshold` points (the paper used 1.2); `budget` > 0 caps the total branch layers.
-    `max_cost` is the cost criterion's bound on the overhead, a fraction of separate full models."""
+    `max_cost` is the cost criterion's bound on the overhead, a fraction of separate full models.
+    `criterion`: what `ctb-mobile plan` uses without --criterion (toolchain.plan.make_plan)."""
 
+    criterion: str = "mixed"
     threshold: float = 1.2
     budget: int = 0
     max_cost: float = 0.35
 
     def check(self, where: str) -> None:
+        _one_of(self.criterion, PLAN_CRITERIA, "criterion", where)
         if not 0 <= self.threshold < math.inf:
             raise UserError(f"{where}: threshold = {self.threshold} must be >= 0")
         if self.budget < 0:

@@ -154,6 +154,18 @@ def student_depth(tmeta, attach: int | None) -> tuple:
     return x, tmeta.attach - x + tmeta.layers
 
 
+def attach_depths(tmeta, attach) -> list:
+    """The depths a task's students attach at: the teacher's own when `attach` names none; else those
+    of `attach` at or below the teacher (one list serves deeper and shallower teachers alike). A list
+    with none of them is refused."""
+    if not attach:
+        return [tmeta.attach]
+    depths = [a for a in attach if 0 <= a <= tmeta.attach]
+    if not depths:
+        student_depth(tmeta, min(attach))  # the one-line error
+    return depths
+
+
 def student_from_teacher(cfg, teacher, layers: int, dropout: float):
     """An l-layer branch at the teacher's attach depth, from its bottom-most l layers and its head."""
     from toolchain.model import Branch
@@ -227,8 +239,10 @@ def _labelled(label) -> bool:
 
 def settings(recipe, task) -> dict:
     """What a student's result depends on besides its data: training and distillation settings (the
-    epochs it trained for, not [distill] epochs, which may be 0 for "the [train] epochs")."""
-    return {**dataclasses.asdict(recipe.distill), **dataclasses.asdict(recipe.distill_for(task))}
+    epochs it trained for, not [distill] epochs, which may be 0 for "the [train] epochs"; not which
+    students `distill` makes, [distill] layers and attach)."""
+    kd = {k: v for k, v in dataclasses.asdict(recipe.distill).items() if k not in ("layers", "attach")}
+    return {**kd, **dataclasses.asdict(recipe.distill_for(task))}
 
 
 def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
@@ -250,10 +264,11 @@ def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
     return best.parent
 
 
-def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, seeds=None, out=None,
+def run_distill(recipe, task_names=None, layers=None, teacher_layers=None, seeds=None, out=None,
                 use_cache=True, force=False, console=None, attach=None) -> dict:
-    """Distil each task's teacher into students of each size in `layers`, at depth `attach` (default:
-    each teacher's own); write distill.json."""
+    """Distil each task's teacher into students of each size in `layers` (default: [distill] layers), at
+    each depth in `attach` (an int or a list; default: [distill] attach) at or below the teacher's
+    (none: the teacher's own); write distill.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from toolchain import backbone as backbones
@@ -262,6 +277,8 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     from toolchain.train import for_this_process, make_accelerator
 
     out = Path(out)
+    layers = layers or recipe.distill.layers
+    attach = [attach] if isinstance(attach, int) else (attach or recipe.distill.attach)
     tasks = [recipe.task(n) for n in task_names] if task_names else list(recipe.tasks)
     seeds = seeds or [recipe.train.seed]
     teachers = {t.name: teacher_dir_for(out, t.name, teacher_layers) for t in tasks}
@@ -272,8 +289,7 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
     if bad:
         raise UserError(f"student layers l = {bad[0]} must be at least 1; e.g. --layers 1,2,3")
     tmetas = {t.name: BranchConfig.load(teachers[t.name]) for t in tasks}
-    for t in tasks:  # a missing or broken teacher, or a depth above it, fails before any training
-        student_depth(tmetas[t.name], attach)
+    depths = {t.name: attach_depths(tmetas[t.name], attach) for t in tasks}  # fails before any training
     ws = Workspace(out)
     summary_path = ws.distilled
     summary = read_json(summary_path) if summary_path.is_file() else {}
@@ -294,26 +310,27 @@ def run_distill(recipe, task_names=None, layers=(1, 2, 3), teacher_layers=None, 
             entry = summary.setdefault(t.name, {"metric": t.metric, "students": {}})
             entry["teacher"] = {"run": str(tdir.relative_to(out)) if tdir.is_relative_to(out) else str(tdir),
                                 "attach": tmeta.attach, "layers": tmeta.layers, "dev_metric": tmeta.dev_metric}
-            x, depth = student_depth(tmeta, attach)
-            lower = None if x == tmeta.attach else x
-            for n in layers:
-                if n > depth:  # deeper than the teacher: nothing to distil
-                    continue
-                for s in seeds:
-                    run_dir = ws.student(t.name, n, tmeta.layers, s, lower)
-                    res = None if force else finished(run_dir, datas[t.name], settings(recipe, t))
-                    if res is None:
-                        if (force or (run_dir / "result.json").exists()) and accelerator.is_main_process:
-                            replaced(progress.console, run_dir, force)  # forced, or finished on other data
-                        accelerator.wait_for_everyone()
-                        res = distill_one(recipe, bb, t, datas[t.name], tdir, n, s, run_dir, accelerator,
-                                          use_cache, ws.cache, progress, x)
-                    key = f"{x},{n}"
-                    prev = entry["students"].get(key)
-                    if prev is None or res["dev_metric"] >= prev["dev_metric"]:
-                        entry["students"][key] = {"attach": x, "layers": n,
-                                                  "dev_metric": res["dev_metric"],
-                                                  "run": str(run_dir.relative_to(out))}
+            for x in depths[t.name]:
+                x, depth = student_depth(tmeta, x)
+                lower = None if x == tmeta.attach else x
+                for n in layers:
+                    if n > depth:  # deeper than the teacher: nothing to distil
+                        continue
+                    for s in seeds:
+                        run_dir = ws.student(t.name, n, tmeta.layers, s, lower)
+                        res = None if force else finished(run_dir, datas[t.name], settings(recipe, t))
+                        if res is None:
+                            if (force or (run_dir / "result.json").exists()) and accelerator.is_main_process:
+                                replaced(progress.console, run_dir, force)  # forced, or finished on other data
+                            accelerator.wait_for_everyone()
+                            res = distill_one(recipe, bb, t, datas[t.name], tdir, n, s, run_dir, accelerator,
+                                              use_cache, ws.cache, progress, x)
+                        key = f"{x},{n}"
+                        prev = entry["students"].get(key)
+                        if prev is None or res["dev_metric"] >= prev["dev_metric"]:
+                            entry["students"][key] = {"attach": x, "layers": n,
+                                                      "dev_metric": res["dev_metric"],
+                                                      "run": str(run_dir.relative_to(out))}
     if not accelerator.is_main_process:
         return summary
     with locked(summary_path, wait=120):  # keep what other runs on this workspace wrote meanwhile

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from toolchain import UserError
 from toolchain.branch_config import BranchConfig
+from toolchain.config import PLAN_CRITERIA
 from toolchain.fsutil import read_json, write_json_atomic, write_text_atomic
 from toolchain.workspace import Workspace
-
-CRITERIA = ("mixed", "best", "cost")
 
 
 def candidates(out) -> dict:
@@ -85,8 +84,8 @@ def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=
     best: each task's best candidate, whatever its size.
     cost: the best summed dev metric whose overhead (trunk and branches) is at most max_cost of
     separate full models, choosing attach depths and branch layers together."""
-    if criterion not in CRITERIA:
-        raise UserError(f"criterion {criterion!r} is not valid; use one of: {', '.join(CRITERIA)}")
+    if criterion not in PLAN_CRITERIA:
+        raise UserError(f"criterion {criterion!r} is not valid; use one of: {', '.join(PLAN_CRITERIA)}")
     if not cands:
         raise UserError("no finished runs to plan from; run `ctb-mobile train` (and `ctb-mobile distill`) first")
     if criterion == "cost":
