@@ -311,7 +311,7 @@ def run_distill(recipe, task_names=None, layers=None, teacher_layers=None, seeds
             entry["teacher"] = {"run": str(tdir.relative_to(out)) if tdir.is_relative_to(out) else str(tdir),
                                 "attach": tmeta.attach, "layers": tmeta.layers, "dev_metric": tmeta.dev_metric}
             for x in depths[t.name]:
-                x, depth = student_depth(tmeta, x)
+                depth = student_depth(tmeta, x)[1]  # the most layers a student at x can take from the teacher
                 lower = None if x == tmeta.attach else x
                 for n in layers:
                     if n > depth:  # deeper than the teacher: nothing to distil
