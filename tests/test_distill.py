@@ -172,7 +172,7 @@ def test_distilling_by_layer_below_the_teacher_leaves_teacher_and_trunk_untouche
     teacher_run = out / "runs/snips_intent/L3-s0"
     before_teacher, before_trunk = _files(teacher_run), {k: v.clone() for k, v in bb.state.items()}
     (out / "selected.json").write_text(json.dumps({"snips_intent": {"run": "runs/snips_intent/L3-s0"}}))
-    summary = run_distill(recipe, ["snips_intent"], layers=[1, 2], out=out, attach=0)
+    summary = run_distill(recipe, ["snips_intent"], layers=[1, 2], out=out, attach=[0])
     assert _files(teacher_run) == before_teacher
     assert all(torch.equal(v, before_trunk[k]) for k, v in bb.state.items())  # the frozen trunk is bit-identical
     students = summary["snips_intent"]["students"]
@@ -188,7 +188,7 @@ def test_distilling_by_layer_below_the_teacher_leaves_teacher_and_trunk_untouche
     assert sum(res["losses"][-per_epoch:]) < sum(res["losses"][:per_epoch])
     assert set(load_file(run / "branch.safetensors")) >= {"layers.0.query.weight", "head.out.weight"}
     with pytest.raises(UserError, match="--attach 2 must be within 0..1"):
-        run_distill(recipe, ["snips_intent"], layers=[1], out=out, attach=2)
+        run_distill(recipe, ["snips_intent"], layers=[1], out=out, attach=[2])
 
 
 def test_the_recipes_students_are_made_at_each_depth_up_to_the_teachers_and_kept(teacher, tmp_path):

@@ -37,7 +37,7 @@ def test_minilm_distil_merge_and_branch_lifecycle(tmp_path):
     for t in recipe.tasks:
         t.unseen_labels = "drop"
     run_sweep(recipe, ["snips_intent", "clinc_domain"], layers=[2], out=tmp_path)
-    run_distill(recipe, ["snips_intent"], layers=[1], out=tmp_path, attach=4)  # the teacher's depth only
+    run_distill(recipe, ["snips_intent"], layers=[1], out=tmp_path, attach=[4])  # the teacher's depth only
     bb = backbone.load("minilm")
     student = tmp_path / "distill/snips_intent/l1-from-L2-s0"
     sd = tmp_path / "store"

@@ -267,7 +267,7 @@ def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
 def run_distill(recipe, task_names=None, layers=None, teacher_layers=None, seeds=None, out=None,
                 use_cache=True, force=False, console=None, attach=None) -> dict:
     """Distil each task's teacher into students of each size in `layers` (default: [distill] layers), at
-    each depth in `attach` (an int or a list; default: [distill] attach) at or below the teacher's
+    each depth in `attach` (default: [distill] attach) at or below the teacher's
     (none: the teacher's own); write distill.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -277,8 +277,7 @@ def run_distill(recipe, task_names=None, layers=None, teacher_layers=None, seeds
     from toolchain.train import for_this_process, make_accelerator
 
     out = Path(out)
-    layers = layers or recipe.distill.layers
-    attach = [attach] if isinstance(attach, int) else (attach or recipe.distill.attach)
+    layers, attach = layers or recipe.distill.layers, attach or recipe.distill.attach
     tasks = [recipe.task(n) for n in task_names] if task_names else list(recipe.tasks)
     seeds = seeds or [recipe.train.seed]
     teachers = {t.name: teacher_dir_for(out, t.name, teacher_layers) for t in tasks}
