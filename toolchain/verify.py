@@ -75,7 +75,10 @@ def single_task_outputs(store_meta, source: Path, dev, trunk_cache: dict) -> lis
     return outputs_on(dev, torch_runner(lambda *a: {meta.task: model(*a)}))  # TaskModel returns one tensor
 
 
-def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 300, golden: int = 4,
+GOLDEN_PER_TASK = 150  # dev texts per task in golden.json: the apps' parity tests run every one
+
+
+def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 300, golden: int = GOLDEN_PER_TASK,
            log=print) -> dict:
     """Run every check; write the report; return it (report["ok"] says pass or fail)."""
     from runtime_py import BundleError, InputError, Predictor
@@ -164,7 +167,7 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
                                 _versus(f"{c['metric']} drop", c["drop"], tol["max_drop"], "at most", "{:.2f}")
                                 + f" ({c['reference']:.2f} -> {c['exported']:.2f})"])
         checks.append(_check(f"parity {name}", ok, detail))
-    cases = golden_cases(predictor, model, tok, devs, golden)
+    cases = golden_cases(predictor, model, golden_texts(recipe, metas, predictor, golden))
     report = _finish(report, out_dir, cases, log)
     from toolchain.golden import write_all
 
@@ -173,18 +176,52 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
     return report
 
 
-def golden_cases(predictor, model, tok, devs, per_task: int) -> dict:
-    """Test vectors for the apps: text, token ids, the bundle's outputs and PyTorch's, decoded predictions."""
+def app_tolerance(precision: str) -> dict:
+    """How close an app's run of this bundle must come to golden.json: every raw output within `max_abs`
+    and every score within `score`; labels and spans exactly. fp32 programs: the exporter's own parity
+    limit; quantized ones 1e-3, since another build of the same runtime may round integer kernels apart."""
+    from toolchain.export.check import TOLERANCES
+
+    tol = TOLERANCES[("onnx", "fp32")]["max_abs"] if precision == "fp32" else 1e-3
+    return {"max_abs": tol, "score": tol}
+
+
+def golden_texts(recipe, metas, predictor, per_task: int) -> list:
+    """The texts golden.json records: `per_task` dev texts of each single-text task (a seeded subset of
+    the whole dev file, not only the rows the recipe scores), the edge cases, and the texts of the
+    known-answer span cases; in that order, each once."""
+    import json
+    from dataclasses import replace
+
+    from toolchain.data import _cap, read_examples, unseen
+    from toolchain.export.check import runtime_texts
+    from toolchain.golden import SPAN_CASES
+
+    texts = []
+    for name, t in predictor.tasks.items():
+        try:
+            task = recipe.task(name)
+        except UserError:
+            continue
+        if t.pair or not per_task:
+            continue
+        known = set(metas[name].labels)
+        examples = [ex for ex in read_examples(recipe, replace(task, max_dev_examples=0), "dev")
+                    if unseen(task, ex, known) is None]
+        texts += runtime_texts(task, _cap(examples, per_task))[0]
+    spans = [c["text"] for c in json.loads(SPAN_CASES.read_text(encoding="utf-8"))["cases"]]
+    return list(dict.fromkeys(texts + GOLDEN_EDGE_CASES + spans))
+
+
+def golden_cases(predictor, model, texts: list) -> dict:
+    """Test vectors for the apps: text, token ids, the bundle's outputs and PyTorch's, decoded predictions.
+    The bundle runs one text at a time (batch 1, no padding), as the apps call it."""
     import torch
 
-    from toolchain.export.check import runtime_texts
-
     tasks = [n for n, t in predictor.tasks.items() if not t.pair]  # single-text tasks share the cases
-    texts = [t for n in tasks if n in devs for t in runtime_texts(devs[n][0], devs[n][3][:per_task])[0]]
-    texts = list(dict.fromkeys(texts + GOLDEN_EDGE_CASES))
     if not tasks:
         return {"schema_version": 1, "cases": [], "note": "every task takes a text pair; no golden cases"}
-    encs, rows = predictor.raw(texts, tasks=tasks)
+    encs, rows = predictor.raw(texts, tasks=tasks, batch_size=1)
     cases = []
     for text, e, row in zip(texts, encs, rows):
         dec = {n: predictor.decode(n, row[n], e, text) for n in tasks}  # the bundle's outputs, decoded
@@ -198,7 +235,7 @@ def golden_cases(predictor, model, tok, devs, per_task: int) -> dict:
                       "predictions": dec})
     m = predictor.manifest
     return {"schema_version": 2, "target": m["target"], "layout": m["layout"], "precision": m["precision"],
-            "max_seq_len": m["max_seq_len"], "tasks": tasks,
+            "max_seq_len": m["max_seq_len"], "tasks": tasks, "tolerance": app_tolerance(m["precision"]),
             "how_to_check": ("tokenize `text` with the bundle's tokenizer: the ids must equal `input_ids` exactly; "
                              "run the bundle: every output within 1e-3 of `outputs` (this bundle, this runtime) and "
                              "the same `predictions`; `pytorch_fp32` is the unquantized original"),
