@@ -390,45 +390,35 @@ public final class WordPieceTokenizer {
         return vocab
     }
 
-    /// The post-processor's single and pair templates (TemplateProcessing, or BertProcessing's
-    /// `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]`).
+    /// The post-processor's single and pair templates. One rule for the exporter and both apps:
+    /// TemplateProcessing only (the exporter writes it; BertProcessing and anything else is refused).
     static func templates(_ pp: TokenizerFile.PostProcessor?, name: String) throws -> ([TemplateItem], [TemplateItem]) {
         guard let pp = pp else {
             throw BundleError.tokenizer(file: name, problem: "post_processor is null; a bundle's tokenizer adds [CLS] and [SEP]")
         }
-        var single: [TemplateItem] = []
-        var pair: [TemplateItem] = []
-        switch pp.type {
-        case "TemplateProcessing":
-            let specials = pp.specialTokens ?? [:]
-            func items(_ pieces: [TokenizerFile.Piece]?, _ key: String) throws -> [TemplateItem] {
-                var out: [TemplateItem] = []
-                for (i, piece) in (pieces ?? []).enumerated() {
-                    if let s = piece.specialToken {
-                        guard let entry = specials[s.id] else {
-                            throw BundleError.tokenizer(file: name, problem: "post_processor/\(key)/\(i) names '\(s.id)', which is not in special_tokens")
-                        }
-                        out.append(TemplateItem(sequence: -1, specialIds: entry.ids, typeId: s.typeId))
-                    } else if let s = piece.sequence, s.id == "A" || s.id == "B" {
-                        out.append(TemplateItem(sequence: s.id == "A" ? 0 : 1, specialIds: [], typeId: s.typeId))
-                    } else {
-                        throw BundleError.tokenizer(file: name, problem: "post_processor/\(key)/\(i) is not a SpecialToken or Sequence A/B")
-                    }
-                }
-                return out
-            }
-            single = try items(pp.single, "single")
-            pair = try items(pp.pair, "pair")
-        case "BertProcessing":
-            guard let cls = pp.cls, let sep = pp.sep else {
-                throw BundleError.tokenizer(file: name, problem: "post_processor BertProcessing lacks cls or sep")
-            }
-            let clsItem = TemplateItem(sequence: -1, specialIds: [cls.id], typeId: 0)
-            single = [clsItem, TemplateItem(sequence: 0, specialIds: [], typeId: 0), TemplateItem(sequence: -1, specialIds: [sep.id], typeId: 0)]
-            pair = single + [TemplateItem(sequence: 1, specialIds: [], typeId: 1), TemplateItem(sequence: -1, specialIds: [sep.id], typeId: 1)]
-        default:
-            throw BundleError.tokenizer(file: name, problem: "post_processor is \(pp.type); this runtime implements TemplateProcessing and BertProcessing")
+        guard pp.type == "TemplateProcessing" else {
+            throw BundleError.tokenizer(file: name, problem: "post_processor/type is \(pp.type); this runtime implements "
+                + "TemplateProcessing only; export the bundle again with the current toolchain")
         }
+        let specials = pp.specialTokens ?? [:]
+        func items(_ pieces: [TokenizerFile.Piece]?, _ key: String) throws -> [TemplateItem] {
+            var out: [TemplateItem] = []
+            for (i, piece) in (pieces ?? []).enumerated() {
+                if let s = piece.specialToken {
+                    guard let entry = specials[s.id] else {
+                        throw BundleError.tokenizer(file: name, problem: "post_processor/\(key)/\(i) names '\(s.id)', which is not in special_tokens")
+                    }
+                    out.append(TemplateItem(sequence: -1, specialIds: entry.ids, typeId: s.typeId))
+                } else if let s = piece.sequence, s.id == "A" || s.id == "B" {
+                    out.append(TemplateItem(sequence: s.id == "A" ? 0 : 1, specialIds: [], typeId: s.typeId))
+                } else {
+                    throw BundleError.tokenizer(file: name, problem: "post_processor/\(key)/\(i) is not a SpecialToken or Sequence A/B")
+                }
+            }
+            return out
+        }
+        let single = try items(pp.single, "single")
+        let pair = try items(pp.pair, "pair")
         guard single.filter({ $0.sequence >= 0 }).map({ $0.sequence }) == [0] else {
             throw BundleError.tokenizer(file: name, problem: "post_processor/single must hold sequence A once")
         }
@@ -512,28 +502,14 @@ struct TokenizerFile: Decodable {
         let ids: [Int]
     }
 
-    /// BertProcessing's `["[SEP]", 102]`.
-    struct NamedId: Decodable {
-        let name: String
-        let id: Int
-
-        init(from decoder: Decoder) throws {
-            var c = try decoder.unkeyedContainer()
-            name = try c.decode(String.self)
-            id = try c.decode(Int.self)
-        }
-    }
-
     struct PostProcessor: Decodable {
         let type: String
         let single: [Piece]?
         let pair: [Piece]?
         let specialTokens: [String: SpecialEntry]?
-        let cls: NamedId?
-        let sep: NamedId?
 
         enum CodingKeys: String, CodingKey {
-            case type, single, pair, cls, sep
+            case type, single, pair
             case specialTokens = "special_tokens"
         }
     }

@@ -64,6 +64,25 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(both.sequenceIds.filter { $0 == 1 }.count, 7, "the odd token goes to the second")
     }
 
+    /// One rule for the exporter, Swift and Kotlin: the post-processor is TemplateProcessing; a
+    /// BertProcessing tokenizer.json (the bundle's own with only that field changed) is refused in one line.
+    func testBertProcessingIsRefusedAsKotlinRefusesIt() throws {
+        let folder = try Golden.bundle()
+        let spec = try Golden.manifest().tokenizer
+        let url = folder.appendingPathComponent(spec.file)
+        var object = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any] ?? [:]
+        object["post_processor"] = ["type": "BertProcessing", "sep": ["[SEP]", 102], "cls": ["[CLS]", 101]] as [String: Any]
+        let edited = try JSONSerialization.data(withJSONObject: object)
+        XCTAssertThrowsError(try WordPieceTokenizer(tokenizerJSON: edited,
+                                                    tablesJSON: Data(contentsOf: folder.appendingPathComponent(spec.tables)),
+                                                    vocabTxt: Data(contentsOf: folder.appendingPathComponent(spec.vocab)))) { error in
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("post_processor/type is BertProcessing"), message)
+            XCTAssertTrue(message.contains("TemplateProcessing only"), message)
+            XCTAssertFalse(message.contains("\n"), "one line: \(message)")
+        }
+    }
+
     func testPlainSHA256KnownAnswers() {
         func digest(_ bytes: [UInt8]) -> String {
             var h = PlainSHA256()
