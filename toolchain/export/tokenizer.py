@@ -28,7 +28,9 @@ def bundle_tokenizer(tok, max_seq_len: int):
 
 
 def check_wordpiece(tok) -> dict:
-    """The tokenizer.json parts the app cores implement; anything else is refused in one line."""
+    """The tokenizer.json parts the app cores implement; anything else is refused in one line. One rule for
+    the exporter and both apps: a WordPiece model, BERT's normaliser and pre-tokenizer, and a
+    TemplateProcessing post-processor (a BertProcessing one is refused: the apps read templates only)."""
     cfg = json.loads(tok.to_str())
     model, norm, pre = cfg.get("model") or {}, cfg.get("normalizer") or {}, cfg.get("pre_tokenizer") or {}
     post = cfg.get("post_processor") or {}
@@ -36,7 +38,7 @@ def check_wordpiece(tok) -> dict:
         ("model", model, model.get("type") == "WordPiece"),
         ("normalizer", norm, not norm or norm.get("type") == "BertNormalizer"),
         ("pre_tokenizer", pre, pre.get("type") == "BertPreTokenizer"),
-        ("post_processor", post, post.get("type") in ("TemplateProcessing", "BertProcessing"))) if not ok]
+        ("post_processor", post, post.get("type") == "TemplateProcessing")) if not ok]
     if problems:
         raise UserError(f"the bundle tokenizer must be BERT WordPiece for the app cores; this one has "
                         f"{', '.join(problems)}; use a BERT-family backbone with a WordPiece tokenizer")
@@ -147,21 +149,33 @@ def breaks_of(tok) -> frozenset:
     return frozenset(ord(c) for c, n, k in zip(candidates, norm, kinds) if (n == " " != c) or (k == "whitespace" and n))
 
 
+def vocab_txt(tok) -> str:
+    """vocab.txt, the apps' one source of the vocabulary (id = line number), written from the WordPiece
+    model's own vocabulary so that the two cannot differ; a vocabulary that a line-per-token file cannot
+    hold (ids with gaps, a token with a line break or trailing whitespace) is refused."""
+    words = sorted(tok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
+    gap = next((i for i, (_, j) in enumerate(words) if i != j), None)
+    if gap is not None:
+        raise UserError(f"the WordPiece vocabulary has no token with id {gap}; the apps read vocab.txt by line "
+                        "number, so ids must run 0..n-1: fix the backbone's tokenizer")
+    bad = next((w for w, _ in words if not w or w != w.rstrip() or "\n" in w or "\r" in w), None)
+    if bad is not None:
+        raise UserError(f"vocabulary token {bad!r} cannot be one line of vocab.txt (empty, a line break or trailing "
+                        "whitespace); fix the backbone's tokenizer")
+    return "".join(w + "\n" for w, _ in words)
+
+
 def write(tok, src_dir: Path, out_dir: Path, max_seq_len: int) -> dict:
     """Write the three tokenizer files into `out_dir`; returns {"file", "vocab", "tables"} -> file name,
-    plus "fingerprint". `src_dir` is the store's tokenizer folder (its vocab.txt, when there is one)."""
+    plus "fingerprint". `src_dir` is the store's tokenizer folder."""
     from runtime_py.bundle import file_sha256
     from runtime_py.manifest import tokenizer_fingerprint
 
     out_dir = Path(out_dir)
     btok = bundle_tokenizer(tok, max_seq_len)
+    check_wordpiece(btok)
     btok.save(str(out_dir / "tokenizer.json"))
-    vocab = Path(src_dir) / "vocab.txt"
-    if vocab.is_file():
-        (out_dir / "vocab.txt").write_bytes(vocab.read_bytes())
-    else:  # from the WordPiece model itself, id order
-        words = sorted(btok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
-        (out_dir / "vocab.txt").write_text("".join(w + "\n" for w, _ in words), encoding="utf-8")
+    (out_dir / "vocab.txt").write_text(vocab_txt(btok), encoding="utf-8")
     (out_dir / "tokenizer_tables.json").write_text(cached_tables(btok))
     names = {"file": "tokenizer.json", "vocab": "vocab.txt", "tables": "tokenizer_tables.json"}
     digests = {k: file_sha256(out_dir / v) for k, v in names.items()}
