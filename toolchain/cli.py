@@ -212,28 +212,38 @@ def merge(
 
 @app.command()
 def predict(
-    store: Path = typer.Argument(..., help="a merged model store"),
+    path: Path = typer.Argument(..., metavar="STORE_OR_BUNDLE", help="a merged model store or an exported bundle"),
     texts: list[str] = typer.Argument(..., help="one or more texts"),
     pair: list[str] = typer.Option(None, help="second text for pair tasks (once per text)"),
     task: list[str] = typer.Option(None, "--task", "-t", help="only these tasks"),
-    max_len: int = typer.Option(None, help="max tokens (default: the max_seq_len the store's branches were trained at)"),
+    max_len: int = typer.Option(None, help="store only: max tokens (default: the max_seq_len the branches were "
+                                "trained at; a bundle truncates at its own)"),
 ):
-    """Run every task of a store on texts (one trunk pass) and print JSON lines."""
+    """Run every task on texts (one trunk pass) and print one JSON line per text. A store runs in PyTorch;
+    a bundle runs its exported programs through runtime_py, as an app would."""
     import json
-
-    from toolchain import infer
-    from toolchain.store import load_merged
 
     if pair and len(pair) != len(texts):
         raise UserError(f"{len(pair)} --pair values for {len(texts)} texts; give one --pair per text or none")
-    model, tok, metas = load_merged(store, task)
-    trained = max(m.max_seq_len or 128 for m in metas.values())
-    limit = model.trunk.cfg.max_position - model.trunk.cfg.position_offset
-    if max_len is not None and not 2 <= max_len <= limit:
-        raise UserError(f"--max-len {max_len} must be between 2 and {limit} (the trunk's positions); "
-                        f"the branches were trained at {trained}")
-    for text, result in zip(texts, infer.predict(model, tok, metas, texts, pair or None, max_len or trained)):
-        typer.echo(json.dumps({"text": text, **result}))
+    if (path / "manifest.json").is_file():
+        from runtime_py import Predictor
+
+        if max_len is not None:
+            raise UserError(f"--max-len is for stores; bundle {path} truncates at the max_seq_len it was exported with")
+        results = Predictor(path, tasks=task or None).predict(texts, pair or None, batch_size=1)
+    else:
+        from toolchain import infer
+        from toolchain.store import load_merged
+
+        model, tok, metas = load_merged(path, task)
+        trained = max(m.max_seq_len or 128 for m in metas.values())
+        limit = model.trunk.cfg.max_position - model.trunk.cfg.position_offset
+        if max_len is not None and not 2 <= max_len <= limit:
+            raise UserError(f"--max-len {max_len} must be between 2 and {limit} (the trunk's positions); "
+                            f"the branches were trained at {trained}")
+        results = infer.predict(model, tok, metas, texts, pair or None, max_len or trained)
+    for text, result in zip(texts, results):
+        typer.echo(json.dumps({"text": text, **result}, ensure_ascii=False))
 
 
 @app.command()
