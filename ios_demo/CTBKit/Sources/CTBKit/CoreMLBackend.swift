@@ -2,13 +2,20 @@
 import CoreML
 import Foundation
 
-/// CoreML programs (.mlpackage). Each package is compiled once (MLModel.compileModel) into
-/// `<Application Support>/CTBKit/compiled/<sha256>.mlmodelc` and loaded once per runner; token
-/// inputs go in as int32 MLMultiArrays of shape [1, seq] (a split branch's hidden state as float32),
-/// and outputs are read by the manifest's names, in the manifest's order.
+/// CoreML programs (.mlpackage). Each package is compiled once (MLModel.compileModel) into a
+/// CompiledModelCache (`<Application Support>/CTBKit/compiled/<sha256>.mlmodelc`) and loaded once per
+/// runner. Inputs are fed by the manifest's names (`programs/N/inputs/K/name`) as MLMultiArrays of
+/// the type `inputTypes` gives for the manifest's dtype, shape [1, seq] (a split branch's hidden
+/// state [1, seq, hidden]); outputs are read by the manifest's names, in the manifest's order.
+/// tests/test_coreml_contract.py checks these names, types and shape ranges against the exported
+/// program's spec, since CoreML cannot run off Apple platforms.
 public final class CoreMLBackend: TrunkBackend {
     /// The CoreML user metadata key holding the embedded manifest.
     public static let metadataKey = "ctb_mobile_manifest"
+
+    /// The MLMultiArray type fed for each input dtype an ios manifest may declare. CoreML has no
+    /// int64 multiarrays: the exporter declares token inputs int32 in the manifest and the program.
+    public static let inputTypes: [String: MLMultiArrayDataType] = ["int32": .int32, "float32": .float32]
 
     private let configuration: MLModelConfiguration
     private let cacheFolder: URL?
@@ -21,7 +28,26 @@ public final class CoreMLBackend: TrunkBackend {
         self.cacheFolder = cacheFolder
     }
 
+    /// The compiled-model cache this backend uses.
+    public func cache() throws -> CompiledModelCache {
+        if let chosen = cacheFolder {
+            return CompiledModelCache(folder: chosen)
+        }
+        return try CompiledModelCache.applicationSupport()
+    }
+
+    /// Removes every compiled model but those of the programs in force (`runner.programDigests`): each
+    /// new bundle would otherwise leave another .mlmodelc in Application Support. Returns what it removed.
+    @discardableResult
+    public func pruneCompiledModels(keeping digests: Set<String>) throws -> [String] {
+        try cache().prune(keeping: digests)
+    }
+
     public func load(_ program: ProgramSpec, file: URL, sha256: String) throws -> LoadedProgram {
+        for input in program.inputs where CoreMLBackend.inputTypes[input.dtype] == nil {
+            throw BundleError.program(file: file.lastPathComponent, problem: "input \(input.name) is \(input.dtype) in the manifest; "
+                + "CoreML takes \(CoreMLBackend.inputTypes.keys.sorted().joined(separator: " or ")); export the bundle with --target ios")
+        }
         let compiled = try compiledModel(file, sha256: sha256)
         do {
             let model = try MLModel(contentsOf: compiled, configuration: configuration)
@@ -34,18 +60,9 @@ public final class CoreMLBackend: TrunkBackend {
     /// The compiled model for a package, compiling it on first use; the cache is keyed by the
     /// package's sha256, so a new bundle is compiled again and an unchanged one never is.
     func compiledModel(_ package: URL, sha256: String) throws -> URL {
-        let fm = FileManager.default
-        let folder: URL
-        if let chosen = cacheFolder {
-            folder = chosen
-        } else {
-            let support = try fm.url(for: .applicationSupportDirectory, in: .userDomainMask, appropriateFor: nil, create: true)
-            folder = support.appendingPathComponent("CTBKit", isDirectory: true).appendingPathComponent("compiled", isDirectory: true)
-        }
-        try fm.createDirectory(at: folder, withIntermediateDirectories: true)
-        let cached = folder.appendingPathComponent("\(sha256).mlmodelc", isDirectory: true)
-        if fm.fileExists(atPath: cached.path) {
-            return cached
+        let cache = try cache()
+        if cache.contains(sha256) {
+            return cache.entry(for: sha256)
         }
         let temporary: URL
         do {
@@ -54,10 +71,7 @@ public final class CoreMLBackend: TrunkBackend {
             throw BundleError.program(file: package.lastPathComponent,
                                       problem: "CoreML cannot compile it (\(error.localizedDescription)); export the bundle again")
         }
-        if !fm.fileExists(atPath: cached.path) {
-            try fm.moveItem(at: temporary, to: cached)  // a rename: the cache never holds half a model
-        }
-        return cached
+        return try cache.store(temporary, sha256: sha256)
     }
 }
 
@@ -81,7 +95,7 @@ final class CoreMLProgram: LoadedProgram {
     func run(_ inputs: [Tensor]) throws -> [Tensor] {
         var features: [String: Any] = [:]
         for (input, tensor) in zip(spec.inputs, inputs) {
-            features[input.name] = MLFeatureValue(multiArray: try CoreMLProgram.multiArray(tensor))
+            features[input.name] = MLFeatureValue(multiArray: try CoreMLProgram.multiArray(tensor, as: input, file: file))
         }
         let result = try model.prediction(from: try MLDictionaryFeatureProvider(dictionary: features))
         var out: [Tensor] = []
@@ -111,30 +125,34 @@ final class CoreMLProgram: LoadedProgram {
         return out
     }
 
-    /// An input tensor as an MLMultiArray: integer tensors as int32 (CoreML has no int64 arrays), floats as float32.
-    static func multiArray(_ t: Tensor) throws -> MLMultiArray {
+    /// An input tensor as an MLMultiArray of the type `CoreMLBackend.inputTypes` gives for the
+    /// manifest's dtype of this input (int32 token ids, float32 hidden states), row-major.
+    static func multiArray(_ t: Tensor, as input: TensorSpec, file: String) throws -> MLMultiArray {
+        guard let type = CoreMLBackend.inputTypes[input.dtype] else {
+            throw BundleError.program(file: file, problem: "input \(input.name) is \(input.dtype) in the manifest, "
+                + "which CoreML does not take; export the bundle with --target ios")
+        }
         let shape = t.shape.map { NSNumber(value: $0) }
-        switch t.values {
-        case .float32(let v):
-            let array = try MLMultiArray(shape: shape, dataType: .float32)
-            array.withUnsafeMutableBytes { raw, strides in
-                let at = offsets(shape: t.shape, strides: strides)
-                for i in 0..<v.count {
-                    raw.storeBytes(of: v[i], toByteOffset: at[i] * 4, as: Float.self)
-                }
-            }
-            return array
-        case .int32, .int64:
+        let array = try MLMultiArray(shape: shape, dataType: type)
+        switch type {
+        case .int32:
             let v = t.ints.map { Int32(truncatingIfNeeded: $0) }
-            let array = try MLMultiArray(shape: shape, dataType: .int32)
             array.withUnsafeMutableBytes { raw, strides in
                 let at = offsets(shape: t.shape, strides: strides)
                 for i in 0..<v.count {
                     raw.storeBytes(of: v[i], toByteOffset: at[i] * 4, as: Int32.self)
                 }
             }
-            return array
+        default:
+            let v = t.floats
+            array.withUnsafeMutableBytes { raw, strides in
+                let at = offsets(shape: t.shape, strides: strides)
+                for i in 0..<v.count {
+                    raw.storeBytes(of: v[i], toByteOffset: at[i] * 4, as: Float.self)
+                }
+            }
         }
+        return array
     }
 
     /// An output MLMultiArray (float32, float16, double or int32, any strides) as a float32 tensor.

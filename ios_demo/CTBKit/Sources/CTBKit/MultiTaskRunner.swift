@@ -30,6 +30,7 @@ public final class MultiTaskRunner: @unchecked Sendable {
         var tasks: [TaskSpec]
         var programs: [String: ProgramSpec]
         var loaded: [String: LoadedProgram]
+        var digests: [String: String]  // program name -> its file's sha256
 
         func task(_ name: String) -> TaskSpec? {
             tasks.first { $0.name == name }
@@ -57,6 +58,7 @@ public final class MultiTaskRunner: @unchecked Sendable {
             needed.append(task.program)
         }
         var loaded: [String: LoadedProgram] = [:]
+        var digests: [String: String] = [:]
         var programs: [String: ProgramSpec] = [:]
         for p in manifest.programs {
             programs[p.name] = p
@@ -68,12 +70,13 @@ public final class MultiTaskRunner: @unchecked Sendable {
             let program = try backend.load(p, file: folder.appendingPathComponent(p.file), sha256: entry.sha256)
             try MultiTaskRunner.checkEmbedded(program, p, file: p.file, manifest: manifest)
             loaded[name] = program
+            digests[name] = entry.sha256
         }
         self.folder = folder
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.backend = backend
-        self.state = State(tasks: manifest.tasks, programs: programs, loaded: loaded)
+        self.state = State(tasks: manifest.tasks, programs: programs, loaded: loaded, digests: digests)
         _ = try run(state, encoding: tokenizer.encode(""), tasks: manifest.tasks.map { $0.name })  // the probe
     }
 
@@ -84,6 +87,14 @@ public final class MultiTaskRunner: @unchecked Sendable {
         return state.tasks
     }
 
+    /// The sha256s of the program files in force (after `updateBranch`, the new branch's): what a
+    /// cache of compiled programs keeps (`CoreMLBackend.pruneCompiledModels(keeping:)`).
+    public var programDigests: Set<String> {
+        lock.lock()
+        defer { lock.unlock() }
+        return Set(state.digests.values)
+    }
+
     /// The names of the tasks that take one text (not a pair).
     public var singleTextTasks: [String] {
         tasks.filter { !$0.pair }.map { $0.name }
@@ -92,6 +103,13 @@ public final class MultiTaskRunner: @unchecked Sendable {
     /// Every chosen task's result for `text` (and `pair`, for pair tasks); all tasks by default,
     /// as runtime_py: a pair goes to pair tasks only, and pair tasks need a pair.
     public func predict(_ text: String, pair: String? = nil, tasks: [String]? = nil) throws -> [String: TaskResult] {
+        try predictWithOutputs(text, pair: pair, tasks: tasks).results
+    }
+
+    /// `predict`'s results with what they were decoded from: the encoding and each task's raw output
+    /// row (batch removed, row-major), for parity checks against golden.json's `outputs`.
+    public func predictWithOutputs(_ text: String, pair: String? = nil, tasks: [String]? = nil) throws
+        -> (results: [String: TaskResult], encoding: Encoding, outputs: [String: [Float]]) {
         lock.lock()
         defer { lock.unlock() }
         let s = state
@@ -106,7 +124,7 @@ public final class MultiTaskRunner: @unchecked Sendable {
                 out[name] = Heads.decode(task, output: row, encoding: encoding, text: a)
             }
         }
-        return out
+        return (results: out, encoding: encoding, outputs: raw)
     }
 
     private func choose(_ s: State, _ tasks: [String]?, paired: Bool) throws -> [String] {
@@ -164,6 +182,8 @@ public final class MultiTaskRunner: @unchecked Sendable {
         next.programs[program.name] = program
         next.loaded[old.program] = nil
         next.loaded[program.name] = loaded
+        next.digests[old.program] = nil
+        next.digests[program.name] = digest
         _ = try run(next, encoding: tokenizer.encode(""), tasks: [task.name])  // the probe
         state = next
     }
