@@ -1,6 +1,7 @@
 """runtime_py (the reference runtime) and `ctb-mobile verify`, on tiny-backbone bundles and real text."""
 
 import json
+from pathlib import Path
 import platform
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -152,8 +153,21 @@ def test_a_branch_exported_for_another_trunk_is_refused(bundles, tmp_path):
 def verify(cli, tiny, bundle, tmp_path):
     out, recipe = tiny
     report = tmp_path / "report"
-    code, stdout, err = cli("verify", bundle, "--recipe", recipe.path, "--out", out, "--report", report, "--limit", 40)
+    code, stdout, err = cli("verify", bundle, "--recipe", recipe.path, "--out", out, "--report", report, "--limit", 40,
+                            "--junit-xml", report / "junit.xml")
     return code, stdout, err, report
+
+
+def junit_cases(report) -> dict:
+    """(classname, name) -> failure message or None, after checking the file against the JUnit schema."""
+    import xml.etree.ElementTree as ET
+
+    import xmlschema
+
+    xmlschema.XMLSchema(str(Path(__file__).with_name("data") / "junit-10.xsd")).validate(str(report / "junit.xml"))
+    root = ET.parse(report / "junit.xml").getroot()
+    return {(c.get("classname"), c.get("name")): (c.find("failure").get("message") if c.find("failure") is not None
+                                                  else None) for c in root.iter("testcase")}
 
 
 @pytest.mark.parametrize("key", [("onnx", "fused"), pytest.param(("android", "split"), marks=pytest.mark.slow)])
@@ -162,6 +176,8 @@ def test_verify_passes_and_writes_report_and_golden_vectors(cli, tiny, bundles, 
     assert code == 0, stdout + err
     result = json.loads((report / "verify.json").read_text())
     assert result["ok"] and "# verify: PASS" in (report / "verify.md").read_text()
+    cases = junit_cases(report)
+    assert len(cases) > 3 * len(result["tasks"]) and not any(cases.values())
     for t in result["tasks"].values():
         assert t["max_abs"] <= check.TOLERANCES[(key[0], "fp32")]["max_abs"] and t["agreement"] == 1.0
         assert t["merge_max_abs"] <= 1e-4 and "/runs/" in t["single_task_source"]  # the run before merging
@@ -198,6 +214,12 @@ def test_verify_fails_on_a_changed_weight_with_a_per_task_report(cli, tiny, bund
     assert code == 1 and "| parity snips_intent | **FAIL** | FAIL: max abs " in stdout
     assert "above the allowed 1.00e-04" in stdout  # the shortfall, not a line that reads like a pass
     assert "| parity snips_slots | pass |" in stdout and "| parity clinc_domain | pass |" in stdout
+    cases = junit_cases(_report)  # the CI report: one failing case, with the figure and the limit
+    failing = {k: v for k, v in cases.items() if v}
+    assert list(failing) == [(f"verify.{b.name}.snips_intent", "outputs")]
+    assert "above the allowed 1.00e-04" in failing[(f"verify.{b.name}.snips_intent", "outputs")]
+    assert {n for (c, n) in cases if c.endswith(".snips_slots")} == {
+        "labels", "token ids", "merged equals single-task", "outputs", "agreement"}
 
 
 def test_verify_fails_on_swapped_labels(cli, tiny, bundles, tmp_path):
