@@ -1,4 +1,5 @@
 import CTBKit
+import CTBKitOnnx
 import Foundation
 
 /// A stretch of the input text, highlighted when it is a span.
@@ -15,8 +16,10 @@ struct TaskRow: Identifiable, Equatable {
     let segments: [Segment]  // tagging: the text cut at span edges; empty otherwise
 }
 
-/// Loads the bundle's runner once, off the main thread, and runs every single-text task on the
-/// text in a detached task; the view only reads the published state and calls `load` and `run`.
+/// Installs and loads the bundle once, off the main thread, and shows every single-text task's
+/// result. The prediction logic (debounce, cancelling stale requests, the latency of the inference
+/// alone) is CTBKit's PredictionController, which a test drives; the view only reads the published
+/// state, sets `text` and calls `load` and `run`.
 @MainActor
 final class DemoViewModel: ObservableObject {
     enum Status: Equatable {
@@ -26,26 +29,39 @@ final class DemoViewModel: ObservableObject {
         case failed(String)
     }
 
-    @Published var text = "wake me up at 7 am tomorrow"
+    @Published var text = "wake me up at 7 am tomorrow" {
+        didSet {
+            if text != oldValue {
+                controller?.textChanged(text)  // debounced: a keystroke does not queue an inference
+            }
+        }
+    }
     @Published private(set) var status = Status.loading
     @Published private(set) var rows: [TaskRow] = []
     @Published private(set) var latencyMs: Double?
 
     private var runner: MultiTaskRunner?
-    private var generation = 0
+    private var controller: PredictionController?
 
-    /// The bundle `ctb-mobile embed` copied into the app's resources, checked and loaded once.
+    /// The bundle `ctb-mobile embed` copied into the app's resources: installed into Application
+    /// Support once per manifest (BundleInstaller: checked, stamped, repaired when damaged), opened
+    /// with the backend its manifest's target names (CoreML or ONNX Runtime), compiled CoreML models of
+    /// earlier bundles pruned.
     func load() async {
         guard runner == nil else { return }
-        guard let folder = Bundle.main.url(forResource: "bundle", withExtension: nil) else {
+        guard let source = Bundle.main.url(forResource: "bundle", withExtension: nil) else {
             status = .failed("The app has no model bundle: run `ctb-mobile embed BUNDLE --app ios_demo`, then build again.")
             return
         }
         do {
-            let loaded = try await Task.detached(priority: .userInitiated) {
-                try MultiTaskRunner(bundle: folder, backend: CoreMLBackend())
+            let loaded = try await Task.detached(priority: .userInitiated) { () throws -> MultiTaskRunner in
+                let installed = try BundleInstaller(source: source, root: try BundleInstaller.applicationSupportRoot()).install()
+                return try BundleBackends.open(installed.folder, checkFiles: false).runner  // the installer checked the files
             }.value
             runner = loaded
+            let tasks = loaded.singleTextTasks
+            controller = PredictionController(predict: { text in try loaded.predictTimed(text, tasks: tasks) },
+                                              onChange: { [weak self] state in self?.show(state, tasks: tasks) })
             status = .ready
             run()
         } catch {
@@ -53,29 +69,23 @@ final class DemoViewModel: ObservableObject {
         }
     }
 
-    /// Predicts every single-text task for the current text; a newer run supersedes an older one.
+    /// Predicts the current text now (the Run button, the return key).
     func run() {
-        guard let runner = runner else { return }
-        generation += 1
-        let mine = generation
-        let input = text
-        let tasks = runner.singleTextTasks
-        status = .running
-        Task {
-            do {
-                let (results, ms) = try await Task.detached(priority: .userInitiated) { () throws -> ([String: TaskResult], Double) in
-                    let start = DispatchTime.now().uptimeNanoseconds
-                    let results = try runner.predict(input, tasks: tasks)
-                    return (results, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
-                }.value
-                guard mine == generation else { return }
-                rows = tasks.map { DemoViewModel.row($0, results[$0], text: input) }
-                latencyMs = ms
-                status = .ready
-            } catch {
-                guard mine == generation else { return }
-                status = .failed(String(describing: error))
-            }
+        controller?.submit(text)
+    }
+
+    private func show(_ state: PredictionController.State, tasks: [String]) {
+        switch state {
+        case .idle:
+            status = .ready
+        case .waiting:
+            status = .running
+        case .done(let input, let prediction):
+            rows = tasks.map { DemoViewModel.row($0, prediction.results[$0], text: input) }
+            latencyMs = prediction.inferenceMs
+            status = .ready
+        case .failed(_, let message):
+            status = .failed(message)
         }
     }
 

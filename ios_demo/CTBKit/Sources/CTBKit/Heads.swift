@@ -1,7 +1,7 @@
 import Foundation
 
 /// A labelled span: `[start, end)` in code points of the original text; `text` = those code points.
-public struct Span: Equatable, Codable {
+public struct Span: Equatable, Codable, Sendable {
     public let label: String
     public let start: Int
     public let end: Int
@@ -16,7 +16,7 @@ public struct Span: Equatable, Codable {
 }
 
 /// One task's decoded result.
-public enum TaskResult: Equatable {
+public enum TaskResult: Equatable, Sendable {
     /// `label` = labels[argmax], `score` = softmax in float64 at argmax.
     case classification(label: String, score: Double)
     /// The output's single number.

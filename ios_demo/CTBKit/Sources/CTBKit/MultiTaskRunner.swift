@@ -13,6 +13,17 @@ public struct BranchUpdate {
     }
 }
 
+/// One prediction with the time of its inference alone, in milliseconds.
+public struct TimedPrediction: Equatable, Sendable {
+    public let results: [String: TaskResult]
+    public let inferenceMs: Double
+
+    public init(results: [String: TaskResult], inferenceMs: Double) {
+        self.results = results
+        self.inferenceMs = inferenceMs
+    }
+}
+
 /// Loads a bundle (manifest, files, tokenizer, programs) once and predicts every task from one
 /// tokenization and one trunk pass. Positional outputs are mapped through the manifest and checked
 /// in count and shape on every call. Calls are serialised by a lock, so one runner may be shared
@@ -106,12 +117,28 @@ public final class MultiTaskRunner: @unchecked Sendable {
         try predictWithOutputs(text, pair: pair, tasks: tasks).results
     }
 
+    /// `predict`'s results with the time of the inference alone (tokenizer, programs, heads), measured
+    /// once this call holds the runner: a wait for another caller's inference is not in it.
+    public func predictTimed(_ text: String, pair: String? = nil, tasks: [String]? = nil) throws -> TimedPrediction {
+        var started: UInt64 = 0
+        let out = try predictWithOutputs(text, pair: pair, tasks: tasks, started: &started)
+        let ms = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
+        return TimedPrediction(results: out.results, inferenceMs: ms)
+    }
+
     /// `predict`'s results with what they were decoded from: the encoding and each task's raw output
     /// row (batch removed, row-major), for parity checks against golden.json's `outputs`.
     public func predictWithOutputs(_ text: String, pair: String? = nil, tasks: [String]? = nil) throws
         -> (results: [String: TaskResult], encoding: Encoding, outputs: [String: [Float]]) {
+        var started: UInt64 = 0
+        return try predictWithOutputs(text, pair: pair, tasks: tasks, started: &started)
+    }
+
+    private func predictWithOutputs(_ text: String, pair: String?, tasks: [String]?, started: inout UInt64) throws
+        -> (results: [String: TaskResult], encoding: Encoding, outputs: [String: [Float]]) {
         lock.lock()
         defer { lock.unlock() }
+        started = DispatchTime.now().uptimeNanoseconds
         let s = state
         let chosen = try choose(s, tasks, paired: pair != nil)
         let a = codePoints(text)
