@@ -9,7 +9,7 @@ import PackageDescription
 // so that CTBKit itself stays dependency-free:
 //   CTBKitOnnx      OnnxRuntimeBackend and the choice of backend by the manifest's target
 //   ctb-predict     `swift run ctb-predict BUNDLE TEXT...`: one JSON line per text, as `ctb-mobile predict`
-//   CTBKitAppTests  golden.json through the real runtimes (CoreML, ONNX Runtime), updateBranch on them
+//   (CTBKitTests gains ParityTests: golden.json through the real runtimes, updateBranch on them)
 // ONNX Runtime's Swift package ships Apple binaries only (an xcframework), so Linux leaves these out.
 let package = Package(
     name: "CTBKit",
@@ -39,6 +39,10 @@ package.targets += [
         .product(name: "onnxruntime", package: "onnxruntime-swift-package-manager"),
     ]),
     .executableTarget(name: "ctb-predict", dependencies: ["CTBKit", "CTBKitOnnx"]),
-    .testTarget(name: "CTBKitAppTests", dependencies: ["CTBKit", "CTBKitOnnx"]),
 ]
+// the parity tests (Tests/CTBKitTests/ParityTests.swift, `#if canImport(CTBKitOnnx)`) run golden.json
+// through the real runtimes here
+for target in package.targets where target.name == "CTBKitTests" {
+    target.dependencies.append("CTBKitOnnx")
+}
 #endif

@@ -54,6 +54,39 @@ enum Golden {
         try report(GoldenFile.self, "golden.json").cases
     }
 
+    /// The bundles the parity tests run through the real runtimes, with their report folders:
+    /// `CTB_BUNDLES=BUNDLE:REPORT[:BUNDLE:REPORT...]` as the Kotlin tests take it, else
+    /// `CTB_BUNDLE` and `CTB_REPORT`.
+    static func bundlesUnderTest() throws -> [(bundle: URL, report: URL)] {
+        guard let list = ProcessInfo.processInfo.environment["CTB_BUNDLES"], !list.isEmpty else {
+            return [(bundle: try bundle(), report: try folder("CTB_REPORT"))]
+        }
+        let parts = list.split(separator: ":").map(String.init)
+        guard parts.count % 2 == 0 else {
+            XCTFail("CTB_BUNDLES=\(list) is not BUNDLE:REPORT[:BUNDLE:REPORT...]")
+            throw Missing(description: "CTB_BUNDLES is not BUNDLE:REPORT pairs")
+        }
+        var out: [(bundle: URL, report: URL)] = []
+        for i in stride(from: 0, to: parts.count, by: 2) {
+            for path in [parts[i], parts[i + 1]] where !BundleFiles.isDirectory(URL(fileURLWithPath: path)) {
+                XCTFail("CTB_BUNDLES names \(path), which is not a folder")
+                throw Missing(description: "\(path) is not a folder")
+            }
+            out.append((bundle: URL(fileURLWithPath: parts[i], isDirectory: true), report: URL(fileURLWithPath: parts[i + 1], isDirectory: true)))
+        }
+        return out
+    }
+
+    /// golden.json of a report folder.
+    static func goldenFile(_ report: URL) throws -> GoldenFile {
+        let url = report.appendingPathComponent("golden.json")
+        guard BundleFiles.exists(url) else {
+            XCTFail("\(url.path) is missing; run `ctb-mobile verify` to write it")
+            throw Missing(description: "golden.json is missing")
+        }
+        return try JSONDecoder().decode(GoldenFile.self, from: Data(contentsOf: url))
+    }
+
     /// A runner over the real bundle whose programs replay golden.json's recorded outputs.
     static func replayRunner() throws -> MultiTaskRunner {
         let m = try manifest()
@@ -128,7 +161,19 @@ struct SpanGoldenFile: Decodable {
 
 /// golden.json
 struct GoldenFile: Decodable {
+    /// How close an app's run must come: every raw output within `maxAbs`, every score within `score`.
+    struct Tolerance: Decodable {
+        let maxAbs: Double
+        let score: Double
+
+        enum CodingKeys: String, CodingKey {
+            case score
+            case maxAbs = "max_abs"
+        }
+    }
+
     let cases: [GoldenCase]
+    let tolerance: Tolerance?
 }
 
 struct GoldenCase: Decodable {
