@@ -87,7 +87,7 @@ def _tiny_random(seed: int = 0) -> Path:
     cfg = BertConfig(vocab_size=30522, **TINY)
     torch.manual_seed(seed)
     model = BertModel(cfg)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="backbone") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
             (tmp / name).write_bytes((vocab_dir / name).read_bytes())
