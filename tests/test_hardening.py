@@ -29,6 +29,7 @@ def fake_run(bb, run_dir, task="intent", attach=2, layers=1, **meta):
     """A branch run folder without training: the backbone's layers and a fresh two-label head."""
     from safetensors.torch import save_file
 
+    from runtime_py.bundle import file_sha256
     from toolchain.model import build_branch
 
     branch = build_branch(bb.cfg, bb.state, attach, layers, "classification", 2, 0.0)
@@ -36,7 +37,7 @@ def fake_run(bb, run_dir, task="intent", attach=2, layers=1, **meta):
     save_file({k: v.contiguous() for k, v in branch.state_dict().items()}, str(run_dir / "branch.safetensors"))
     m = {"task": task, "type": "classification", "labels": ["a", "b"], "attach": attach, "layers": layers,
          "metric": "accuracy", "dev_metric": 50.0, "max_seq_len": 32, "backbone": "tiny-random",
-         "backbone_fingerprint": bb.fingerprint, **meta}
+         "backbone_fingerprint": bb.fingerprint, "weights_sha256": file_sha256(run_dir / "branch.safetensors"), **meta}
     (run_dir / "branch.json").write_text(json.dumps(m))
     return run_dir
 

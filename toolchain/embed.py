@@ -2,15 +2,18 @@
 
 Refused, each in one line: a bundle with no passing `verify` report for exactly this manifest, a
 bundle whose files no longer match their sha256, and a bundle whose target the app cannot run.
-The app's bundle and golden folders are replaced whole, or left as they were.
+The app's bundle and golden folders change together, as one (fsutil.atomic_dirs): both are replaced
+whole, or both are left as they were, even if the process is killed midway. Only plain files are
+copied: a link anywhere in the bundle or among the golden files is refused, wherever it points.
 """
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain import UserError
-from toolchain.fsutil import atomic_dir
+from toolchain.fsutil import atomic_dirs
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN_FILES = ("golden.json", "golden_tokenizer.json", "golden_spans.json", "verify.json")
@@ -28,6 +31,14 @@ APPS = {
     "android_demo": App("android", "ExecuTorch", "app/src/main/assets/bundle", "app/src/androidTest/assets/golden"),
     "ios_demo": App("ios", "CoreML", "DemoApp/Resources/bundle", "DemoApp/Resources/golden"),
 }
+
+
+def _plain(src: Path, what: str) -> None:
+    """Refuse a link at `src` or anywhere inside it: its content would come from outside the bundle."""
+    for p in [src, *(sorted(src.rglob("*")) if src.is_dir() and not src.is_symlink() else [])]:
+        if p.is_symlink():
+            raise UserError(f"{what}: {p} is a link (to {os.readlink(p)}); embed copies plain files only: replace "
+                            "the link with the file, or export the bundle again")
 
 
 def embed(bundle_dir, app: str, app_dir=None, report_dir=None) -> dict:
@@ -69,14 +80,21 @@ def embed(bundle_dir, app: str, app_dir=None, report_dir=None) -> dict:
     if missing:
         raise UserError(f"verify report folder {report_dir} lacks {missing[0]}; {fix}")
 
-    names = ["manifest.json", *m.files, *(["README.md"] if (bundle_dir / "README.md").is_file() else [])]
+    names = ["manifest.json", *m.files, *(["README.md"] if os.path.lexists(bundle_dir / "README.md") else [])]
+    for name in names:
+        _plain(bundle_dir / name, f"bundle {bundle_dir}")
+    for name in GOLDEN_FILES:
+        _plain(report_dir / name, f"verify report folder {report_dir}")
     dest_bundle, dest_golden = app_dir / spec.bundle, app_dir / spec.golden
-    with atomic_dir(dest_bundle) as tmp:
+    with atomic_dirs({dest_bundle: "bundle", dest_golden: "golden"}, lock=dest_bundle,
+                     protect=[bundle_dir, report_dir]) as tmp:
         for name in names:
             src = bundle_dir / name
-            shutil.copytree(src, tmp / name) if src.is_dir() else shutil.copyfile(src, tmp / name)
-        load_manifest(tmp)  # the copy is intact too
-    with atomic_dir(dest_golden) as tmp:
+            shutil.copytree(src, tmp[dest_bundle] / name, symlinks=True) if src.is_dir() else \
+                shutil.copyfile(src, tmp[dest_bundle] / name, follow_symlinks=False)
+        _plain(tmp[dest_bundle], "the copied bundle")  # nothing became a link while it was copied
+        load_manifest(tmp[dest_bundle])  # the copy is intact too
         for name in GOLDEN_FILES:
-            shutil.copyfile(report_dir / name, tmp / name)
+            shutil.copyfile(report_dir / name, tmp[dest_golden] / name, follow_symlinks=False)
+        _plain(tmp[dest_golden], "the copied golden files")
     return {"bundle": str(dest_bundle), "golden": str(dest_golden), "files": names}
