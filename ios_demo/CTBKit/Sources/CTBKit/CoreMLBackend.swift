@@ -60,9 +60,9 @@ public final class CoreMLBackend: TrunkBackend {
     /// The compiled model for a package, compiling it on first use; the cache is keyed by the
     /// package's sha256, so a new bundle is compiled again and an unchanged one never is.
     func compiledModel(_ package: URL, sha256: String) throws -> URL {
-        let cache = try cache()
-        if cache.contains(sha256) {
-            return cache.entry(for: sha256)
+        let compiled = try self.cache()
+        if compiled.contains(sha256) {
+            return compiled.entry(for: sha256)
         }
         let temporary: URL
         do {
@@ -71,7 +71,7 @@ public final class CoreMLBackend: TrunkBackend {
             throw BundleError.program(file: package.lastPathComponent,
                                       problem: "CoreML cannot compile it (\(error.localizedDescription)); export the bundle again")
         }
-        return try cache.store(temporary, sha256: sha256)
+        return try compiled.store(temporary, sha256: sha256)
     }
 }
 

@@ -27,12 +27,12 @@ public final class PredictionController {
     public private(set) var inferencesStarted = 0
 
     private let predict: Predict
-    private let onChange: (State) -> Void
+    private let onChange: @MainActor (State) -> Void
     private var pending: Task<Void, Never>?
     private var generation = 0
 
     /// `onChange` receives every new state, on the main actor.
-    public init(debounce: Duration = .milliseconds(150), predict: @escaping Predict, onChange: @escaping (State) -> Void = { _ in }) {
+    public init(debounce: Duration = .milliseconds(150), predict: @escaping Predict, onChange: @escaping @MainActor (State) -> Void = { _ in }) {
         self.debounce = debounce
         self.predict = predict
         self.onChange = onChange
@@ -90,7 +90,7 @@ public final class PredictionController {
             switch outcome {
             case .success(let prediction):
                 self.state = .done(text: text, prediction: prediction)
-            case .failure(is CancellationError):
+            case .failure(let error) where error is CancellationError:
                 return
             case .failure(let error):
                 self.state = .failed(text: text, message: String(describing: error))

@@ -29,19 +29,19 @@ final class OnnxModelMetadataTests: XCTestCase {
         let manifest = "{\"trunk_fingerprint\": \"" + String(repeating: "ab", count: 32) + "\", \"outputs\": [\"logits\"]}"
         XCTAssertGreaterThan(manifest.utf8.count, 127, "a two-byte length")
         // a graph (field 7) holding a decoy of the key, a fixed64 and a fixed32 field, then the props
-        let graph = field(7, Array("ctb_mobile_manifest\u{12}\u{05}decoy".utf8) + [0x00, 0xFF])
-        let bytes: [UInt8] = [0x08, 0x08]  // ir_version 8
-            + graph
-            + [0x11] + [UInt8](repeating: 0xAA, count: 8)  // field 2, fixed64
-            + [0x1D] + [UInt8](repeating: 0xBB, count: 4)  // field 3, fixed32
-            + entry("ctb_mobile_manifest", manifest)
-            + entry("other", "é")
+        let graph = field(7, Array("ctb_mobile_manifest\u{12}\u{05}decoy".utf8) + [UInt8(0x00), UInt8(0xFF)])
+        var bytes: [UInt8] = [0x08, 0x08]  // ir_version 8
+        bytes += graph
+        bytes += [0x11] + [UInt8](repeating: 0xAA, count: 8)  // field 2, fixed64
+        bytes += [0x1D] + [UInt8](repeating: 0xBB, count: 4)  // field 3, fixed32
+        bytes += entry("ctb_mobile_manifest", manifest)
+        bytes += entry("other", "é")
         let props = OnnxModelMetadata.parse(Data(bytes))
         XCTAssertEqual(props, ["ctb_mobile_manifest": manifest, "other": "é"])
     }
 
     func testMalformedBytesAreNotAModel() {
-        let whole = [0x08, 0x08] + entry("ctb_mobile_manifest", "{}")
+        let whole: [UInt8] = [0x08, 0x08] + entry("ctb_mobile_manifest", "{}")
         XCTAssertNotNil(OnnxModelMetadata.parse(Data(whole)))
         XCTAssertNil(OnnxModelMetadata.parse(Data(whole.dropLast(1))), "a length past the end")
         XCTAssertNil(OnnxModelMetadata.parse(Data([0x0B, 0x00])), "a group (wire type 3)")

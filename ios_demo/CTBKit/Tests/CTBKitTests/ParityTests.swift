@@ -119,7 +119,7 @@ final class ParityTests: XCTestCase {
             // a copy whose embedded manifest names another trunk (right sha256): refused by the fingerprint check
             let tampered = bundle.appendingPathComponent("tampered-" + program.file)
             try FileManager.default.copyItem(at: original, to: tampered)
-            let other = String(manifest.trunkFingerprint.map { $0 == "a" ? "b" : "a" })
+            let other = String(manifest.trunkFingerprint.map { (c: Character) -> Character in c == "a" ? "b" : "a" })
             XCTAssertGreaterThan(try replaceBytes(manifest.trunkFingerprint, with: other, in: tampered), 0,
                                  "\(program.file) does not embed the trunk fingerprint")
             let forged = BranchUpdate(program: program, task: task, sha256: try BundleFiles.sha256(of: tampered))

@@ -71,7 +71,7 @@ final class TokenizerTests: XCTestCase {
         let spec = try Golden.manifest().tokenizer
         let url = folder.appendingPathComponent(spec.file)
         var object = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any] ?? [:]
-        object["post_processor"] = ["type": "BertProcessing", "sep": ["[SEP]", 102], "cls": ["[CLS]", 101]] as [String: Any]
+        object["post_processor"] = ["type": "BertProcessing", "sep": ["[SEP]", 102] as [Any], "cls": ["[CLS]", 101] as [Any]] as [String: Any]
         let edited = try JSONSerialization.data(withJSONObject: object)
         XCTAssertThrowsError(try WordPieceTokenizer(tokenizerJSON: edited,
                                                     tablesJSON: Data(contentsOf: folder.appendingPathComponent(spec.tables)),
