@@ -1,9 +1,16 @@
 """branch.json: the typed config of one trained branch (a run folder or a store's branch folder),
 in the style of peft's adapter config. Its keys are written here and nowhere else; a file with an
 unknown or missing key, or a value of the wrong type, is refused in one line.
+
+`format_version` says which keys a file must have. Format 1 (files without the key, written before
+it existed) and format 2 both need `weights_sha256`, the sha256 of branch.safetensors checked on every
+load: a file without it is refused with the command that rewrites it (`python -m
+toolchain.branch_config FOLDER`). A file of a newer format is refused with advice to upgrade ctb-mobile.
 """
 
 import dataclasses
+import hashlib
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +21,8 @@ from toolchain.fsutil import check_name, read_json, write_json_atomic
 FILE = "branch.json"
 WEIGHTS = "branch.safetensors"
 TASK_TYPES = ("classification", "regression", "tagging")
+FORMAT_VERSION = 2  # 2: format_version and weights_sha256 are required
+REWRITE = "python -m toolchain.branch_config"
 
 
 @dataclass(frozen=True)
@@ -52,8 +61,9 @@ class BranchConfig:
     hidden_size: int | None = None
     backbone: str | None = None
     toolchain_version: str | None = None
-    weights_sha256: str | None = None  # of branch.safetensors, checked on load
+    weights_sha256: str | None = None  # of branch.safetensors, checked on load; required in a file
     distilled_from: DistilledFrom | None = None
+    format_version: int = FORMAT_VERSION
 
     @property
     def n_out(self) -> int:
@@ -66,13 +76,27 @@ class BranchConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     def save(self, folder) -> None:
-        write_json_atomic(Path(folder) / FILE, self.to_json())
+        """Write branch.json beside branch.safetensors, at this toolchain's format; a config made before
+        its weights existed records the sha256 of the weights file the folder holds now."""
+        folder = Path(folder)
+        cfg = self.replace(format_version=FORMAT_VERSION)
+        if cfg.weights_sha256 is None:
+            if not (folder / WEIGHTS).is_file():
+                raise ValueError(f"{folder}: write {WEIGHTS} before {FILE} (its sha256 goes into {FILE})")
+            cfg = cfg.replace(weights_sha256=_sha256(folder / WEIGHTS))
+        write_json_atomic(folder / FILE, cfg.to_json())
 
     @classmethod
     def from_json(cls, data, where: str) -> "BranchConfig":
         fix = "it was not written by ctb-mobile; retrain the branch"
         if not isinstance(data, dict):
             raise UserError(f"{where}: {FILE} is not a JSON object; {fix}")
+        version = data.get("format_version", 1)  # files written before the key existed are format 1
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise UserError(f"{where}: {FILE} format_version = {version!r} is not a format; {fix}")
+        if version > FORMAT_VERSION:
+            raise UserError(f"{where}: {FILE} is format {version}, written by a newer ctb-mobile (this one reads "
+                            f"up to {FORMAT_VERSION}); upgrade ctb-mobile (pip install -U ctb-mobile)")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
@@ -80,6 +104,10 @@ class BranchConfig:
         missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in data]
         if missing:
             raise UserError(f"{where}: {FILE} lacks {missing[0]!r}; {fix}")
+        if not data.get("weights_sha256"):
+            raise UserError(f"{where}: {FILE} (format {version}) lacks 'weights_sha256', so its weights cannot be "
+                            f"checked; if you trust {WEIGHTS}, record its sha256 with `{REWRITE} {_folder(where)}`, "
+                            "else retrain the branch")
         for k, v in data.items():
             kind = _json_type(fields[k].type)
             if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
@@ -95,7 +123,10 @@ class BranchConfig:
                 keys = sorted(teacher) if isinstance(teacher, dict) else teacher
                 raise UserError(f"{where}: {FILE} distilled_from has keys {keys}, not {sorted(known)}; {fix}")
             teacher = DistilledFrom(**teacher)
-        return cls(**{**data, "distilled_from": teacher})
+        sha = data["weights_sha256"]
+        if len(sha) != 64 or sha.strip("0123456789abcdef"):
+            raise UserError(f"{where}: {FILE} weights_sha256 {sha[:80]!r} is not a sha256 (64 hex digits); {fix}")
+        return cls(**{**data, "distilled_from": teacher, "format_version": version})
 
     @classmethod
     def load(cls, folder) -> "BranchConfig":
@@ -107,3 +138,61 @@ class BranchConfig:
             if not (folder / name).is_file():
                 raise UserError(f"branch {folder}: {name} missing; is this a finished training or distillation run?")
         return cls.from_json(read_json(folder / FILE, "retrain the branch or restore the file"), f"branch {folder}")
+
+
+def check_finite(weights: dict, where: str) -> None:
+    """Refuse weights holding NaN or infinity (a training that diverged): nothing is merged or exported
+    from them."""
+    import torch
+
+    for name, t in weights.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{where}: weight {name} holds NaN or infinity (the training diverged); retrain the "
+                            "branch with a lower learning rate")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _folder(where: str) -> str:
+    return where.removeprefix("branch ")
+
+
+def rewrite(folder) -> BranchConfig:
+    """Rewrite a branch folder's branch.json at the current format, recording the sha256 of the weights
+    file as it is now (for files written before weights_sha256 was required)."""
+    folder = Path(folder)
+    for name in (FILE, WEIGHTS):
+        if not (folder / name).is_file():
+            raise UserError(f"{folder}: {name} missing; give a run folder or a store's branch folder")
+    data = read_json(folder / FILE, "retrain the branch or restore the file")
+    if isinstance(data, dict) and not data.get("weights_sha256"):
+        data = {**data, "weights_sha256": _sha256(folder / WEIGHTS)}
+    cfg = BranchConfig.from_json(data, f"branch {folder}").replace(format_version=FORMAT_VERSION)
+    cfg.save(folder)
+    return cfg
+
+
+def main(argv=None) -> int:
+    """`python -m toolchain.branch_config FOLDER...`: rewrite older branch.json files at this format."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print(f"usage: {REWRITE} FOLDER... (run folders or a store's branches/<task> folders)", file=sys.stderr)
+        return 2
+    for folder in args:
+        try:
+            cfg = rewrite(folder)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{folder}: branch.json rewritten at format {cfg.format_version} (weights {cfg.weights_sha256[:12]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

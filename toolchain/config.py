@@ -20,6 +20,14 @@ DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "taggin
 COLUMN_ROLES = ("text", "text_pair", "label", "tokens", "tags")
 SELECT_RULES = ("best-in-range", "smallest-within")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+SEED_LIMIT = 2**32  # numpy's (and so accelerate's set_seed's) seeds are 0 .. 2**32 - 1
+
+
+def check_seed(seed, what: str) -> int:
+    """`what`: how the user wrote it, e.g. "recipe r.toml [train]: seed =" or "--seeds"."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{what} {seed!r} must be an integer from 0 to {SEED_LIMIT - 1}, e.g. 0")
+    return seed
 
 
 @dataclass
@@ -42,6 +50,7 @@ class TrainConfig:
         if not 0 <= self.dropout < 1:
             raise UserError(f"{where}: dropout = {self.dropout} must be in [0, 1)")
         _one_of(self.mixed_precision, MIXED_PRECISION, "mixed_precision", where)
+        check_seed(self.seed, f"{where}: seed =")
 
 
 @dataclass
@@ -337,6 +346,8 @@ def load_recipe(path) -> Recipe:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"recipe {path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise UserError(f"recipe {path} nests arrays or tables too deeply to be a recipe; write it flat") from None
     where = f"recipe {path}"
     raw = dict(raw)
     train = _build(TrainConfig, raw.pop("train", {}), f"{where} [train]")
@@ -350,6 +361,9 @@ def load_recipe(path) -> Recipe:
         raise UserError(f"{where}: no [[tasks]]; add at least one task table")
     tasks = []
     for i, rt in enumerate(raw_tasks):
+        if not isinstance(rt, dict):
+            raise UserError(f"{where}: tasks[{i}] = {str(rt)[:40]} is not a table; write each task as a "
+                            "[[tasks]] table with name, type, format, train and dev")
         rt = dict(rt)
         twhere = f"{where} task {rt.get('name', i)!r}"
         overrides = rt.pop("training", {})  # per-task overrides of [train], e.g. training = { lr = 2e-5 }

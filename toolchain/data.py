@@ -15,6 +15,7 @@ Formats (recipe key `format`):
 import csv
 import hashlib
 import json
+import math
 import random
 import sys
 from dataclasses import dataclass, field
@@ -123,10 +124,32 @@ def _example(task, get, where) -> Example:
             tokens, tags = tokens.split(), tags.split()
         if len(tokens) != len(tags):
             raise UserError(f"{where}: {len(tokens)} tokens but {len(tags)} tags in {' '.join(tokens)[:60]!r}")
-        return Example(tokens=list(tokens), tags=list(tags))
+        return check_labels(task, Example(tokens=list(tokens), tags=list(tags)), where)
     ex = Example(text=str(get(cols["text"])), label=get(cols["label"]))
     if "text_pair" in cols:
         ex.text_pair = str(get(cols["text_pair"]))
+    return check_labels(task, ex, where)
+
+
+def check_labels(task, ex: Example, where: str) -> Example:
+    """`ex` if its labels can be learned: a regression label is a finite number; a class or tag is a
+    non-empty name without NUL (an empty field or a stray NUL would otherwise become a class of its own)."""
+    if task.type == "regression":
+        try:
+            value = float(ex.label)
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: regression label {ex.label!r} is not a number; check columns.label") from None
+        if not math.isfinite(value):
+            raise UserError(f"{where}: regression label {ex.label!r} is not a finite number; fix or remove the row")
+        return ex
+    for label in ex.tags if task.type == "tagging" else [ex.label]:
+        what = "tag" if task.type == "tagging" else "label"
+        if label is None or isinstance(label, (dict, list)) or (isinstance(label, float) and not math.isfinite(label)):
+            raise UserError(f"{where}: {what} {label!r} is not a {what} name; fix the row")
+        if "\x00" in str(label):
+            raise UserError(f"{where}: {what} {str(label)[:40]!r} holds a NUL character; fix the row")
+        if not str(label).strip():
+            raise UserError(f"{where}: empty {what}; give every row its {what}, or remove the row")
     return ex
 
 
@@ -194,22 +217,24 @@ def _read_seqio(path, task, split, where):
         for n, (w, t) in enumerate(zip(words, tags), start=1):
             if len(w) != len(t):
                 raise UserError(f"{where} line {n}: {len(w)} words but {len(t)} tags")
-        return [Example(tokens=w, tags=t) for w, t in zip(words, tags) if w]
-    return [Example(text=" ".join(w), label=i.strip()) for w, i in zip(words, intents) if w]
+        return [check_labels(task, Example(tokens=w, tags=t), f"{where} line {n}")
+                for n, (w, t) in enumerate(zip(words, tags), start=1) if w]
+    return [check_labels(task, Example(text=" ".join(w), label=i.strip()), f"{where} line {n}")
+            for n, (w, i) in enumerate(zip(words, intents), start=1) if w]
 
 
 def _read_conll(path, task, split, where):
     """CoNLL columns: one token per line (token ... tag), a blank line between sentences, -DOCSTART-
     lines skipped. columns.tokens / columns.tags are field indexes (default 0 and -1, the last)."""
     tok_col, tag_col = task.columns.get("tokens", 0), task.columns.get("tags", -1)
-    out, tokens, tags = [], [], []
+    out, tokens, tags, start = [], [], [], 1
     with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, start=1):
             fields = line.split()
             if not fields or fields[0] == "-DOCSTART-":
                 if tokens:
-                    out.append(Example(tokens=tokens, tags=tags))
-                tokens, tags = [], []
+                    out.append(check_labels(task, Example(tokens=tokens, tags=tags), f"{where} lines {start}-{n - 1}"))
+                tokens, tags, start = [], [], n + 1
                 continue
             try:
                 tokens.append(fields[tok_col])
@@ -218,7 +243,7 @@ def _read_conll(path, task, split, where):
                 raise UserError(f"{where} line {n}: {len(fields)} fields, fewer than columns.tokens = {tok_col} / "
                                 f"columns.tags = {tag_col} need") from None
     if tokens:
-        out.append(Example(tokens=tokens, tags=tags))
+        out.append(check_labels(task, Example(tokens=tokens, tags=tags), f"{where} lines {start}-{n}"))
     return out
 
 
@@ -238,10 +263,11 @@ def _read_clinc(path, task, split, where):
             raise UserError(f"{where}: columns.label = 'domain' needs {domains_file} beside the data file")
         domain = {i: d for d, intents in json.loads(domains_file.read_text()).items() for i in intents}
         domain["oos"] = "oos"
-        return [Example(text=t, label=domain[i]) for t, i in rows]
+        return [check_labels(task, Example(text=t, label=domain[i]), f"{where} {name} row {n}")
+                for n, (t, i) in enumerate(rows)]
     if target != "intent":
         raise UserError(f"{where}: columns.label = {target!r}; clinc150 offers 'intent' or 'domain'")
-    return [Example(text=t, label=i) for t, i in rows]
+    return [check_labels(task, Example(text=t, label=i), f"{where} {name} row {n}") for n, (t, i) in enumerate(rows)]
 
 
 def _read_hf(path, task, split, where):

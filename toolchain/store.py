@@ -24,7 +24,7 @@ from pathlib import Path
 
 from runtime_py.bundle import file_sha256
 from toolchain import UserError, __version__
-from toolchain.branch_config import BranchConfig
+from toolchain.branch_config import BranchConfig, check_finite
 from toolchain.fsutil import (atomic_dir, check_replaceable, child, follow_umask, locked, read_json, reading,
                               recover_tree, remove_tree, write_json_atomic)
 
@@ -52,6 +52,7 @@ def load_branch(cfg, branch_dir, meta: BranchConfig | None = None):
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"branch {branch_dir}: branch.safetensors is unreadable ({str(e)[:80]}); "
                         "copy it again or retrain the branch") from None
+    check_finite(weights, f"branch {branch_dir}")
     if not meta.weights_sha256:
         raise UserError(f"branch {branch_dir}: branch.json lacks weights_sha256, so its weights cannot be checked; "
                         "if you trust branch.safetensors, record its sha256 with `python -m toolchain.branch_config "
@@ -96,10 +97,33 @@ def _meta(store_dir: Path) -> dict:
         if not isinstance(meta.get(key), kind):
             raise UserError(f"store {store_dir}: store.json {key} is {'missing' if key not in meta else 'malformed'}; "
                             f"{REBUILD}")
+    _check_encoder(meta["encoder"], f"store {store_dir}: store.json")
     if not isinstance(meta.get("tokenizer_sha256"), dict) or "tokenizer.json" not in meta["tokenizer_sha256"]:
         raise UserError(f"store {store_dir}: store.json records no sha256 of its tokenizer (a store made before "
                         f"tokenizer checksums, or edited), so its tokenizer cannot be checked; {REBUILD}")
     return meta
+
+
+def _check_encoder(enc: dict, where: str) -> None:
+    """store.json's encoder: exactly EncoderConfig's keys, each of its declared type (the trunk is built
+    from them: an extra key or a string for a number would fail later as an internal error)."""
+    import dataclasses
+
+    from toolchain.model import EncoderConfig
+
+    fields = {f.name: f for f in dataclasses.fields(EncoderConfig)}
+    unknown = sorted(set(enc) - set(fields))
+    if unknown:
+        raise UserError(f"{where}: encoder has unknown key {unknown[0]!r}; {REBUILD}")
+    for name, f in fields.items():
+        if name not in enc:
+            if f.default is dataclasses.MISSING:
+                raise UserError(f"{where}: encoder lacks {name!r}; {REBUILD}")
+            continue
+        v, kind = enc[name], {float: (int, float)}.get(f.type, f.type)
+        if not isinstance(v, kind) or isinstance(v, bool) or (kind is not str and v < 0):
+            raise UserError(f"{where}: encoder {name} = {repr(v)[:40]} is not a"
+                            f"{'' if kind is str else ' non-negative'} {getattr(kind, '__name__', 'number')}; {REBUILD}")
 
 
 def _check_plain(store_dir: Path) -> None:

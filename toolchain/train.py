@@ -233,12 +233,17 @@ def fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, los
             sched.step()
             opt.zero_grad(set_to_none=True)
             loss = accelerator.reduce(loss.detach(), "mean").item()  # the global batch's loss
+            if not math.isfinite(loss):  # every process sees the same reduced loss, so all stop together
+                diverged(task, cfg, f"the loss is {loss} at step {epoch * steps_per_epoch + s // local_bs + 1} "
+                         f"(epoch {epoch + 1})")
             state["losses"].append(loss)
             if progress:
                 progress.update(bar, advance=1, description=f"[green]{label} loss {loss:.3f}")
         state["epoch_seconds"].append(time.perf_counter() - te)
         state["rows_per_process"].append(accelerator.gather(torch.tensor([rows], device=accelerator.device)).tolist())
         plain = accelerator.unwrap_model(branch)
+        if not all(bool(torch.isfinite(p).all()) for p in plain.parameters()):
+            diverged(task, cfg, f"the weights hold NaN or infinity after epoch {epoch + 1}")
         dev_metric = score(task, data.labels, data.dev, predict(plain, dev_b, len(data.dev), task.type))
         state["history"].append({"epoch": epoch + 1, task.metric: dev_metric})
         state["epoch"] = epoch + 1
@@ -246,6 +251,13 @@ def fit(branch, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, los
     if progress:
         progress.update(bar, visible=False)
     return accelerator.unwrap_model(branch), state
+
+
+def diverged(task, cfg, what: str):
+    """Stop a training that left the finite numbers: nothing of this run is written as finished."""
+    raise UserError(f"task {task.name!r}: training diverged: {what}; the learning rate (lr = {cfg.lr:g}) is likely "
+                    "too high, or the labels are bad (a regression label far out of range); lower [train] lr "
+                    "and train again")
 
 
 def checkpoint(ckpt: Path, accelerator, state: dict) -> None:

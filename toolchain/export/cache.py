@@ -8,6 +8,11 @@ max_seq_len, embedded metadata, calibration batches, what is kept in fp32, the t
 and of the backend packages, and the source of the code that builds and exports graphs. Entries live
 under `<cache>/exports/`; the newest KEEP stay. CTB_EXPORT_CACHE=0 turns the cache off.
 
+An entry's files.json lists its files with their sha256; each copy out of the cache is checked against
+it, so a damaged entry (a flipped byte, a truncated file, an entry from before the checksums) is dropped
+with one line on stderr and the graph exported again: a bundle never gets a cached file's damage under
+a fresh checksum.
+
 A target may also keep the step every precision starts from (`traced`: ONNX's fp32 trace), so that an
 int8 export after the fp32 one, and each of the guard's fp32 fallbacks, quantize the same trace
 instead of tracing the graph again.
@@ -18,6 +23,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import sys
 import weakref
 from pathlib import Path
 
@@ -140,33 +146,59 @@ def _base() -> Path:
 
 
 def _fetch(entry: Path, out_dir: Path, expect=None) -> list | None:
-    """Copy an entry's files into out_dir and return their names; None (and nothing left behind) when
-    the entry is missing, damaged, or holds other files than `expect`."""
+    """Copy an entry's files into out_dir, each checked against its sha256 in files.json, and return their
+    names; None (and nothing left behind) when the entry is missing, damaged, or holds other files than
+    `expect`. A damaged entry is deleted, with one line on stderr."""
+    from runtime_py.bundle import file_sha256
+
+    if not (entry / "files.json").is_file():
+        return None
     files = None
     try:
-        files = [check_name_file(f) for f in json.loads((entry / "files.json").read_text())]
+        listed = json.loads((entry / "files.json").read_text())
+        if not isinstance(listed, dict) or not isinstance(listed.get("sha256"), dict):
+            raise ValueError("no checksums (an entry from an older ctb-mobile)")
+        files = [check_name_file(f) for f in listed["files"]]
         if expect is not None and files != list(expect):
-            raise ValueError(f"entry {entry.name} holds {files}")
+            raise ValueError(f"it holds {files}")
         for f in files:
             _copy(entry / f, out_dir / f)
+            if file_sha256(out_dir / f) != listed["sha256"].get(f):
+                raise ValueError(f"{f} does not match its sha256")
         os.utime(entry)
         return files
-    except (OSError, ValueError, TypeError):  # no entry, or a damaged one: export afresh
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:  # a damaged entry: export afresh
         for f in files or ():
             p = out_dir / f
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        print(f"export cache: entry {entry.name} is damaged ({str(e)[:120]}); dropped, exporting again",
+              file=sys.stderr)
+        _drop(entry)
         return None
 
 
+def _drop(entry: Path) -> None:
+    """Delete an entry: renamed away first, so that no reader sees it half deleted."""
+    gone = entry.with_name(f".{entry.name}.dropped-{os.getpid()}")
+    try:
+        os.rename(entry, gone)
+    except OSError:
+        return
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def _store(base: Path, entry: Path, out_dir: Path, files: list) -> None:
+    from runtime_py.bundle import file_sha256
     from toolchain import UserError
     from toolchain.fsutil import atomic_dir
 
     try:
-        with atomic_dir(entry) as tmp:
+        with atomic_dir(entry, kind="export cache entry") as tmp:
             for f in files:
                 _copy(out_dir / f, tmp / f)
-            (tmp / "files.json").write_text(json.dumps(files))
+            # the sha256 of what was exported (out_dir), so a file damaged on its way in is caught on read
+            sums = {f: file_sha256(out_dir / f) for f in files}
+            (tmp / "files.json").write_text(json.dumps({"files": files, "sha256": sums}))
         entries = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
                          key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[KEEP:]:
