@@ -27,8 +27,6 @@ import re
 import pytest
 from conftest import ROOT
 
-ct = pytest.importorskip("coremltools", reason="the CoreML contract test needs coremltools: pip install -e '.[coreml]'")
-
 SWIFT = ROOT / "ios_demo/CTBKit/Sources/CTBKit/CoreMLBackend.swift"
 RUNNER = ROOT / "ios_demo/CTBKit/Sources/CTBKit/MultiTaskRunner.swift"
 
@@ -81,6 +79,8 @@ def check_swift_feeds_by_the_manifest(src: str, manifest: dict):
 
 
 def check_program(spec_path, program: dict, manifest: dict, swift: dict):
+    import coremltools as ct
+
     from toolchain.export import coreml
 
     d = coreml.describe(spec_path)
@@ -121,12 +121,13 @@ def check_embedded(spec_path, program: dict, manifest: dict, swift: dict):
 
 
 @pytest.fixture(scope="module")
-def ios_bundle(tiny, tmp_path_factory):
+def ios_bundle(tmp_path_factory, request):
     """A tiny CoreML bundle at the ios default precision (fp16), split: a trunk with token inputs
     and branches with a float32 hidden state, so that every input kind is checked."""
+    pytest.importorskip("coremltools", reason="the CoreML contract test needs coremltools: pip install -e '.[coreml]'")
     from toolchain.export import export_bundle
 
-    out, recipe = tiny
+    out, recipe = request.getfixturevalue("tiny")  # after the skip: no training without coremltools
     folder = tmp_path_factory.mktemp("coreml") / "ios-split-fp16"
     manifest = export_bundle(recipe, out / "store", "ios", "fp16", "split", folder, log=lambda m: None)
     return folder, manifest
