@@ -16,54 +16,6 @@ func fail(_ message: String) -> Never {
     exit(2)
 }
 
-/// A JSON string as Python's json.dumps(ensure_ascii=False) writes it.
-func jsonString(_ s: String) -> String {
-    var out = "\""
-    for scalar in s.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case "\u{08}": out += "\\b"
-        case "\u{0C}": out += "\\f"
-        default:
-            if scalar.value < 0x20 {
-                out += String(format: "\\u%04x", scalar.value)
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-    }
-    return out + "\""
-}
-
-/// A number as Python's repr of a float (shortest round-trip digits, exponent below 1e-4 and from 1e16).
-func jsonNumber(_ d: Double) -> String {
-    if d.isNaN {
-        return "NaN"
-    }
-    if d.isInfinite {
-        return d < 0 ? "-Infinity" : "Infinity"
-    }
-    return "\(d)"
-}
-
-func jsonResult(_ r: TaskResult) -> String {
-    switch r {
-    case .classification(let label, let score):
-        return "{\"label\": \(jsonString(label)), \"score\": \(jsonNumber(score))}"
-    case .regression(let value):
-        return "{\"value\": \(jsonNumber(value))}"
-    case .tagging(let spans):
-        let items = spans.map { s in
-            "{\"label\": \(jsonString(s.label)), \"start\": \(s.start), \"end\": \(s.end), \"text\": \(jsonString(s.text))}"
-        }
-        return "{\"spans\": [\(items.joined(separator: ", "))]}"
-    }
-}
-
 var positional: [String] = []
 var chosen: [String] = []
 var arguments = Array(CommandLine.arguments.dropFirst())
@@ -90,13 +42,7 @@ do {
     let order = chosen.isEmpty ? runner.tasks.map { $0.name } : chosen
     for text in positional.dropFirst() {
         let results = try runner.predict(text, tasks: chosen.isEmpty ? nil : chosen)
-        var fields = ["\"text\": \(jsonString(text))"]
-        for name in order {
-            if let r = results[name] {
-                fields.append("\(jsonString(name)): \(jsonResult(r))")
-            }
-        }
-        print("{" + fields.joined(separator: ", ") + "}")
+        print(PredictionJSON.line(text: text, results: results, order: order))
     }
 } catch {
     fail(String(describing: error))
