@@ -8,18 +8,31 @@ import org.junit.jupiter.api.Assertions.fail
 import java.io.File
 
 /**
- * The toolchain-made files the tests read: a bundle (`CTB_BUNDLE`) and its verify report
- * (`CTB_REPORT`: golden.json, golden_tokenizer.json, golden_spans.json, verify.json). Missing
- * files fail the tests; they are never skipped.
+ * The toolchain-made files the tests read: bundles and their verify reports (golden.json,
+ * golden_tokenizer.json, golden_spans.json, verify.json). `CTB_BUNDLES` lists them as
+ * BUNDLE:REPORT[:BUNDLE:REPORT...] (core/test.sh sets it); the core's tests use the first pair
+ * (`CTB_BUNDLE` / `CTB_REPORT` override it), backend-onnxruntime's parity tests every ONNX pair.
+ * Missing files fail the tests; they are never skipped.
  */
 object Golden {
-    val bundle: File get() = dir("CTB_BUNDLE")
-    val report: File get() = dir("CTB_REPORT")
+    /** Every (bundle, report) pair given. */
+    val pairs: List<Pair<File, File>> by lazy {
+        val list = System.getenv("CTB_BUNDLES")?.takeIf { it.isNotBlank() }?.split(File.pathSeparator).orEmpty()
+        if (list.size % 2 != 0) fail<Nothing>("CTB_BUNDLES has ${list.size} paths; give BUNDLE:REPORT pairs")
+        val given = list.chunked(2).map { (b, r) -> folder(b, "CTB_BUNDLES") to folder(r, "CTB_BUNDLES") }
+        val single = System.getenv("CTB_BUNDLE")?.takeIf { it.isNotBlank() }?.let { b ->
+            folder(b, "CTB_BUNDLE") to folder(System.getenv("CTB_REPORT") ?: "$b.verify", "CTB_REPORT")
+        }
+        val all = listOfNotNull(single) + given
+        if (all.isEmpty()) fail<Nothing>("CTB_BUNDLES is not set; run core/test.sh BUNDLE_DIR REPORT_DIR [BUNDLE_DIR REPORT_DIR ...]")
+        all
+    }
+    val bundle: File get() = pairs[0].first
+    val report: File get() = pairs[0].second
 
-    private fun dir(variable: String): File {
-        val path = System.getenv(variable) ?: fail("$variable is not set; run core/test.sh BUNDLE_DIR REPORT_DIR")
+    private fun folder(path: String, variable: String): File {
         val f = File(path)
-        if (!f.isDirectory) fail<Nothing>("$variable=$path is not a folder")
+        if (!f.isDirectory) fail<Nothing>("$variable: $path is not a folder")
         return f
     }
 
@@ -134,8 +147,9 @@ class ReplayBackend(
 
     companion object {
         /**
-         * The `manifest` constant method's string as stored in an ExecuTorch program: the .pte
-         * flatbuffer keeps it verbatim after a 4-byte little-endian length.
+         * The manifest JSON embedded in a program file, found in its bytes: an ExecuTorch .pte keeps the
+         * `manifest` constant method's string after a 4-byte little-endian length, an ONNX model keeps
+         * metadata_props' `ctb_mobile_manifest` value after a protobuf varint length.
          */
         fun embeddedManifest(file: File): String? {
             val bytes = file.readBytes()
@@ -143,17 +157,31 @@ class ReplayBackend(
             val at = indexOf(bytes, key, 0)
             if (at < 0) return null
             var start = at
-            while (start >= 4) {
+            while (start >= 1) {
                 start--
                 if (bytes[start] != '{'.code.toByte()) continue
-                val len = (bytes[start - 4].toInt() and 0xff) or ((bytes[start - 3].toInt() and 0xff) shl 8) or
-                    ((bytes[start - 2].toInt() and 0xff) shl 16) or ((bytes[start - 1].toInt() and 0xff) shl 24)
-                if (len > 0 && start + len <= bytes.size && start + len > at) {
-                    val text = String(bytes, start, len, Charsets.UTF_8)
-                    if (runCatching { JsonParser.parseString(text).asJsonObject }.isSuccess) return text
+                val lengths = listOfNotNull(if (start >= 4) le32(bytes, start - 4) else null, varintBefore(bytes, start))
+                for (len in lengths) {
+                    if (len > 0 && start + len <= bytes.size && start + len > at) {
+                        val text = String(bytes, start, len, Charsets.UTF_8)
+                        if (runCatching { JsonParser.parseString(text).asJsonObject }.isSuccess) return text
+                    }
                 }
             }
             return null
+        }
+
+        private fun le32(b: ByteArray, i: Int) = (b[i].toInt() and 0xff) or ((b[i + 1].toInt() and 0xff) shl 8) or
+            ((b[i + 2].toInt() and 0xff) shl 16) or ((b[i + 3].toInt() and 0xff) shl 24)
+
+        /** The protobuf varint that ends just before [end] (its last byte < 0x80, the ones before >= 0x80). */
+        private fun varintBefore(b: ByteArray, end: Int): Int? {
+            if (end < 1 || b[end - 1].toInt() and 0x80 != 0) return null
+            var first = end - 1
+            while (first > 0 && end - first < 5 && b[first - 1].toInt() and 0x80 != 0) first--
+            var v = 0
+            for (i in end - 1 downTo first) v = (v shl 7) or (b[i].toInt() and 0x7f)
+            return v
         }
 
         private fun indexOf(bytes: ByteArray, key: ByteArray, from: Int): Int {
