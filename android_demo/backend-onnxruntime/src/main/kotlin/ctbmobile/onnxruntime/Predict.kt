@@ -1,0 +1,101 @@
+package ctbmobile.onnxruntime
+
+import ctbmobile.core.ClassificationResult
+import ctbmobile.core.MultiTaskRunner
+import ctbmobile.core.RegressionResult
+import ctbmobile.core.TaggingResult
+import ctbmobile.core.TaskResult
+import java.io.File
+import java.math.BigDecimal
+import java.math.MathContext
+import java.math.RoundingMode
+import kotlin.system.exitProcess
+
+/**
+ * `predict BUNDLE TEXT...`: one JSON line per text on stdout, the same bytes as `ctb-mobile predict
+ * BUNDLE TEXT...` prints (Python's json.dumps defaults: ", " and ": " separators, ASCII with \u
+ * escapes, floats as Python's repr): {"text": TEXT, "<task>": {"label", "score"} | {"value"} |
+ * {"spans": [{"label", "start", "end", "text"}]}, ...}, the single-text tasks in manifest order.
+ * The entry point a Kotlin or Java backend service would use (MultiTaskRunner + OnnxRuntimeBackend).
+ * Errors: one line on stderr, exit status 2.
+ */
+fun main(args: Array<String>) {
+    if (args.size < 2) fail("usage: predict BUNDLE TEXT... (BUNDLE: an ONNX bundle folder from ctb-mobile export --target onnx)")
+    val out = StringBuilder()
+    try {
+        MultiTaskRunner.openFor(File(args[0]), mapOf("onnx" to { OnnxRuntimeBackend() })).use { runner ->
+            val tasks = runner.tasks.filter { !it.pair }.map { it.name }
+            for (text in args.drop(1)) out.append(PyJson.line(text, runner.predict(text, tasks = tasks))).append('\n')
+        }
+    } catch (e: Exception) {
+        fail(e.message?.lineSequence()?.firstOrNull() ?: e.toString())
+    }
+    print(out)
+    System.out.flush()
+}
+
+private fun fail(message: String): Nothing {
+    System.err.println("predict: $message")
+    exitProcess(2)
+}
+
+/** JSON as Python's `json.dumps(obj)` writes it (default separators, ensure_ascii, float repr). */
+object PyJson {
+    fun line(text: String, results: Map<String, TaskResult>): String {
+        val parts = mutableListOf("\"text\": ${str(text)}")
+        for ((task, r) in results) parts.add("${str(task)}: ${result(r)}")
+        return "{" + parts.joinToString(", ") + "}"
+    }
+
+    private fun result(r: TaskResult): String = when (r) {
+        is ClassificationResult -> "{\"label\": ${str(r.label)}, \"score\": ${num(r.score)}}"
+        is RegressionResult -> "{\"value\": ${num(r.value)}}"
+        is TaggingResult -> "{\"spans\": [" + r.spans.joinToString(", ") {
+            "{\"label\": ${str(it.label)}, \"start\": ${it.start}, \"end\": ${it.end}, \"text\": ${str(it.text)}}"
+        } + "]}"
+    }
+
+    fun str(s: String): String {
+        val b = StringBuilder("\"")
+        for (c in s) {
+            when {
+                c == '"' -> b.append("\\\"")
+                c == '\\' -> b.append("\\\\")
+                c == '\n' -> b.append("\\n")
+                c == '\r' -> b.append("\\r")
+                c == '\t' -> b.append("\\t")
+                c == '\b' -> b.append("\\b")
+                c == '\u000c' -> b.append("\\f")
+                c.code in 0x20..0x7e -> b.append(c)
+                else -> b.append("\\u%04x".format(c.code)) // UTF-16 units, as Python escapes astral characters
+            }
+        }
+        return b.append('"').toString()
+    }
+
+    /** Python's float repr: the shortest digits that read back as [x]; fixed notation for 1e-4 <= |x| < 1e16. */
+    fun num(x: Double): String {
+        if (x.isNaN()) return "NaN"
+        if (x.isInfinite()) return if (x > 0) "Infinity" else "-Infinity"
+        if (x == 0.0) return if (1.0 / x < 0) "-0.0" else "0.0"
+        val exact = BigDecimal(x)
+        var d = exact
+        for (p in 1..17) {
+            d = exact.round(MathContext(p, RoundingMode.HALF_EVEN))
+            if (d.toDouble() == x) break
+        }
+        val digits = d.unscaledValue().abs().toString().trimEnd('0').ifEmpty { "0" }
+        val exp = d.precision() - d.scale() - 1 // decimal exponent of the first digit
+        val sign = if (x < 0) "-" else ""
+        return sign + if (exp in -4..15) {
+            when {
+                exp < 0 -> "0." + "0".repeat(-exp - 1) + digits
+                digits.length <= exp + 1 -> digits + "0".repeat(exp + 1 - digits.length) + ".0"
+                else -> digits.substring(0, exp + 1) + "." + digits.substring(exp + 1)
+            }
+        } else {
+            val mant = if (digits.length == 1) digits else digits[0] + "." + digits.substring(1)
+            mant + "e" + (if (exp < 0) "-" else "+") + "%02d".format(Math.abs(exp))
+        }
+    }
+}
