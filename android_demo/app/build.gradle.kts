@@ -1,5 +1,5 @@
 // The demo screen. The bundle comes from src/main/assets/bundle/ (filled by `ctb-mobile embed`,
-// git-ignored); the instrumented test reads golden files from src/androidTest/assets/golden/.
+// git-ignored; an int8 bundle by default, see README.md); the instrumented test reads golden files from src/androidTest/assets/golden/.
 plugins {
     alias(libs.plugins.android.application)
     alias(libs.plugins.kotlin.android)
@@ -21,7 +21,7 @@ android {
         compose = true
     }
     androidResources {
-        noCompress += "pte" // copied to storage as it is
+        noCompress += listOf("pte", "onnx", "ort") // copied to storage as they are
     }
     compileOptions {
         sourceCompatibility = JavaVersion.VERSION_17
@@ -34,7 +34,9 @@ kotlin {
 }
 
 dependencies {
+    // the manifest's target picks the backend: "android" -> ExecuTorch (.pte), "onnx" -> ONNX Runtime
     implementation(project(":backend-executorch"))
+    implementation(project(":backend-onnxruntime"))
     implementation(libs.kotlinx.coroutines.android)
     implementation(libs.androidx.core.ktx)
     implementation(libs.androidx.activity.compose)

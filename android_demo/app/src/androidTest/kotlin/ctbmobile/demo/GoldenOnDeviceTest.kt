@@ -9,7 +9,6 @@ import ctbmobile.core.MultiTaskRunner
 import ctbmobile.core.RegressionResult
 import ctbmobile.core.TaggingResult
 import ctbmobile.executorch.AssetBundle
-import ctbmobile.executorch.ExecuTorchBackend
 import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
@@ -32,7 +31,7 @@ class GoldenOnDeviceTest {
         val tasks = golden.getAsJsonArray("tasks").map { it.asString }
         val cases = golden.getAsJsonArray("cases").map { it.asJsonObject }
         assertTrue("golden.json has no cases", cases.isNotEmpty())
-        MultiTaskRunner.open(AssetBundle.install(instrumentation.targetContext), ExecuTorchBackend()).use { runner ->
+        MultiTaskRunner.openFor(AssetBundle.install(instrumentation.targetContext), BACKENDS).use { runner ->
             for ((i, case) in cases.withIndex()) {
                 val text = case["text"].asString
                 val encoding = runner.tokenizer.encode(text)

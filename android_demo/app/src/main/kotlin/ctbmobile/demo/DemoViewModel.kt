@@ -4,13 +4,13 @@ import android.app.Application
 import androidx.lifecycle.AndroidViewModel
 import androidx.lifecycle.viewModelScope
 import ctbmobile.core.MultiTaskRunner
+import ctbmobile.core.PredictionController
 import ctbmobile.core.TaskResult
+import ctbmobile.core.TrunkBackend
 import ctbmobile.executorch.AssetBundle
 import ctbmobile.executorch.ExecuTorchBackend
-import kotlinx.coroutines.CancellationException
+import ctbmobile.onnxruntime.OnnxRuntimeBackend
 import kotlinx.coroutines.Dispatchers
-import kotlinx.coroutines.Job
-import kotlinx.coroutines.ensureActive
 import kotlinx.coroutines.flow.MutableStateFlow
 import kotlinx.coroutines.flow.StateFlow
 import kotlinx.coroutines.flow.update
@@ -25,44 +25,50 @@ data class UiState(
     val latencyMs: Double? = null,
 )
 
-/** Loads the bundle once and runs every prediction on Dispatchers.Default, never on the UI thread. */
+/** The backend for each bundle target the app can run; the bundle's manifest says which it is. */
+val BACKENDS: Map<String, () -> TrunkBackend> = mapOf(
+    "android" to { ExecuTorchBackend() },
+    "onnx" to { OnnxRuntimeBackend() },
+)
+
+/**
+ * Installs and loads the bundle once, off the UI thread, with the backend its manifest's target
+ * names. The screen logic (debounce, cancel the stale call, time the inference alone) is the core's
+ * PredictionController, tested on the JVM; this class only wires it to Android.
+ */
 class DemoViewModel(app: Application) : AndroidViewModel(app) {
     private val _state = MutableStateFlow(UiState())
     val state: StateFlow<UiState> = _state
 
     @Volatile
     private var runner: MultiTaskRunner? = null
-    private var pending: Job? = null
+
+    @Volatile
+    private var controller: PredictionController? = null
 
     init {
         viewModelScope.launch(Dispatchers.Default) {
             try {
-                runner = MultiTaskRunner.open(AssetBundle.install(app), ExecuTorchBackend())
+                val r = MultiTaskRunner.openFor(AssetBundle.install(app), BACKENDS)
+                val single = r.tasks.filter { !it.pair }.map { it.name }
+                val c = PredictionController(viewModelScope, { text -> r.predictTimed(text, tasks = single) })
+                runner = r
+                controller = c
                 _state.update { it.copy(ready = true) }
+                c.state.collect { p ->
+                    _state.update { it.copy(text = p.text, results = p.results, latencyMs = p.latencyMs, error = p.error) }
+                }
+            } catch (e: kotlinx.coroutines.CancellationException) {
+                throw e
             } catch (e: Exception) {
                 _state.update { it.copy(error = "cannot load the model: ${e.message}") }
             }
         }
     }
 
-    /** Predicts every single-text task for [text]; a newer call supersedes one still waiting. */
+    /** Every single-text task for [text], once typing pauses; a newer text supersedes this one. */
     fun predict(text: String) {
-        val r = runner ?: return
-        pending?.cancel()
-        pending = viewModelScope.launch(Dispatchers.Default) {
-            val tasks = r.tasks.filter { !it.pair }.map { it.name }
-            val start = System.nanoTime()
-            try {
-                val results = r.predict(text, tasks = tasks)
-                val ms = (System.nanoTime() - start) / 1e6
-                ensureActive() // a newer utterance is waiting: do not show this one
-                _state.update { it.copy(text = text, results = results, latencyMs = ms, error = null) }
-            } catch (e: CancellationException) {
-                throw e
-            } catch (e: Exception) { // bad input or a program that breaks the manifest: shown, never a crash
-                _state.update { it.copy(error = e.message) }
-            }
-        }
+        controller?.onText(text)
     }
 
     override fun onCleared() {

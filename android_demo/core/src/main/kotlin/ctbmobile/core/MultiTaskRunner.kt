@@ -5,6 +5,11 @@ import com.google.gson.JsonParser
 import java.io.Closeable
 import java.io.File
 
+/** A result and the nanoseconds its computation took. */
+data class Timed<T>(val value: T, val nanos: Long) {
+    val millis: Double get() = nanos / 1e6
+}
+
 /** A new branch program for one task of a split bundle: its manifest entries and the file's sha256. */
 data class BranchUpdate(val program: ProgramSpec, val task: TaskSpec, val sha256: String)
 
@@ -37,6 +42,17 @@ class MultiTaskRunner private constructor(
         val encoding = tokenizer.encode(cps, pair?.let { codePoints(it, "pair") })
         val raw = run(state, encoding, chosen)
         return chosen.associateWith { Heads.decode(state.tasks.getValue(it), raw.getValue(it), encoding, cps) }
+    }
+
+    /**
+     * [predict], with the time spent inside this call: tokenization, the programs and the heads,
+     * measured after the runner's lock is taken, so a wait behind another call is not counted.
+     */
+    @Synchronized
+    fun predictTimed(text: String, pair: String? = null, tasks: List<String>? = null): Timed<Map<String, TaskResult>> {
+        val start = System.nanoTime()
+        val results = predict(text, pair, tasks)
+        return Timed(results, System.nanoTime() - start)
     }
 
     /** The raw output row of every chosen task for one encoding (batch 1), as the programs returned it. */
@@ -176,6 +192,17 @@ class MultiTaskRunner private constructor(
             val joined = listOf(t.file, t.vocab, t.tables).joinToString("\n") { m.files.getValue(it).sha256 }
             return java.security.MessageDigest.getInstance("SHA-256").digest(joined.toByteArray())
                 .joinToString("") { "%02x".format(it) }
+        }
+
+        /**
+         * Opens the bundle in [dir] with the backend for its manifest's `target` ([backends]: target ->
+         * a backend, e.g. "android" -> ExecuTorch, "onnx" -> ONNX Runtime); the core names no runtime.
+         */
+        fun openFor(dir: File, backends: Map<String, () -> TrunkBackend>, checkFiles: Boolean = true): MultiTaskRunner {
+            val target = Manifest.load(dir, checkFiles = false).target
+            val backend = backends[target]
+                ?: throw BundleException("$dir is a '$target' bundle; this app runs ${backends.keys.joinToString(" or ") { "'$it'" }} bundles (ctb-mobile export --target ...)")
+            return open(dir, backend(), checkFiles)
         }
 
         /**

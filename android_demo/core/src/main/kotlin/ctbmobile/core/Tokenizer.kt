@@ -1,6 +1,5 @@
 package ctbmobile.core
 
-import com.google.gson.JsonPrimitive
 import java.io.File
 
 /**
@@ -235,10 +234,12 @@ class WordPieceTokenizer private constructor(
 
     companion object {
         /**
-         * Reads `tokenizer.json` (a BertNormalizer / BertPreTokenizer / WordPiece tokenizer), its
-         * character tables and, when `tokenizer.json` has no `model.vocab`, [vocabTxt].
+         * Reads `tokenizer.json` (a BertNormalizer / BertPreTokenizer / WordPiece tokenizer with a
+         * TemplateProcessing post-processor), its character tables and the vocabulary from
+         * [vocabTxt]. One rule for every app (Kotlin, Swift): the vocabulary is `vocab.txt`, id = line
+         * number, never `tokenizer.json`'s `model.vocab` (the exporter checks that the two agree).
          */
-        fun load(tokenizerJson: File, tablesJson: File, vocabTxt: File? = null): WordPieceTokenizer {
+        fun load(tokenizerJson: File, tablesJson: File, vocabTxt: File): WordPieceTokenizer {
             val name = tokenizerJson.name
             val root = Node(readJsonObject(tokenizerJson), "$name:")
             for ((key, type) in listOf("normalizer" to "BertNormalizer", "pre_tokenizer" to "BertPreTokenizer", "model" to "WordPiece")) {
@@ -249,21 +250,15 @@ class WordPieceTokenizer private constructor(
             val tables = CharTables.load(tablesJson)
             val model = root.obj("model")
             val vocab = HashMap<String, Int>()
-            if (model.has("vocab")) {
-                for ((token, id) in model.json.getAsJsonObject("vocab").entrySet()) {
-                    if (id !is JsonPrimitive || !id.isNumber) throw BundleException("$name: model.vocab.$token must be an id")
-                    vocab[token] = id.asInt
-                }
-            } else {
-                if (vocabTxt == null || !vocabTxt.isFile) throw BundleException("$name has no model.vocab and the vocabulary file is missing")
-                // as `tokenizers` reads vocab.txt: id = line number, trailing whitespace trimmed, a repeated token keeps its last id
-                vocabTxt.readLines(Charsets.UTF_8).forEachIndexed { i, line ->
-                    val cps = codePoints(line, "${vocabTxt.name} line ${i + 1}")
-                    var n = cps.size
-                    while (n > 0 && tables.isWhitespace(cps[n - 1])) n--
-                    vocab[String(cps, 0, n)] = i
-                }
+            if (!vocabTxt.isFile) throw BundleException("the vocabulary file ${vocabTxt.name} is missing; copy the bundle again")
+            // as `tokenizers` reads vocab.txt: id = line number, trailing whitespace trimmed, a repeated token keeps its last id
+            vocabTxt.readLines(Charsets.UTF_8).forEachIndexed { i, line ->
+                val cps = codePoints(line, "${vocabTxt.name} line ${i + 1}")
+                var n = cps.size
+                while (n > 0 && tables.isWhitespace(cps[n - 1])) n--
+                vocab[String(cps, 0, n)] = i
             }
+            if (vocab.isEmpty()) throw BundleException("${vocabTxt.name} is empty; export the bundle again")
             val added = HashMap<Int, MutableList<AddedToken>>()
             for (t in root.objs("added_tokens")) {
                 val content = t.str("content")
