@@ -114,11 +114,12 @@ public struct BundleInstaller {
         return out
     }
 
-    /// Removes every other installed bundle and stamp under `root` (earlier versions of the app's bundle).
+    /// Removes every other installed bundle and stamp under `root` (earlier versions of the app's
+    /// bundle), and the temporary copy of an install that was interrupted.
     private func pruneOthers(keeping key: String) {
         let fm = FileManager.default
         let keep: Set<String> = [key, "\(key).stamp.json"]
-        for name in (try? fm.contentsOfDirectory(atPath: root.path)) ?? [] where !keep.contains(name) && !name.hasPrefix(".installing-") {
+        for name in (try? fm.contentsOfDirectory(atPath: root.path)) ?? [] where !keep.contains(name) {
             try? fm.removeItem(at: root.appendingPathComponent(name))
         }
     }

@@ -2,34 +2,58 @@ import Foundation
 import XCTest
 @testable import CTBKit
 
-/// The toolchain-made files the tests read, the same ones the Kotlin tests read: a bundle
-/// (`CTB_BUNDLE`) and its verify report folder (`CTB_REPORT`: golden.json, golden_tokenizer.json,
-/// golden_spans.json, verify.json). A missing variable or file fails the test; it is never skipped.
+/// The toolchain-made files the tests read, the same ones, by the same variables, as the Kotlin
+/// tests (android_demo/core/.../Golden.kt): bundles and their verify report folders (golden.json,
+/// golden_tokenizer.json, golden_spans.json, verify.json). `CTB_BUNDLES` lists them as
+/// BUNDLE:REPORT[:BUNDLE:REPORT...]; `CTB_BUNDLE` (with `CTB_REPORT`, default BUNDLE.verify) comes
+/// first when set. The golden tests use the first pair (give a fused bundle first), the parity tests
+/// every pair. A missing variable or file fails the test; it is never skipped.
 enum Golden {
     struct Missing: Error, CustomStringConvertible {
         let description: String
     }
 
-    static func folder(_ variable: String) throws -> URL {
-        let hint = "run: CTB_BUNDLE=<bundle folder> CTB_REPORT=<verify report folder> swift test"
-        guard let path = ProcessInfo.processInfo.environment[variable], !path.isEmpty else {
-            XCTFail("\(variable) is not set; \(hint)")
-            throw Missing(description: "\(variable) is not set")
-        }
+    static let hint = "run: CTB_BUNDLES=<bundle>:<verify report>[:<bundle>:<report>...] swift test "
+        + "(or CTB_BUNDLE=<bundle> CTB_REPORT=<report>)"
+
+    private static func folder(_ path: String, _ variable: String) throws -> URL {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
-            XCTFail("\(variable)=\(path) is not a folder; \(hint)")
+            XCTFail("\(variable): \(path) is not a folder; \(hint)")
             throw Missing(description: "\(path) is not a folder")
         }
         return URL(fileURLWithPath: path, isDirectory: true)
     }
 
+    /// Every (bundle, report) pair given, `CTB_BUNDLE`'s first.
+    static func pairs() throws -> [(bundle: URL, report: URL)] {
+        let env = ProcessInfo.processInfo.environment
+        var out: [(bundle: URL, report: URL)] = []
+        if let b = env["CTB_BUNDLE"], !b.isEmpty {
+            let r = env["CTB_REPORT"].flatMap { $0.isEmpty ? nil : $0 } ?? b + ".verify"
+            out.append((bundle: try folder(b, "CTB_BUNDLE"), report: try folder(r, "CTB_REPORT")))
+        }
+        let list = (env["CTB_BUNDLES"] ?? "").split(separator: ":").map(String.init)
+        guard list.count % 2 == 0 else {
+            XCTFail("CTB_BUNDLES has \(list.count) paths; give BUNDLE:REPORT pairs")
+            throw Missing(description: "CTB_BUNDLES is not BUNDLE:REPORT pairs")
+        }
+        for i in stride(from: 0, to: list.count, by: 2) {
+            out.append((bundle: try folder(list[i], "CTB_BUNDLES"), report: try folder(list[i + 1], "CTB_BUNDLES")))
+        }
+        guard !out.isEmpty else {
+            XCTFail("CTB_BUNDLES is not set; \(hint)")
+            throw Missing(description: "CTB_BUNDLES is not set")
+        }
+        return out
+    }
+
     static func bundle() throws -> URL {
-        try folder("CTB_BUNDLE")
+        try pairs()[0].bundle
     }
 
     static func reportFile(_ name: String) throws -> URL {
-        let url = try folder("CTB_REPORT").appendingPathComponent(name)
+        let url = try pairs()[0].report.appendingPathComponent(name)
         guard FileManager.default.fileExists(atPath: url.path) else {
             XCTFail("\(url.path) is missing; run `ctb-mobile verify` to write it")
             throw Missing(description: "\(name) is missing")
@@ -52,29 +76,6 @@ enum Golden {
 
     static func cases() throws -> [GoldenCase] {
         try report(GoldenFile.self, "golden.json").cases
-    }
-
-    /// The bundles the parity tests run through the real runtimes, with their report folders:
-    /// `CTB_BUNDLES=BUNDLE:REPORT[:BUNDLE:REPORT...]` as the Kotlin tests take it, else
-    /// `CTB_BUNDLE` and `CTB_REPORT`.
-    static func bundlesUnderTest() throws -> [(bundle: URL, report: URL)] {
-        guard let list = ProcessInfo.processInfo.environment["CTB_BUNDLES"], !list.isEmpty else {
-            return [(bundle: try bundle(), report: try folder("CTB_REPORT"))]
-        }
-        let parts = list.split(separator: ":").map(String.init)
-        guard parts.count % 2 == 0 else {
-            XCTFail("CTB_BUNDLES=\(list) is not BUNDLE:REPORT[:BUNDLE:REPORT...]")
-            throw Missing(description: "CTB_BUNDLES is not BUNDLE:REPORT pairs")
-        }
-        var out: [(bundle: URL, report: URL)] = []
-        for i in stride(from: 0, to: parts.count, by: 2) {
-            for path in [parts[i], parts[i + 1]] where !BundleFiles.isDirectory(URL(fileURLWithPath: path)) {
-                XCTFail("CTB_BUNDLES names \(path), which is not a folder")
-                throw Missing(description: "\(path) is not a folder")
-            }
-            out.append((bundle: URL(fileURLWithPath: parts[i], isDirectory: true), report: URL(fileURLWithPath: parts[i + 1], isDirectory: true)))
-        }
-        return out
     }
 
     /// golden.json of a report folder.
