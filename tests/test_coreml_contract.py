@@ -17,8 +17,8 @@ the three against each other and against the manifest:
 test_export.py's test_coreml_package_structure checks the package against the manifest alone;
 this one adds the Swift side and the dtypes. The Swift-source check runs in the default tier; the
 export-based ones are `slow` (the tiny store and a CoreML split export take about 2 minutes on a
-2-core machine). Known toolchain defect, kept visible as a strict xfail: fp16 programs return
-FLOAT16 outputs while the manifest says float32 (the Swift backend reads both).
+2-core machine). fp16 programs return float32 outputs, as their manifest says (they returned
+FLOAT16 until the exporter declared the output type).
 """
 
 import json
@@ -157,10 +157,6 @@ def test_coreml_program_matches_what_the_swift_backend_feeds(ios_bundle):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="toolchain defect: an fp16 (or int8) CoreML program returns FLOAT16 outputs "
-                   "while its manifest says float32; the app reads either, but the manifest misdescribes the program. "
-                   "Fix in toolchain/export (declare float32 outputs with ct.TensorType(dtype=np.float32), or write "
-                   "float16 in the manifest), then remove this marker")
 def test_coreml_output_dtypes_are_the_manifests(ios_bundle):
     folder, manifest = ios_bundle
     swift = swift_contract(swift_source())

@@ -3,7 +3,8 @@
 Precisions: fp16 (default: fp16 compute and weights) | int8 (fp16 compute, int8 per-channel
 linear-symmetric weights through coremltools.optimize) | fp32. Sequence length is a range
 (1..max_seq_len), not enumerated shapes: every length in between is valid, which matches dynamic
-text; batch is 1 (CoreML apps run one request at a time). The manifest is stored in the model's
+text; batch is 1 (CoreML apps run one request at a time). Outputs are float32 whatever the compute
+precision, as the manifest says (an fp16 program casts its last values up). The manifest is stored in the model's
 user-defined metadata. Prediction needs macOS; on Linux the package is checked structurally.
 """
 
@@ -17,11 +18,12 @@ SUFFIX = ".mlpackage"
 def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
            keep_fp32=()) -> list:
     import coremltools as ct
+    import numpy as np
     import torch
 
     example = tuple(t[:1] for t in graph.example)
     ep = torch.export.export(graph.module, example, dynamic_shapes=graph.dynamic_shapes(max_seq_len, batch=False))
-    ml = ct.convert(ep.run_decompositions({}), outputs=[ct.TensorType(name=n) for n in graph.outputs],
+    ml = ct.convert(ep.run_decompositions({}), outputs=[ct.TensorType(name=n, dtype=np.float32) for n in graph.outputs],
                     minimum_deployment_target=ct.target.iOS17, convert_to="mlprogram",
                     compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
     if precision == "int8":
