@@ -1,4 +1,21 @@
-"""Task metrics, computed by scikit-learn, scipy and seqeval; reported in percent like the paper."""
+"""Task metrics, computed by scikit-learn, scipy and seqeval; reported in percent like the paper.
+`score` turns a task's predictions on an encoded dev set into its metric (training's model selection,
+the export guard and verify all use it)."""
+
+from toolchain.data import IGNORE, positive_id
+
+
+def score(task, labels, encoded, preds) -> float:
+    """The task's metric for `preds` (label ids; per word piece for tagging, compared at the first piece
+    of each word: the pieces whose gold label is not IGNORE)."""
+    if task.type == "tagging":
+        gold_tags, pred_tags = [], []
+        for gold, pred in zip(encoded.labels, preds):
+            keep = [j for j, g in enumerate(gold) if g != IGNORE]
+            gold_tags.append([labels[gold[j]] for j in keep])
+            pred_tags.append([labels[pred[j]] for j in keep])
+        return compute(task.metric, pred_tags, gold_tags)
+    return compute(task.metric, preds, encoded.labels, positive_id(task, labels))
 
 
 def compute(metric: str, preds, golds, pos_label: int | None = None) -> float:

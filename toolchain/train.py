@@ -28,8 +28,9 @@ import torch
 from toolchain import UserError, __version__
 from toolchain import cache as feature_cache
 from toolchain.branch_config import BranchConfig
-from toolchain.data import IGNORE, positive_id
+from toolchain.data import IGNORE
 from toolchain.fsutil import locked, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from toolchain.metrics import score  # a task's metric of its predictions (lives in metrics: export uses it too)
 from toolchain.workspace import Workspace
 
 
@@ -142,20 +143,6 @@ def predict(branch, batches, n, task_type):
     if task_type == "classification":
         return [int(o.argmax()) for o in outs]
     return [o.argmax(-1).tolist() for o in outs]
-
-
-def score(task, labels, encoded, preds) -> float:
-    from toolchain import metrics
-
-    if task.type == "tagging":  # compare tags at the first piece of each word
-        gold_tags, pred_tags = [], []
-        for gold, pred in zip(encoded.labels, preds):
-            keep = [j for j, g in enumerate(gold) if g != IGNORE]
-            gold_tags.append([labels[gold[j]] for j in keep])
-            pred_tags.append([labels[pred[j]] for j in keep])
-        return metrics.compute(task.metric, pred_tags, gold_tags)
-    return metrics.compute(task.metric, preds, encoded.labels, positive_id(task, labels))
-
 
 
 def trunk_batches(bb, task, data, attach, accelerator, use_cache=True, cache_dir=None, progress=None):

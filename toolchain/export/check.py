@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from toolchain.cache import pad_batch
+from toolchain.metrics import IGNORE, score
 
 # One tolerance table keyed by (target, precision): fp32 outputs must match PyTorch within max_abs;
 # quantized ones are judged on predictions (agreement) and on the dev metric (drop in points).
@@ -106,8 +107,6 @@ def compare(task, labels, encoded, ref_rows, got_rows, got_labels=None, valid=No
     may differ from the reference's; predictions are compared by name. `valid`: per example, whether
     the exported side saw the same token ids; other examples count as disagreements and are left out
     of the differences."""
-    from toolchain.train import IGNORE, score
-
     valid = [True] * len(ref_rows) if valid is None else list(valid)
     ref = [r[task.name] for r in ref_rows]
     got = [g[task.name] for g in got_rows]
