@@ -12,7 +12,7 @@ from conftest import copy_bundle, reseal
 
 from runtime_py import BundleError, Predictor
 from runtime_py.bundle import file_sha256
-from runtime_py.manifest import SCHEMA_FILE, parse
+from runtime_py.manifest import SCHEMA_FILE, labels_sha256, parse
 from runtime_py.predictor import bio_spans
 from toolchain.export import export_bundle
 
@@ -199,7 +199,8 @@ def _reorder_program(tiny, bundle, target):
     graph = Graph("model", Fused(model, order).eval(), ("input_ids", "attention_mask", "token_type_ids"),
                   tuple(order), example)
     meta = {"target": target, "program": "model", "trunk_fingerprint": m["trunk_fingerprint"],
-            "tokenizer_fingerprint": m["tokenizer"]["fingerprint"], "outputs": listed, "tasks": listed}
+            "tokenizer_fingerprint": m["tokenizer"]["fingerprint"], "outputs": listed, "tasks": listed,
+            "labels_sha256": labels_sha256({t["name"]: t["labels"] for t in m["tasks"] if t["name"] in listed})}
     for f in m["programs"][0]["files"]:
         (bundle / f).unlink()
     files = backend(target).export(graph, bundle, "fp32", 32, meta)
@@ -382,9 +383,10 @@ def test_embed_refuses_unverified_failed_stale_tampered_and_foreign_bundles(cli,
     data[len(data) // 2] ^= 1
     (d / "model.pte").write_bytes(bytes(data))
     assert "does not match its sha256" in embed(d)
-    assert "ios_demo runs ios bundles (CoreML); " in embed(b, app_name="ios_demo")
-    onnx = bundles[("onnx", "fused")]
-    assert "android_demo runs android bundles" in embed(onnx)
+    assert "ios_demo runs ios or onnx bundles (CoreML or ONNX Runtime); " in embed(b, app_name="ios_demo")
+    onnx = bundles[("onnx", "fused")]  # both apps take ONNX bundles: this one is refused for its missing report only
+    assert "has no readable verify report" in embed(onnx) and "has no readable verify report" in embed(
+        onnx, app_name="ios_demo")
     assert "unknown app 'web'" in embed(b, app_name="web")
 
 

@@ -21,15 +21,16 @@ GOLDEN_FILES = ("golden.json", "golden_tokenizer.json", "golden_spans.json", "ve
 
 @dataclass(frozen=True)
 class App:
-    target: str  # the one bundle target its backend runs
+    targets: tuple  # the bundle targets its backends run (the manifest's target picks the backend)
     runtime: str
     bundle: str  # folders inside the app, relative to its root
     golden: str
 
 
 APPS = {
-    "android_demo": App("android", "ExecuTorch", "app/src/main/assets/bundle", "app/src/androidTest/assets/golden"),
-    "ios_demo": App("ios", "CoreML", "DemoApp/Resources/bundle", "DemoApp/Resources/golden"),
+    "android_demo": App(("android", "onnx"), "ExecuTorch or ONNX Runtime", "app/src/main/assets/bundle",
+                        "app/src/androidTest/assets/golden"),
+    "ios_demo": App(("ios", "onnx"), "CoreML or ONNX Runtime", "DemoApp/Resources/bundle", "DemoApp/Resources/golden"),
 }
 
 
@@ -59,9 +60,9 @@ def embed(bundle_dir, app: str, app_dir=None, report_dir=None) -> dict:
         m = load_manifest(bundle_dir)  # every file present, its size and sha256 as recorded
     except BundleError as e:
         raise UserError(f"{e} (embed copies only intact bundles)") from None
-    if m.target != spec.target:
-        raise UserError(f"{app} runs {spec.target} bundles ({spec.runtime}); {bundle_dir} is for target {m.target}; "
-                        f"export one with `ctb-mobile export RECIPE --target {spec.target}`")
+    if m.target not in spec.targets:
+        raise UserError(f"{app} runs {' or '.join(spec.targets)} bundles ({spec.runtime}); {bundle_dir} is for target "
+                        f"{m.target}; export one with `ctb-mobile export RECIPE --target {spec.targets[0]}`")
     report = report_dir / "verify.json"
     try:
         result = json.loads(report.read_text(encoding="utf-8"))
