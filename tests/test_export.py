@@ -88,11 +88,11 @@ def test_onnx_int8_passes_the_guard_and_shrinks(tiny, tmp_path, precision):
     assert all(g["drop"] <= 1.0 for g in guard.values())
     fp32 = export_bundle(recipe, out / "store", "onnx", "fp32", "fused", tmp_path / "f", log=lambda m: None)
     assert manifest["files"]["model.onnx"]["bytes"] < 0.5 * fp32["files"]["model.onnx"]["bytes"]
-    if precision == "int8":  # the guard judged the bundle by the same path, on the same dev sets, as verify
+    if precision == "int8":  # the guard judged the bundle by the same path, on the same rows, as verify's default
         from toolchain.verify import verify
 
-        report = verify(tmp_path / "q", recipe, out / "store", tmp_path / "v", out, limit=500, golden=1,
-                        log=lambda m: None)
+        report = verify(tmp_path / "q", recipe, out / "store", tmp_path / "v", out, golden=1, log=lambda m: None)
+        assert report["ok"], [c for c in report["checks"] if not c["ok"]]
         for name, g in guard.items():
             v = report["tasks"][name]
             assert (g["agreement"], g["exported"], g["rows"]) == (v["agreement"], v["exported"], v["rows"]), name
@@ -316,107 +316,55 @@ def test_coreml_prediction_matches_pytorch(tiny, tmp_path):
     assert all(np.abs(ref[k] - got[k]).max() <= 1e-3 for k in ref)
 
 
-@pytest.mark.slow
-def test_guard_keeps_a_sensitive_branch_in_fp32_or_fails_with_a_report(tiny, tmp_path, monkeypatch):
-    import onnx
-
-    out, recipe = tiny
-    real = check.compare
-
-    def slots_lose_points_once():  # the first (all-int8) attempt loses 5 points on snips_slots
-        seen = []
-
-        def compare(task, *a, **k):
-            r = real(task, *a, **k)
-            if task.name == "snips_slots" and not seen:
-                seen.append(1)
-                return {**r, "drop": 5.0}
-            return r
-
-        monkeypatch.setattr(check, "compare", compare)
-
-    slots_lose_points_once()
-    fused = export_bundle(recipe, out / "store", "onnx", "int8", "fused", tmp_path / "f", log=lambda m: None,
-                          min_agreement=0.0)
-    assert fused["quantization"]["fp32_branches"] == ["snips_slots"]
-    float_matmuls = lambda p: sum(n.op_type == "MatMul" for n in onnx.load(str(p)).graph.node)
-    plain = export_bundle(recipe, out / "store", "onnx", "int8", "fused", tmp_path / "p", max_drop=100.0,
-                          log=lambda m: None, min_agreement=0.0)
-    assert plain["quantization"]["fp32_branches"] == []
-    assert float_matmuls(tmp_path / "f/model.onnx") > float_matmuls(tmp_path / "p/model.onnx")
-    slots_lose_points_once()
-    m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None,
-                      min_agreement=0.0)
-    assert m["quantization"]["fp32_branches"] == ["snips_slots"]
-    assert {t["name"]: t["precision"] for t in m["tasks"]}["snips_slots"] == "fp32"
-    assert {p["name"]: p["precision"] for p in m["programs"]}["branch_snips_slots"] == "fp32"
-    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()}
-    monkeypatch.setattr(check, "compare", lambda task, *a, **k: {**real(task, *a, **k), "drop": 3.0})
-    with pytest.raises(UserError, match=r"loses more than 1.0 points.*snips_intent: accuracy"):
-        export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
-    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()} == before
-
-
-@pytest.mark.slow
-def test_guard_keeps_a_branch_whose_predictions_disagree_in_fp32(tiny, tmp_path, monkeypatch):
-    out, recipe = tiny
-    real = check.compare
-    calls = []
-
-    def compare(task, *a, **k):  # clinc_domain keeps its metric but agrees on only 95% of predictions at first
-        r = real(task, *a, **k)
-        calls.append(task.name)
-        return {**r, "drop": 0.0, "agreement": 0.95 if task.name == "clinc_domain" and len(calls) <= 3 else 1.0}
-
-    monkeypatch.setattr(check, "compare", compare)
-    m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
-    assert m["quantization"]["fp32_branches"] == ["clinc_domain"] and m["quantization"]["min_agreement"] == 0.99
-    assert {p["name"]: p["precision"] for p in m["programs"]}["branch_clinc_domain"] == "fp32"
-    # Still short after the fallback (the shared trunk disagrees): the export fails as verify would, and
-    # the bundle written above stays as it was.
-    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()}
-    monkeypatch.setattr(check, "compare", lambda task, *a, **k: {**real(task, *a, **k), "drop": 0.0,
-                                                            "agreement": 0.95 if task.name == "clinc_domain" else 1.0})
-    with pytest.raises(UserError, match=r"agree with fp32 on under 99.00% .*the whole trunk in fp32 "
-                                         r"\(clinc_domain 95.00%\), so verify would fail"):
-        export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
-    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()} == before
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("cause", ["trunk.layers.1", "trunk.embeddings"])
-def test_guard_then_keeps_the_fewest_trunk_layers_in_fp32(tiny, tmp_path, monkeypatch, cause):
-    """clinc_domain disagrees until trunk layer 1 (or the word embeddings) runs in fp32 (simulated): the
-    guard measures the embeddings and each trunk layer once, keeps that part only, then finds that
-    clinc_domain's branch need not stay in fp32; the bundle's trunk program leaves exactly that part in
-    fp32."""
-    import onnx
-
+def scripted_judge(monkeypatch, agreement):
+    """export_bundle with each staged bundle's agreement given by `agreement(task, kept)` (drop 0; the
+    other figures are the real ones), where `kept` is what the programs exported last keep in fp32
+    (split layout): {"trunk": keep_fp32 of the trunk, "branches": tasks whose branch program is fp32}.
+    The guard's policy is tested in test_guard.py; these check that the loop exports what it asks and
+    ships the bundle it passed. Returns the export calls: (program, precision, keep_fp32)."""
     from toolchain.export import cache
 
-    out, recipe = tiny
-    real_export, real_compare, trunk_keeps = cache.export, check.compare, []
+    real_export, real_judge, exported = cache.export, check.judge_bundle, []
 
-    def export(mod, target, graph, out_dir, precision, max_seq_len, metadata, calibration=(), keep_fp32=(),
-               options=None):
-        if graph.name == "trunk":
-            trunk_keeps.append(list(keep_fp32))
-        return real_export(mod, target, graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32,
-                           options)
+    def export(mod, target, graph, out_dir, precision, *rest):
+        exported.append((graph.name, precision, list(rest[3])))  # rest: max_seq_len, metadata, calibration, keep
+        return real_export(mod, target, graph, out_dir, precision, *rest)
 
-    def compare(task, *a, **k):
-        fixed = bool(trunk_keeps) and cause in trunk_keeps[-1]
-        return {**real_compare(task, *a, **k), "drop": 0.0,
-                "agreement": 0.95 if task.name == "clinc_domain" and not fixed else 1.0}
+    def judge(bundle_dir, devs, refs, names):
+        last = {name: (p, keep) for name, p, keep in exported}
+        kept = {"trunk": last["trunk"][1],
+                "branches": [n.removeprefix("branch_") for n, (p, _) in last.items() if n != "trunk" and p == "fp32"]}
+        return {n: {**g, "drop": 0.0, "agreement": agreement(n, kept)}
+                for n, g in real_judge(bundle_dir, devs, refs, names).items()}
 
     monkeypatch.setattr(cache, "export", export)
-    monkeypatch.setattr(check, "compare", compare)
+    monkeypatch.setattr(check, "judge_bundle", judge)
+    return exported
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cause, branch_needed", [("trunk.layers.1", True), ("trunk.embeddings", False)])
+def test_the_guard_ships_the_bundle_it_passed(tiny, tmp_path, monkeypatch, cause, branch_needed):
+    """clinc_domain agrees only once `cause` (and, if branch_needed, its own branch) runs in fp32: the
+    guard measures each trunk part once, keeps `cause`, tries the branch in int8 again, and the files on
+    disk are those of the bundle that passed: exactly `cause` left in fp32 in the trunk program."""
+    import onnx
+
+    out, recipe = tiny
+    fixed = lambda kept: cause in kept["trunk"] and (not branch_needed or "clinc_domain" in kept["branches"])
+    exported = scripted_judge(monkeypatch, lambda task, kept: 0.95 if task == "clinc_domain" and not fixed(kept) else 1.0)
     m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
     depth = max(t["attach"] for t in m["tasks"])
-    assert trunk_keeps == [[], [], ["trunk.embeddings"]] + [[f"trunk.layers.{i}"] for i in range(depth)] + [[cause]] * 2
+    trunk_keeps = [keep for name, _, keep in exported if name == "trunk"]
+    tried = [[], [], ["trunk.embeddings"]] + [[f"trunk.layers.{i}"] for i in range(depth)] + [[cause]] * 2
+    assert trunk_keeps == tried + ([[cause]] if branch_needed else [])  # a failed trial: the passing one again
     q = m["quantization"]
-    assert q["fp32_branches"] == [] and {p["name"]: p["precision"] for p in m["programs"]}["branch_clinc_domain"] == "int8"
-    assert (q["fp32_trunk_layers"], q["fp32_embeddings"]) == (([1], False) if cause == "trunk.layers.1" else ([], True))
+    assert (q["fp32_branches"], q["fp32_trunk_layers"], q["fp32_embeddings"]) == (
+        (["clinc_domain"], [1], False) if branch_needed else ([], [], True))
+    assert all(g["agreement"] == 1.0 for g in q["guard"].values())
+    precision = {p["name"]: p["precision"] for p in m["programs"]}["branch_clinc_domain"]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "branch_clinc_domain.onnx")).graph.node}
+    assert (precision, "MatMulInteger" in ops) == (("fp32", False) if branch_needed else ("int8", True))
     trunk = onnx.load(str(tmp_path / "b" / "trunk.onnx"))
     weights = {i.name for i in trunk.graph.initializer if len(i.dims) == 2}
     float_linears = [re.search(r"'trunk\.layers\.(\d+)'", p.value).group(1) for n in trunk.graph.node
@@ -430,42 +378,52 @@ def test_guard_then_keeps_the_fewest_trunk_layers_in_fp32(tiny, tmp_path, monkey
         assert sorted(float_linears) == ["1"] * 6 and not float_gathers, float_linears
     else:  # every Linear layer int8; the word embeddings' Gather reads the fp32 table
         assert not float_linears and len(float_gathers) == 1
+    assert "Kept in fp32 by the guard: " + ("branch clinc_domain; trunk layer 1." if branch_needed else
+                                            "the word embeddings.") in (tmp_path / "b" / "README.md").read_text()
 
 
 @pytest.mark.slow
-def test_guard_keeps_the_branch_when_the_trunk_part_alone_is_not_enough(tiny, tmp_path, monkeypatch):
-    """clinc_domain agrees only with trunk layer 1 and its own branch in fp32 (simulated): the guard's
-    trial of that branch in int8 fails, and the bundle written is the one that passed."""
-    import onnx
+def test_a_guard_that_fails_leaves_the_previous_bundle_untouched(tiny, tmp_path, monkeypatch):
+    out, recipe = tiny
+    export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()}
+    scripted_judge(monkeypatch, lambda task, kept: 0.95 if task == "clinc_domain" else 1.0)
+    with pytest.raises(UserError, match=r"agree with fp32 on under 99.00% .*the whole trunk in fp32 "
+                                         r"\(clinc_domain 95.00%\), so verify would fail"):
+        export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir() if f.is_file()} == before
 
-    from toolchain.export import cache
+
+def big_dev_recipe(recipe, tmp_path):
+    """The tiny recipe with up to 600 dev rows per task (SNIPS valid holds 700, CLINC150 3,100): more
+    than the guard judges, so which rows export and verify judge matters."""
+    from toolchain.config import load_recipe
+
+    path = tmp_path / "big.toml"
+    path.write_text(recipe.path.read_text().replace("max_dev_examples = 64", "max_dev_examples = 600"))
+    return load_recipe(path)
+
+
+@pytest.mark.slow
+def test_what_export_ships_passes_verify_with_its_defaults_and_is_what_bench_times(tiny, tmp_path, cli):
+    """Issue 23 §0: export's guard and verify's default judge the same rows (the same seeded subset), so
+    a bundle export accepts passes `ctb-mobile verify` as CI runs it; bench builds the same bundle."""
+    from toolchain.bench import bundles
 
     out, recipe = tiny
-    real_export, real_compare, exported = cache.export, check.compare, []
-
-    def export(mod, target, graph, out_dir, precision, max_seq_len, metadata, calibration=(), keep_fp32=(),
-               options=None):
-        exported.append((graph.name, precision, list(keep_fp32)))
-        return real_export(mod, target, graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32,
-                           options)
-
-    def compare(task, *a, **k):
-        trunk = next(keep for name, _, keep in reversed(exported) if name == "trunk")
-        branch = next(p for name, p, _ in reversed(exported) if name == "branch_clinc_domain")
-        fixed = "trunk.layers.1" in trunk and branch == "fp32"
-        return {**real_compare(task, *a, **k), "drop": 0.0,
-                "agreement": 0.95 if task.name == "clinc_domain" and not fixed else 1.0}
-
-    monkeypatch.setattr(cache, "export", export)
-    monkeypatch.setattr(check, "compare", compare)
-    m = export_bundle(recipe, out / "store", "onnx", "int8", "split", tmp_path / "b", log=lambda m: None)
-    q = m["quantization"]
-    assert (q["fp32_branches"], q["fp32_trunk_layers"], q["fp32_embeddings"]) == (["clinc_domain"], [1], False)
-    assert all(g["agreement"] == 1.0 for g in q["guard"].values())
-    branch = [(p, keep) for name, p, keep in exported if name == "branch_clinc_domain"]
-    assert branch[-2:] == [("int8", []), ("fp32", [])]  # the trial in int8, then the passing bundle again
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "branch_clinc_domain.onnx")).graph.node}
-    assert "MatMul" in ops and "MatMulInteger" not in ops  # the files on disk are the fp32 branch's
+    big = big_dev_recipe(recipe, tmp_path)
+    m = export_bundle(big, out / "store", "onnx", "int8", "fused", tmp_path / "q", log=lambda m: None)
+    code, _, err = cli("verify", tmp_path / "q", "--recipe", big.path, "--store", out / "store", "--out", out,
+                       "--report", tmp_path / "v")
+    assert code == 0, err
+    report = json.loads((tmp_path / "v" / "verify.json").read_text())
+    for name, g in m["quantization"]["guard"].items():
+        v = report["tasks"][name]
+        assert g["rows"] == check.JUDGED_ROWS and (g["agreement"], g["exported"], g["rows"]) == (
+            v["agreement"], v["exported"], v["rows"]), name
+    timed = bundles.bundle(big, out / "store", "onnx", "int8", tmp_path / "bench", log=lambda m: None)
+    assert timed["quantization"] == m["quantization"]
+    assert {f: v["sha256"] for f, v in timed["files"].items()} == {f: v["sha256"] for f, v in m["files"].items()}
 
 
 @pytest.mark.parametrize("args, needle", [

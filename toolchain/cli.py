@@ -294,7 +294,7 @@ def verify(
     store: Path = typer.Option(None, help="merged store the bundle was exported from (default: <out>/store)"),
     out: Out = None,  # the training output folder: store and the single-task run folders
     report: Path = typer.Option(None, help="report folder (default: <bundle>.verify next to the bundle)"),
-    limit: int = typer.Option(300, min=1, help="dev examples per task"),
+    limit: int = typer.Option(None, min=1, help="dev examples per task (default: the rows the export guard judges)"),
     golden: int = typer.Option(150, min=0, help="dev texts per task in golden.json (plus edge and span cases)"),
 ):
     """Check a bundle against the PyTorch originals on real dev text; exit 1 if any check fails."""

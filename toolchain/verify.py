@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain import UserError
+from toolchain.export.guard import JUDGED_ROWS
 from toolchain.fsutil import write_json_atomic, write_text_atomic
 
 MERGE_TOL = 1e-4
@@ -78,9 +79,10 @@ def single_task_outputs(store_meta, source: Path, dev, trunk_cache: dict) -> lis
 GOLDEN_PER_TASK = 150  # dev texts per task in golden.json: the apps' parity tests run every one
 
 
-def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 300, golden: int = GOLDEN_PER_TASK,
-           log=print) -> dict:
-    """Run every check; write the report; return it (report["ok"] says pass or fail)."""
+def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int | None = JUDGED_ROWS,
+           golden: int = GOLDEN_PER_TASK, log=print) -> dict:
+    """Run every check; write the report; return it (report["ok"] says pass or fail). `limit`: dev rows
+    per task; by default (None too) the rows the export guard judged, the same seeded subset."""
     from runtime_py import BundleError, InputError, Predictor
     from toolchain.backbone import tokenizer_fingerprint
     from toolchain.export import dev_sets
@@ -136,7 +138,7 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int = 3
     checks.append(_check("tokenizer config", same, f"tokenizer.json {'equals' if same else 'differs from'} "
                          "the store's (training's)"))
 
-    devs = dev_sets(recipe, tok, metas, limit)
+    devs = dev_sets(recipe, tok, metas, limit or JUDGED_ROWS)
     missing = [n for n in names if n not in devs]
     if missing:
         raise UserError(f"task {missing[0]!r} has no dev set in recipe {recipe.path}; verify with the recipe it was trained from")

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from toolchain.cache import pad_batch
+from toolchain.export.guard import JUDGED_ROWS  # noqa: F401  (the rows export and verify judge)
 from toolchain.metrics import IGNORE, score
 
 # One tolerance table keyed by (target, precision): fp32 outputs must match PyTorch within max_abs;
@@ -46,6 +47,21 @@ def runtime_outputs(predictor, name, task, examples, encoded) -> tuple:
     encs, rows = predictor.raw(texts, pairs, tasks=[name])
     valid = [e.ids == list(ids) and e.type_ids == list(tt) for e, ids, tt in zip(encs, encoded.input_ids, encoded.type_ids)]
     return rows, valid
+
+
+def judge_bundle(bundle_dir, devs, refs, names) -> dict:
+    """task -> compare's figures for each of `names`, judging the (staged) bundle as verify does:
+    through runtime_py's Predictor, from the dev text. `devs`: export.dev_sets; `refs`: per task, the
+    PyTorch fp32 rows (outputs_on). The files are not re-hashed: the caller has just written them."""
+    from runtime_py import Predictor
+
+    predictor = Predictor(bundle_dir, check_files=False)
+    report = {}
+    for name in names:
+        task, labels, dev, examples = devs[name]
+        got, valid = runtime_outputs(predictor, name, task, examples, dev)
+        report[name] = compare(task, labels, dev, refs[name], got, valid=valid)
+    return report
 
 
 def run_bundle(run, manifest, feeds: dict) -> dict:
@@ -136,7 +152,8 @@ def compare(task, labels, encoded, ref_rows, got_rows, got_labels=None, valid=No
         m_got = score(task, labels + [extra], encoded, [_unknown(p, len(labels)) for p in pg])
     return {"max_abs": max_abs, "max_rel": max_abs / max(scale, 1e-12), "agreement": agree, "metric": task.metric,
             "reference": m_ref, "exported": m_got, "drop": m_ref - m_got, "rows": len(ref),
-            "token_mismatches": len(ref) - sum(valid)}
+            "token_mismatches": len(ref) - sum(valid), "predictions": len(hits),
+            "unit": "word pieces" if task.type == "tagging" else "rows"}
 
 
 def _unknown(pred, n):

@@ -1,0 +1,219 @@
+"""The quantization guard's policy (export/guard.py), table-driven: no export, no monkeypatching.
+
+A "world" says what the judged bundle of an attempt reports, from what that attempt keeps in fp32;
+`play` runs the loop export_bundle runs (judge -> next_attempt) and records every attempt."""
+
+import pytest
+
+from toolchain.export import guard
+from toolchain.export.guard import Attempt, Limits, Verdict, near_limit, next_attempt
+
+LIMITS = Limits(max_drop=1.0, min_agreement=0.99, depth=3)
+TASKS = ("snips_intent", "snips_slots", "clinc_domain")
+EMB, L0, L1, L2 = "trunk.embeddings", "trunk.layers.0", "trunk.layers.1", "trunk.layers.2"
+
+
+def fig(agreement=1.0, drop=0.0, rows=500):
+    return {"agreement": agreement, "drop": drop, "metric": "accuracy", "reference": 90.0, "exported": 90.0 - drop,
+            "rows": rows}
+
+
+def world(**rules):
+    """task -> rule(attempt) -> (agreement, drop); tasks without a rule agree fully and lose nothing."""
+    def report(attempt):
+        return {t: fig(*rules[t](attempt)) if t in rules else fig() for t in TASKS}
+    return report
+
+
+def play(report_of, limits=LIMITS):
+    """The loop of export_bundle: (attempts as (branches, trunk parts, judged), verdict)."""
+    attempt, tried = Attempt(), []
+    while True:
+        tried.append((attempt.branches, tuple(attempt.trunk), attempt.judged))
+        report = {n: g for n, g in report_of(attempt).items() if attempt.judged is None or n in attempt.judged}
+        step = next_attempt(report, attempt, limits)
+        if isinstance(step, Verdict):
+            return tried, step
+        attempt = step
+
+
+def short_unless(*needs):
+    """Agreement 95 % until every part in `needs` (branch names or trunk parts) is kept in fp32."""
+    return lambda a: (1.0 if all(n in (*a.branches, *a.trunk) for n in needs) else 0.95, 0.0)
+
+
+ALL_PARTS = [((), (p,), ("clinc_domain",)) for p in (EMB, L0, L1, L2)]
+
+CASES = {
+    "every task passes in int8": (world(), [((), (), None)], ((), (), False)),
+    "a task losing points keeps its branch in fp32": (
+        world(snips_slots=lambda a: (1.0, 0.0 if "snips_slots" in a.branches else 5.0)),
+        [((), (), None), (("snips_slots",), (), None)], (("snips_slots",), (), False)),
+    "a task short of agreement keeps its branch, then passes": (
+        world(clinc_domain=short_unless("clinc_domain")),
+        [((), (), None), (("clinc_domain",), (), None)], (("clinc_domain",), (), False)),
+    "failing tasks first, then short ones; both kept": (
+        world(clinc_domain=short_unless("clinc_domain"),
+              snips_slots=lambda a: (1.0, 0.0 if "snips_slots" in a.branches else 2.0)),
+        [((), (), None), (("snips_slots", "clinc_domain"), (), None)], (("snips_slots", "clinc_domain"), (), False)),
+    # measured once per part (short tasks only), then the part kept, then the branch tried in int8 again
+    "a trunk layer explains it: the branch goes back to int8": (
+        world(clinc_domain=short_unless(L1)),
+        [((), (), None), (("clinc_domain",), (), None)]
+        + [(("clinc_domain",), (p,), ("clinc_domain",)) for p in (EMB, L0, L1, L2)]
+        + [(("clinc_domain",), (L1,), None), ((), (L1,), None)],
+        ((), (L1,), False)),
+    "the word embeddings explain it": (
+        world(clinc_domain=short_unless(EMB)),
+        [((), (), None), (("clinc_domain",), (), None)]
+        + [(("clinc_domain",), (p,), ("clinc_domain",)) for p in (EMB, L0, L1, L2)]
+        + [(("clinc_domain",), (EMB,), None), ((), (EMB,), None)],
+        ((), (EMB,), True)),
+    "the trunk part alone is not enough: the branch stays, the passing bundle ships": (
+        world(clinc_domain=short_unless(L1, "clinc_domain")),
+        [((), (), None), (("clinc_domain",), (), None)]
+        + [(("clinc_domain",), (p,), ("clinc_domain",)) for p in (EMB, L0, L1, L2)]
+        + [(("clinc_domain",), (L1,), None), ((), (L1,), None)],
+        (("clinc_domain",), (L1,), False)),
+    # issue 23 §0: one branch at a time; here snips_intent needs its branch and clinc_domain does not
+    "branches kept for agreement are retried one at a time": (
+        world(snips_intent=short_unless(L2, "snips_intent"), clinc_domain=short_unless(L2)),
+        [((), (), None), (("snips_intent", "clinc_domain"), (), None)]
+        + [(("snips_intent", "clinc_domain"), (p,), ("snips_intent", "clinc_domain")) for p in (EMB, L0, L1, L2)]
+        + [(("snips_intent", "clinc_domain"), (L2,), None), (("clinc_domain",), (L2,), None),
+           (("snips_intent",), (L2,), None)],
+        (("snips_intent",), (L2,), False)),
+    "parts are kept most helpful first, in canonical order": (
+        world(clinc_domain=lambda a: (min(1.0, 0.95 + 0.03 * (L2 in a.trunk) + 0.02 * (EMB in a.trunk)), 0.0)),
+        [((), (), None), (("clinc_domain",), (), None)]
+        + [(("clinc_domain",), (p,), ("clinc_domain",)) for p in (EMB, L0, L1, L2)]
+        + [(("clinc_domain",), (L2,), None), (("clinc_domain",), (EMB, L2), None), ((), (EMB, L2), None)],
+        ((), (EMB, L2), True)),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_next_attempt_follows_the_fallback_order(name):
+    report_of, expected_attempts, (branches, trunk, embeddings) = CASES[name]
+    tried, verdict = play(report_of)
+    assert tried == expected_attempts
+    assert verdict.ok and verdict.message == ""
+    a = verdict.attempt
+    assert (a.branches, tuple(a.trunk), a.embeddings) == (branches, trunk, embeddings)
+    assert a.trunk_layers == tuple(int(k.rsplit(".", 1)[1]) for k in trunk if k != EMB)
+    assert verdict.report == report_of(a)  # the shipped bundle's own figures, every task
+
+
+FAILS = {
+    "a drop that the branch in fp32 does not fix": (
+        world(snips_slots=lambda a: (1.0, 5.0)), 2,
+        "int8 export loses more than 1.0 points even with those branches in fp32: snips_slots: accuracy 90.00 -> "
+        "85.00 (drop 5.00); export fp32 or raise [export] max_metric_drop"),
+    "agreement short with the whole trunk in fp32": (
+        world(clinc_domain=lambda a: (0.95, 0.0)), 2 + 4 + 4,
+        "int8 predictions agree with fp32 on under 99.00% of dev examples even with those branches and the whole "
+        "trunk in fp32 (clinc_domain 95.00%), so verify would fail the bundle; export fp32, or lower [export] "
+        "min_agreement"),
+    "a drop that appears while trunk parts are added": (
+        world(clinc_domain=lambda a: (0.95, 0.0) if not a.trunk or a.step == "measure" else (0.95, 3.0)), 2 + 4 + 1,
+        "int8 export loses more than 1.0 points even with those branches in fp32: clinc_domain: accuracy 90.00 -> "
+        "87.00 (drop 3.00)"),
+}
+
+
+@pytest.mark.parametrize("name", FAILS)
+def test_next_attempt_fails_in_one_line_with_the_figures(name):
+    report_of, attempts, message = FAILS[name]
+    tried, verdict = play(report_of)
+    assert not verdict.ok and len(tried) == attempts
+    assert verdict.message.startswith(message) and "\n" not in verdict.message
+
+
+def test_measuring_ignores_drops_and_judges_the_short_tasks_only():
+    measuring = Attempt(branches=("clinc_domain",), trunk_layers=(), embeddings=True, step=guard.MEASURE,
+                        judged=("clinc_domain",), parts=guard.trunk_parts(1), agreeing_only=("clinc_domain",))
+    step = next_attempt({"clinc_domain": fig(0.96, drop=9.0)}, measuring, Limits(1.0, 0.99, 1))
+    assert isinstance(step, Attempt) and step.trunk == [L0] and step.gains == (0.96,)
+    last = next_attempt({"clinc_domain": fig(0.98)}, step, Limits(1.0, 0.99, 1))
+    assert last.step == guard.TRUNK and last.trunk == [L0] and last.judged is None
+
+
+def test_the_same_fp32_choices_are_the_same_bundle():
+    a = Attempt().keeping(branches=["x"], trunk=[L1, EMB])
+    assert a.trunk == [EMB, L1] and a.fp32 == (("x",), (1,), True)
+    assert a.fp32 == Attempt(branches=("x",), trunk_layers=(1,), embeddings=True, step=guard.RETRY).fp32
+
+
+@pytest.mark.parametrize("agreement, rows, limit, line", [
+    (0.992, 500, 0.99, "guard: snips_intent agrees on 99.20 % of 500 rows, 1 disagreement above the 99 % limit: "
+                       "verify on other rows may fail"),
+    (0.99, 300, 0.99, "guard: snips_intent agrees on 99.00 % of 300 rows, 0 disagreements above the 99 % limit: "
+                      "verify on other rows may fail"),
+    (0.995, 200, 0.99, "guard: snips_intent agrees on 99.50 % of 200 rows, 1 disagreement above the 99 % limit: "
+                       "verify on other rows may fail"),
+    (0.994, 500, 0.99, None),  # 2 disagreements to spare
+    (1.0, 500, 0.99, None),
+    (1.0, 64, 0.99, "guard: snips_intent agrees on 100.00 % of 64 rows, 0 disagreements above the 99 % limit: "
+                    "verify on other rows may fail"),  # one disagreement in 64 rows is 98.4 %
+    (0.98, 500, 0.99, None),  # below the limit: a failure, not a warning
+    (0.985, 200, 0.98, "guard: snips_intent agrees on 98.50 % of 200 rows, 1 disagreement above the 98 % limit: "
+                       "verify on other rows may fail"),
+])
+def test_an_agreement_within_sampling_noise_of_the_limit_is_said_in_one_line(agreement, rows, limit, line):
+    assert near_limit({"snips_intent": fig(agreement, rows=rows)}, limit) == ([line] if line else [])
+
+
+def test_a_tagging_task_counts_its_word_pieces():
+    g = {**fig(0.9925, rows=64), "predictions": 400, "unit": "word pieces"}
+    assert near_limit({"snips_slots": g}, 0.99) == [
+        "guard: snips_slots agrees on 99.25 % of 400 word pieces, 1 disagreement above the 99 % limit: verify on "
+        "other rows may fail"]
+
+
+def test_export_and_verify_judge_the_same_rows_by_default():
+    import inspect
+
+    from toolchain.export import check, export_bundle
+    from toolchain.verify import verify
+
+    assert check.JUDGED_ROWS == guard.JUDGED_ROWS
+    assert inspect.signature(export_bundle).parameters["guard_examples"].default == guard.JUDGED_ROWS
+    assert inspect.signature(verify).parameters["limit"].default in (None, guard.JUDGED_ROWS)
+
+
+def test_the_model_card_lists_what_the_guard_kept_in_fp32():
+    from toolchain.export.bundle import model_card
+
+    manifest = {"target": "onnx", "layout": "split", "precision": "int8", "backbone": "tiny-random",
+                "trunk_fingerprint": "f" * 64, "max_seq_len": 32, "toolchain_version": "0",
+                "tasks": [{"name": "clinc_domain", "type": "classification", "output": "clinc_domain", "attach": 3,
+                           "layers": 3, "labels": ["a", "b"], "precision": "fp32", "metric": "accuracy",
+                           "dev_metric": 90.0}],
+                "quantization": {"guard_skipped": None, "fp32_branches": ["clinc_domain"],
+                                 "fp32_trunk_layers": [0, 2], "fp32_embeddings": True}}
+    files = {"trunk.onnx": {"bytes": 10, "sha256": "0" * 64}}
+    card = model_card(manifest, files, {"clinc_domain": fig()})
+    assert "Kept in fp32 by the guard: branch clinc_domain; trunk layers 0, 2; the word embeddings." in card
+    manifest["quantization"].update(fp32_branches=["a", "b"], fp32_trunk_layers=[1], fp32_embeddings=False)
+    assert "Kept in fp32 by the guard: branches a, b; trunk layer 1.\n" in model_card(manifest, files, None)
+    manifest["quantization"].update(fp32_branches=[])
+    assert "Kept in fp32 by the guard: trunk layer 1.\n" in model_card(manifest, files, None)
+    manifest["quantization"].update(fp32_trunk_layers=[])
+    assert "Kept in fp32 by the guard: nothing, every part is quantized." in model_card(manifest, files, None)
+    assert "Kept in fp32" not in model_card({**manifest, "quantization": None}, files, None)
+
+
+@pytest.mark.parametrize("program, kept, precision", [
+    ("model", ["clinc_domain", "trunk.embeddings", "trunk.layers.1"], "int8"),  # fused: branches, then trunk parts
+    ("trunk", ["trunk.embeddings", "trunk.layers.1"], "int8"),
+    ("branch_clinc_domain", [], "fp32"),  # a split branch kept in fp32 is all fp32
+    ("branch_snips_intent", [], "int8"),
+])
+def test_each_program_gets_the_attempts_parts(program, kept, precision):
+    import dataclasses
+
+    from toolchain.export.bundle import Staging
+
+    staging = Staging(**{f.name: None for f in dataclasses.fields(Staging)} | {"precision": "int8"})
+    attempt = Attempt(branches=("clinc_domain",), trunk_layers=(1,), embeddings=True)
+    assert staging._precision(program, attempt) == (kept, precision)
