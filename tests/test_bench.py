@@ -7,7 +7,7 @@ import torch
 from conftest import ROOT, write_recipe
 
 from toolchain import UserError, backbone, bench, store
-from toolchain.bench import flops, request, timing
+from toolchain.bench import bundles, flops, timing
 from toolchain.bench.peer import HF_ATOL, ConversionMismatch, check_hf, hf_model
 from toolchain.config import load_recipe
 
@@ -148,7 +148,7 @@ def test_bundles_are_reused_while_their_sources_are_unchanged(tiny, result):
     bundle = result[1] / "bundles" / "merged-onnx-fp32"
     before = (bundle / "model.onnx").stat().st_mtime_ns
     lines = []
-    request.bundle(recipe, out / "store", "onnx", "fp32", bundle, 24, log=lines.append)
+    bundles.bundle(recipe, out / "store", "onnx", "fp32", bundle, log=lines.append)
     assert lines == ["reusing merged-onnx-fp32"] and (bundle / "model.onnx").stat().st_mtime_ns == before
 
 

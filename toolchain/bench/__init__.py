@@ -1,7 +1,8 @@
 """`ctb-mobile bench`: the merged model against the same tasks as N single-task models, in one run.
 
-For every (target, precision) the merged store is exported once (fused layout) and every task is
-exported again as a single-task model (a store holding only that task's branch: the trunk up to the
+For every (target, precision) the merged store is exported once (fused layout), as `ctb-mobile
+export` ships it (its guard, rows and fp32 choices: bench/bundles.py), and every task is exported
+again as a single-task model (a store holding only that task's branch: the trunk up to the
 branch's attach depth, then the branch). On real dev text cut to each sequence length, batch 1:
 
 - latency p50 / p90 of the merged program and of each single-task program (and of both in PyTorch
@@ -26,15 +27,8 @@ from toolchain import UserError, __version__
 from toolchain.bench.flops import gemm_peak, model_flops
 from toolchain.bench.peer import peer_runner, prepare_peer
 from toolchain.bench.report import markdown, plot, summarize_latency, summarize_members, summary
-from toolchain.bench.request import (
-    Request,
-    bundle,
-    check_request,
-    inputs_of_length,
-    program_bytes,
-    single_store,
-    token_pool,
-)
+from toolchain.bench.bundles import bundle, program_bytes, single_store
+from toolchain.bench.request import Request, check_request, inputs_of_length, token_pool
 from toolchain.bench.timing import (
     WARMUP,
     bundle_call,
@@ -124,7 +118,7 @@ def measure(req: Request, log) -> dict:
             for member, src in [("merged", store_dir), *singles.items()]:
                 d = out_dir / "bundles" / (f"merged-{target}-{precision}" if member == "merged"
                                            else f"single-{member}-{target}-{precision}")
-                bundles[target, precision, member] = d, bundle(recipe, src, target, precision, d, req.guard_examples, log)
+                bundles[target, precision, member] = d, bundle(recipe, src, target, precision, d, log)
     eager = {"merged": merged, **{t: load_merged(singles[t])[0] for t in tasks}}
     peer_info, peers = prepare_peer(req.peer, targets, precisions, bb, singles, devs, feeds, out_dir, log)
     peer_precisions = list(peers[tasks[0]]["precisions"]) if peers else []

@@ -1,77 +1,14 @@
-"""Checking a bench request and building what it measures: the merged bundle per (target, precision),
-single-task stores and bundles, and dev-text inputs cut to each sequence length.
-"""
+"""The programs bench measures: the merged store's bundle per (target, precision), exactly as
+`ctb-mobile export` ships it, and single-task stores and their bundles; each reused while its sources
+are unchanged."""
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain import UserError, __version__
+from toolchain import __version__
 from toolchain.fsutil import write_json_atomic
-
-BENCH_TARGETS = ("onnx", "android")  # the targets whose programs run on this machine (CoreML needs macOS)
-
-
-@dataclass(frozen=True)
-class Request:
-    """One bench run's validated arguments (see run_bench)."""
-
-    recipe: object
-    store_dir: Path
-    out_dir: Path
-    targets: tuple
-    precisions: tuple
-    lengths: list  # sorted, without duplicates
-    repeats: int
-    peer: bool
-    guard_examples: int
-    threads: int | None
-    singles_from: Path
-
-
-def check_request(recipe, store_dir, out_dir, targets, precisions, lengths, repeats, peer, guard_examples,
-                  threads, singles_from) -> Request:
-    """Validate everything before any work."""
-    from toolchain.export import check_request as check_export
-    from toolchain.store import read_store
-
-    targets, precisions = tuple(targets), tuple(precisions)
-    if not targets:
-        raise UserError(f"no target to benchmark; use one or more of: {', '.join(BENCH_TARGETS)}")
-    for t in targets:
-        if t == "ios":
-            raise UserError("target 'ios' cannot be benchmarked here: CoreML programs run only on Apple devices; "
-                            f"use {' or '.join(BENCH_TARGETS)}")
-        if t not in BENCH_TARGETS:
-            raise UserError(f"unknown target {t!r}; use one or more of: {', '.join(BENCH_TARGETS)}")
-    if not precisions:
-        raise UserError("no precision to benchmark; use fp32 and/or int8")
-    for t in targets:
-        for p in precisions:
-            check_export(t, p, "fused")  # one-line errors for unknown or unsupported precisions
-    if not lengths:
-        raise UserError("no sequence length given; give positive integers, e.g. 16,64,128")
-    bad = [x for x in lengths if isinstance(x, bool) or not isinstance(x, int) or x < 1]
-    if bad:
-        raise UserError(f"sequence length {bad[0]!r} is not valid: lengths must be positive integers, e.g. 16,64,128")
-    max_seq_len = max(recipe.seq_len(t) for t in recipe.tasks)
-    if min(lengths) > max_seq_len:
-        raise UserError(f"every length ({', '.join(map(str, lengths))}) is above the recipe's max_seq_len "
-                        f"{max_seq_len}; give lengths up to {max_seq_len}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise UserError(f"repeats {repeats!r} must be a positive integer, e.g. 20")
-    if isinstance(guard_examples, bool) or not isinstance(guard_examples, int) or guard_examples < 1:
-        raise UserError(f"guard_examples {guard_examples!r} must be a positive integer, e.g. 200")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UserError(f"threads {threads!r} must be a positive integer, e.g. 2")
-    read_store(store_dir)  # "store ... not found; build one with `ctb-mobile merge`"
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UserError("bench draws its plot with matplotlib; run: pip install 'ctb-mobile[bench]'") from None
-    return Request(recipe, Path(store_dir), Path(out_dir), targets, precisions, sorted(set(lengths)), repeats,
-                   bool(peer), guard_examples, threads, Path(singles_from or store_dir))
 
 
 def files_digest(paths) -> str:
@@ -103,10 +40,12 @@ def single_store(store_dir, task, bb, backbone_spec, dest, log=print) -> Path:
     return dest
 
 
-def bundle(recipe, store_dir, target, precision, dest, guard_examples, log=print) -> dict:
-    """Export the store (fused) into `dest`, or reuse the bundle there if it was made from the same
-    target, precision, trunk, tasks, branch files and max_seq_len. Returns the manifest."""
-    from toolchain.export import export_bundle
+def bundle(recipe, store_dir, target, precision, dest, log=print) -> dict:
+    """The bundle `ctb-mobile export` ships for this store, target and precision (fused): exported by
+    export_bundle with export's own guard (the same rows, limits and so the same fp32 choices: the
+    timed programs are byte for byte the shipped ones), or reused from `dest` if it was made from the
+    same sources. Returns the manifest."""
+    from toolchain.export import JUDGED_ROWS, export_bundle
     from toolchain.store import branch_names, read_store
 
     dest = Path(dest)
@@ -114,7 +53,9 @@ def bundle(recipe, store_dir, target, precision, dest, guard_examples, log=print
     key = {"target": target, "precision": precision, "layout": "fused", "toolchain_version": __version__,
            "trunk_fingerprint": read_store(store_dir)["backbone_fingerprint"], "tasks": tasks,
            "max_seq_len": max(recipe.seq_len(t) for t in recipe.tasks),
-           "branches": files_digest([f for t in tasks for f in branch_files(store_dir, t)])}
+           "branches": files_digest([f for t in tasks for f in branch_files(store_dir, t)]),
+           "guard": {"rows": JUDGED_ROWS, **dataclasses.asdict(recipe.export),
+                     "dev": {t.name: [t.dev, t.max_dev_examples] for t in recipe.tasks}}}
     key_file = dest.with_name(dest.name + ".source.json")
     if (dest / "manifest.json").is_file() and key_file.is_file():
         m = json.loads((dest / "manifest.json").read_text())
@@ -124,8 +65,7 @@ def bundle(recipe, store_dir, target, precision, dest, guard_examples, log=print
             log(f"reusing {dest.name}")
             return m
     log(f"exporting {dest.name}")
-    manifest = export_bundle(recipe, store_dir, target, precision, "fused", dest, guard_examples=guard_examples,
-                             log=lambda m: None)
+    manifest = export_bundle(recipe, store_dir, target, precision, "fused", dest, log=lambda m: None)
     write_json_atomic(key_file, key)
     return manifest
 
@@ -133,36 +73,3 @@ def bundle(recipe, store_dir, target, precision, dest, guard_examples, log=print
 def program_bytes(bundle_dir, manifest) -> int:
     """Bytes of the program files that run (model.onnx or model.pte; the .ort twin is not counted)."""
     return sum((Path(bundle_dir) / p["file"]).stat().st_size for p in manifest["programs"])
-
-
-def token_pool(devs, tok) -> list:
-    """Word-piece ids (no [CLS]/[SEP]) of the recipe's dev sets, in order: real text to cut inputs from."""
-    pool = []
-    for _, _, dev, _ in devs.values():
-        for ids in dev.input_ids:
-            pool.extend(ids[1:-1])
-    if not pool:
-        pool = tok.encode("set an alarm for seven thirty tomorrow morning", add_special_tokens=False).ids
-    return pool
-
-
-def dev_batch(encoded, n):
-    """The first n dev examples as one padded batch (ids, mask, token types) of numpy arrays."""
-    from toolchain.cache import pad_batch
-
-    ids, tt, mask = pad_batch(encoded.input_ids[:n], encoded.type_ids[:n], "cpu")
-    return ids.numpy(), mask.numpy(), tt.numpy()
-
-
-def inputs_of_length(pool, tok, n):
-    """(ids, mask, token types) of exactly n tokens: [CLS] + real dev word pieces + [SEP], batch 1."""
-    import numpy as np
-
-    specials = tok.encode("a").ids  # the tokenizer's own template: [CLS] a [SEP] (or <s> a </s>)
-    cls, sep = specials[0], specials[-1]
-    body = list(pool)
-    while len(body) < n:
-        body += pool
-    ids = ([cls] + body[: max(n - 2, 0)] + [sep])[:n]
-    ids = np.asarray([ids], dtype=np.int64)
-    return ids, np.ones_like(ids), np.zeros_like(ids)

@@ -7,7 +7,8 @@ import platform
 from pathlib import Path
 
 from toolchain import UserError, __version__
-from toolchain.bench.request import branch_files, dev_batch, files_digest
+from toolchain.bench.bundles import branch_files, files_digest
+from toolchain.bench.request import dev_batch
 from toolchain.fsutil import write_json_atomic
 
 HF_ATOL = 1e-4
