@@ -46,6 +46,12 @@ class OnnxProgram:
     def metadata(self) -> dict:
         return json.loads(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
 
+    def input_types(self) -> dict:
+        """input name -> numpy dtype name, as the program declares it ("tensor(int64)" -> "int64")."""
+        kinds = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32",
+                 "tensor(float16)": "float16"}
+        return {i.name: kinds.get(i.type, i.type) for i in self.session.get_inputs()}
+
 
 class ExecuTorchProgram:
     def __init__(self, path: Path, inputs: list):

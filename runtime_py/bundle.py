@@ -45,7 +45,14 @@ def load_manifest(bundle_dir, check_files: bool = True) -> Manifest:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{path} is not valid JSON ({e}); export the bundle again") from None
-    m = parse(obj, str(path))
+    except RecursionError:
+        raise BundleError(f"{path} nests arrays or objects too deeply to be a manifest; export the bundle again") from None
+    except OSError as e:
+        raise BundleError(f"{path} cannot be read ({e.strerror}); copy the bundle again") from None
+    try:
+        m = parse(obj, str(path))
+    except RecursionError:
+        raise BundleError(f"{path} nests arrays or objects too deeply to be a manifest; export the bundle again") from None
     if check_files:
         root = bundle_dir.resolve()
         for name, info in m.files.items():

@@ -14,6 +14,8 @@ from pathlib import Path
 SCHEMA_VERSION = 2
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 TASK_TYPES = ("classification", "regression", "tagging")
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SUFFIXES = {"onnx": (".onnx",), "android": (".pte",), "ios": (".mlpackage", ".mlmodel")}
 
 
 class BundleError(ValueError):
@@ -150,6 +152,14 @@ class Manifest:
 
 
 
+def labels_sha256(labels: dict) -> str:
+    """sha256 of the task -> labels map a program serves, as JSON with sorted keys (CONTRACT.md): the
+    exporter embeds it in each program, a runtime recomputes it from the manifest's labels."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps({t: list(v) for t, v in labels.items()}, sort_keys=True).encode()).hexdigest()
+
+
 def tokenizer_fingerprint(sha256s: dict) -> str:
     """sha256 over the sha256 hex digests of tokenizer.json, vocab.txt and tokenizer_tables.json
     (keys "file", "vocab", "tables"), joined by newlines (CONTRACT.md)."""
@@ -240,10 +250,37 @@ def check_consistency(m: Manifest, where: str) -> None:
         fail("programs", "a split bundle needs a 'trunk' program")
     if m.tokenizer.max_seq_len != m.max_seq_len:
         fail("tokenizer/max_seq_len", f"{m.tokenizer.max_seq_len} differs from max_seq_len {m.max_seq_len}")
+    tok_files = {m.tokenizer.file, m.tokenizer.vocab, m.tokenizer.tables}
+    for i, p in enumerate(m.programs):
+        if not p.file.endswith(SUFFIXES[m.target]):
+            fail(f"programs/{i}/file", f"{p.file!r} is not a {m.target} program (a {m.target} program is a "
+                 f"{' or '.join(SUFFIXES[m.target])} file)")
+        shared = sorted(tok_files & set(p.files))
+        if shared:
+            fail(f"programs/{i}/files", f"{shared[0]!r} is a tokenizer file, not part of a program")
+        for kind, tensors in (("inputs", p.inputs), ("outputs", p.outputs)):
+            for j, t in enumerate(tensors):
+                for k, d in enumerate(t.dims):
+                    if d.size is None and d.min > d.max:
+                        fail(f"programs/{i}/{kind}/{j}/dims/{k}", f"min {d.min} is above max {d.max}")
+        for j, t in enumerate(p.inputs):
+            if t.name in TOKEN_INPUTS:
+                if t.dtype not in ("int64", "int32"):
+                    fail(f"programs/{i}/inputs/{j}/dtype", f"{t.name} is {t.dtype}; token inputs are int64 "
+                         "(int32 for CoreML)")
+                seq = t.dims[1] if len(t.dims) > 1 else None
+                limit = seq.size if seq is not None and seq.size is not None else getattr(seq, "max", None)
+                if limit is not None and m.max_seq_len > limit:
+                    fail("max_seq_len", f"{m.max_seq_len} is above the {limit} positions program {p.name!r} "
+                         f"takes (programs/{i}/inputs/{j}/dims/1)")
+    depths = {o.depth for p in m.programs if p.name == "trunk" for o in p.outputs if o.depth is not None}
     for i, t in enumerate(m.tasks):
         if t.program not in names:
             fail(f"tasks/{i}/program", f"{t.program!r} is not a program of the bundle")
         p = m.program(t.program)
+        if m.layout == "split" and t.attach not in depths:
+            fail(f"tasks/{i}/attach", f"{t.attach} is not a depth the trunk program returns "
+                 f"({', '.join(map(str, sorted(depths))) or 'none'})")
         outs = [o for o in p.outputs if o.name == t.output]
         if not outs:
             fail(f"tasks/{i}/output", f"{t.output!r} is not an output of program {p.name!r}")

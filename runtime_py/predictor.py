@@ -12,12 +12,14 @@ names are errors.
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from runtime_py.backends import open_program
 from runtime_py.bundle import BundleError, load_manifest
+from runtime_py.manifest import labels_sha256
 
 
 class InputError(ValueError):
@@ -119,6 +121,13 @@ def decode(task, out: np.ndarray, encoding, text: str, breaks: frozenset) -> dic
     return {"spans": tag_spans(ids, task.labels, encoding, text, breaks)}
 
 
+def _count(value, what: str, least: int) -> int:
+    """An int argument (not a bool, a str or a float) of at least `least`."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < least:
+        raise InputError(f"{what} = {value!r} must be an integer >= {least}, e.g. {what}={max(least, 8)}")
+    return int(value)
+
+
 def pad(encodings, dtype) -> tuple:
     """input_ids, attention_mask, token_type_ids padded to the longest encoding (pad id 0)."""
     n = max(len(e.ids) for e in encodings)
@@ -140,6 +149,11 @@ class Predictor:
 
         from runtime_py.manifest import tokenizer_fingerprint
 
+        if not isinstance(bundle_dir, (str, os.PathLike)):
+            raise InputError(f"bundle_dir is {type(bundle_dir).__name__}; pass the bundle folder's path")
+        if not isinstance(check_files, bool):
+            raise InputError(f"check_files = {check_files!r} must be True or False")
+        threads = _count(threads, "threads", 0)
         self.dir = Path(bundle_dir)
         self.spec = m = load_manifest(self.dir, check_files)
         self.manifest = m.to_json()
@@ -160,21 +174,37 @@ class Predictor:
         except Exception as e:  # noqa: BLE001 - any parse failure of a checked file is one bundle error
             raise BundleError(f"{self.dir}: cannot read the tokenizer files ({type(e).__name__}: "
                               f"{str(e)[:120]}); export the bundle again") from None
+        cut = (self.tokenizer.truncation or {}).get("max_length")
+        if cut is not None and cut != self.max_seq_len:
+            raise BundleError(f"{self.dir}: manifest field max_seq_len is {self.max_seq_len}, but {tok.file} "
+                              f"truncates at {cut}; export the bundle again")
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_seq_len)  # as training: longest first
         needed = ["model"] if self.layout == "fused" else ["trunk"] + [t.program for t in self.tasks.values()]
         self.programs = {}
         for name in needed:
             p = m.program(name)
-            prog = open_program(self.target, self.dir / p.file, [i.name for i in p.inputs],
-                                [o.name for o in p.outputs], threads)
+            try:
+                prog = open_program(self.target, self.dir / p.file, [i.name for i in p.inputs],
+                                    [o.name for o in p.outputs], threads)
+            except BundleError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a file the backend cannot load is a bad bundle
+                raise BundleError(f"{self.dir}: {p.file} (manifest field programs/{name}/file) is not a "
+                                  f"{self.target} program this runtime can load ({_first_line(e)}); "
+                                  "copy or export the bundle again") from None
             self._check_embedded(p, prog)
+            self._check_inputs(p, prog)
             self.programs[name] = prog
         self._probe()
 
     def _check_tasks(self, tasks, known) -> list:
         if isinstance(tasks, (str, bytes)) or not isinstance(tasks, (list, tuple)):
             raise InputError(f"tasks is {type(tasks).__name__}; pass a list of task names")
+        odd = [t for t in tasks if not isinstance(t, str)]
+        if odd:
+            raise InputError(f"tasks holds {type(odd[0]).__name__} {odd[0]!r}; pass task names (str), "
+                             f"e.g. tasks=[{next(iter(known), 'name')!r}]")
         unknown = [t for t in tasks if t not in known]
         if unknown:
             raise InputError(f"unknown task {unknown[0]!r}; this bundle has: {', '.join(known)}")
@@ -188,6 +218,8 @@ class Predictor:
         except Exception as e:  # noqa: BLE001 - unreadable metadata is a bad program
             raise BundleError(f"{program.file}: cannot read its embedded metadata ({type(e).__name__}); "
                               "export the bundle again") from None
+        if not isinstance(meta, dict):
+            raise BundleError(f"{program.file}: its embedded metadata is not a JSON object; export the bundle again")
         m = self.spec
         for key, want in (("trunk_fingerprint", m.trunk_fingerprint), ("tokenizer_fingerprint", m.tokenizer.fingerprint)):
             if meta.get(key) != want:
@@ -198,6 +230,25 @@ class Predictor:
         if meta.get("outputs") != names:
             raise BundleError(f"{program.file} returns outputs {meta.get('outputs')}, manifest field "
                               f"programs/{program.name}/outputs lists {names}; export the bundle again")
+        # The labels are not in the program: their hash is, so an edited label in manifest.json is caught.
+        labels = {t.name: list(t.labels) for t in m.tasks}
+        served = {o.task: labels.get(o.task, []) for o in program.outputs if o.task is not None}
+        if "labels_sha256" not in meta:
+            raise BundleError(f"{program.file} carries no labels_sha256 in its embedded metadata (exported by "
+                              "an older ctb-mobile), so the manifest's labels cannot be checked; export the bundle "
+                              "again")
+        if meta["labels_sha256"] != labels_sha256(served):
+            raise BundleError(f"manifest field tasks/*/labels of {', '.join(served)} differs from the labels "
+                              f"{program.file} was exported with (its labels_sha256); export the bundle again")
+
+    def _check_inputs(self, program, prog) -> None:
+        """The manifest's input dtypes are the program's own, where the backend says (ONNX Runtime)."""
+        types = getattr(prog, "input_types", lambda: {})()
+        for i, t in enumerate(program.inputs):
+            got = types.get(t.name)
+            if got is not None and got != t.dtype:
+                raise BundleError(f"manifest field programs/{program.name}/inputs/{i}/dtype says {t.dtype}, "
+                                  f"{program.file} takes {got} for {t.name}; export the bundle again")
 
     def _probe(self) -> None:
         """Run `[CLS] [SEP]` once and check every output's rank and fixed sizes against the manifest."""
@@ -207,9 +258,9 @@ class Predictor:
             p = self.spec.program(name)
             if name.startswith("branch_"):
                 hidden = self._hidden_probe[f"hidden_{self.tasks[p.outputs[0].task].attach}"]
-                got = prog.run({"hidden": hidden, "attention_mask": feeds["attention_mask"]})
+                got = self._call(name, {"hidden": hidden, "attention_mask": feeds["attention_mask"]})
             else:
-                got = prog.run(feeds)
+                got = self._call(name, feeds)
             if len(got) != len(p.outputs):
                 raise BundleError(f"{p.file} returns {len(got)} outputs, manifest field programs/{name}/outputs "
                                   f"lists {len(p.outputs)}; export the bundle again")
@@ -222,6 +273,15 @@ class Predictor:
                                       "its outputs are not in the manifest's order or shape; export the bundle again")
             if name == "trunk":
                 self._hidden_probe = {o.name: arr for o, arr in zip(p.outputs, got)}
+
+    def _call(self, name: str, feeds: dict) -> list:
+        """A program's outputs; a backend failure (the program and its manifest disagree) is a BundleError."""
+        try:
+            return self.programs[name].run(feeds)
+        except Exception as e:  # noqa: BLE001 - inputs were checked against the manifest before this call
+            shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in feeds.items())
+            raise BundleError(f"{self.dir}: program {name} failed on inputs {shapes} that its manifest field "
+                              f"programs/{name}/inputs allows ({_first_line(e)}); export the bundle again") from None
 
     # ---------------------------------------------------------------------------------------------
 
@@ -246,18 +306,36 @@ class Predictor:
 
     def run(self, input_ids, attention_mask, token_type_ids, tasks=None) -> dict:
         """Raw outputs for one padded batch: task -> array (batch, ...), mapped by the manifest's output order."""
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        names = list(tasks or self.tasks)
+        feeds = self._check_feeds(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        names = self._check_tasks(tasks, self.tasks) if tasks is not None else list(self.tasks)
         if self.layout == "fused":
-            out = dict(zip((o.name for o in self.spec.program("model").outputs), self.programs["model"].run(feeds)))
+            out = dict(zip((o.name for o in self.spec.program("model").outputs), self._call("model", feeds)))
             return {n: out[self.tasks[n].output] for n in names}
-        hidden = dict(zip((o.name for o in self.spec.program("trunk").outputs), self.programs["trunk"].run(feeds)))
-        return {n: self.programs[self.tasks[n].program].run(
-            {"hidden": hidden[f"hidden_{self.tasks[n].attach}"], "attention_mask": attention_mask})[0]
-            for n in names}
+        hidden = dict(zip((o.name for o in self.spec.program("trunk").outputs), self._call("trunk", feeds)))
+        return {n: self._call(self.tasks[n].program, {"hidden": hidden[f"hidden_{self.tasks[n].attach}"],
+                                                      "attention_mask": feeds["attention_mask"]})[0]
+                for n in names}
+
+    def _check_feeds(self, **feeds) -> dict:
+        """run()'s arrays: integer, two-dimensional, one shape, within the program's batch and length."""
+        first = self.spec.program("model" if self.layout == "fused" else "trunk").inputs[0]
+        shape = None
+        for name, a in feeds.items():
+            if not isinstance(a, np.ndarray):
+                raise InputError(f"{name} is {type(a).__name__}; pass a numpy array (batch, seq) of token ids")
+            if a.dtype.kind not in "iu":
+                raise InputError(f"{name} has dtype {a.dtype}; pass integer token ids (dtype {self.dtype})")
+            if a.ndim != 2 or (shape is not None and a.shape != shape):
+                raise InputError(f"{name} has shape {list(a.shape)}; all three inputs are (batch, seq) of one shape")
+            shape = a.shape
+        for axis, (dim, n) in enumerate(zip(first.dims, shape)):
+            if not dim.accepts(n):
+                raise InputError(f"inputs have {('batch', 'seq')[axis]} {n}; this bundle takes {dim}")
+        return {k: v.astype(self.dtype, copy=False) for k, v in feeds.items()}
 
     def raw(self, texts, pairs=None, tasks=None, batch_size: int = 16):
         """(encodings, per input dict task -> raw output without padding)."""
+        batch_size = _count(batch_size, "batch_size", 1)
         encs = self.encode(texts, pairs, tasks)
         names = list(tasks or self.tasks)
         rows = [None] * len(encs)
@@ -277,9 +355,15 @@ class Predictor:
     def predict(self, texts, pairs=None, tasks=None, batch_size: int = 16) -> list:
         """One dict per input: task -> {"label", "score"} | {"value"} | {"spans": [...]}."""
         texts = _as_texts(texts)
+        batch_size = _count(batch_size, "batch_size", 1)
         encs, rows = self.raw(texts, pairs, tasks, batch_size)
         texts = [_as_text(t, i) for i, t in enumerate(texts)]
         return [{n: self.decode(n, row[n], e, t) for n in row} for e, row, t in zip(encs, rows, texts)]
 
     def predict_one(self, text, pair=None, tasks=None) -> dict:
         return self.predict([text], None if pair is None else [pair], tasks)[0]
+
+
+def _first_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:160]}"

@@ -31,6 +31,12 @@ def _ints(value: str | None, name: str):
     return out
 
 
+def _seeds(value: str | None):
+    from toolchain.config import check_seed
+
+    return None if value is None else [check_seed(s, "--seeds") for s in _ints(value, "seeds")]
+
+
 def _words(value: str) -> list:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -83,7 +89,7 @@ def train(
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
     ws = _workspace(recipe, out)
     console = _console(stderr=True)
-    summary = run_sweep(recipe, task, _ints(layers, "layers"), _ints(seeds, "seeds"), ws.root,
+    summary = run_sweep(recipe, task, _ints(layers, "layers"), _seeds(seeds), ws.root,
                         use_cache=cache, force=force, console=console)
     if not is_main_process():  # under torchrun, the other processes print nothing
         return
@@ -122,7 +128,7 @@ def distill(
     from toolchain.train import is_main_process
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
-    summary = run_distill(recipe, task, _ints(layers, "layers"), teacher_layers, _ints(seeds, "seeds"),
+    summary = run_distill(recipe, task, _ints(layers, "layers"), teacher_layers, _seeds(seeds),
                           _workspace(recipe, out).root, use_cache=cache, force=force, console=_console(stderr=True),
                           attach=_ints(attach, "attach"))
     if not is_main_process():
@@ -202,7 +208,11 @@ def merge(
     if not files[source].is_file():
         raise UserError(f"{files[source]} not found; run `ctb-mobile {'plan' if source == 'plan' else 'train'}` first")
     chosen = read_json(files[source], f"rerun `ctb-mobile {'plan' if source == 'plan' else 'train'}`")
-    chosen = chosen["tasks"] if source == "plan" else chosen
+    chosen = chosen.get("tasks") if source == "plan" and isinstance(chosen, dict) else chosen
+    if not isinstance(chosen, dict) or not all(isinstance(c, dict) and isinstance(c.get("run"), str)
+                                               for c in chosen.values()):
+        raise UserError(f"{files[source]} does not map each task to its run ({{\"task\": {{\"run\": ...}}}}); "
+                        f"rerun `ctb-mobile {'plan' if source == 'plan' else 'train'}`")
     bb = backbone.load(recipe.backbone_spec)
     store_dir = store or ws.store
     create(store_dir, bb, recipe.backbone, [ws.root / c["run"] for c in chosen.values()], force=force)
@@ -243,7 +253,12 @@ def predict(
                             f"the branches were trained at {trained}")
         results = infer.predict(model, tok, metas, texts, pair or None, max_len or trained)
     for text, result in zip(texts, results):
-        typer.echo(json.dumps({"text": text, **result}, ensure_ascii=False))
+        try:
+            line = json.dumps({"text": text, **result}, ensure_ascii=False, allow_nan=False)  # NaN is not JSON
+        except ValueError:
+            raise UserError(f"the model gave a non-finite output (NaN or infinity) for {text[:40]!r}; its branch "
+                            "weights are broken: retrain the branch (a lower learning rate)") from None
+        typer.echo(line)
 
 
 @app.command()
@@ -455,16 +470,48 @@ def main():
     except KeyboardInterrupt:
         sys.exit(_one_line("interrupted; finished runs are kept, and an unfinished run resumes from its last epoch",
                            130))
-    except OSError as e:  # a user path the library did not check: disk full, permissions, a folder for a file
+    except Exception as e:  # noqa: BLE001 - every other failure is named in one line, or called a bug
         if debug:
             raise
-        sys.exit(_one_line(f"error: {e.filename or 'a file'}: {e.strerror or e}; check the path, its permissions "
-                           "and the free disk space", 2))
-    except Exception as e:  # a bug: one line, and the traceback on request
-        if debug:
-            raise
-        sys.exit(_one_line(f"error: internal error ({type(e).__name__}: {e}); rerun with CTB_DEBUG=1 for the "
-                           "traceback and report it", 1))
+        sys.exit(_one_line(*_named(e)))
+
+
+def _named(e: Exception) -> tuple:
+    """(one-line message, exit code) for an exception that is not a UserError: a full disk (whatever
+    library raised it), an unsafe pickle, input nested too deeply, a path the library did not check
+    (exit 2), else a bug (exit 1)."""
+    import errno
+    import pickle
+
+    chain, c = [], e
+    while c is not None and all(c is not x for x in chain):
+        chain.append(c)
+        c = c.__cause__ or c.__context__
+    for c in chain:
+        if (isinstance(c, OSError) and c.errno == errno.ENOSPC) or "No space left on device" in str(c) \
+                or "os error 28" in str(c):
+            where = getattr(c, "filename", None)
+            return (f"error: disk full{f' writing {where}' if where else ''} (no space left on the device); free "
+                    "some space and run the command again (what was there before is kept)", 2)
+    if any(isinstance(c, pickle.UnpicklingError) for c in chain):
+        return ("error: refused to load a file that holds pickled code, not plain tensors (a damaged or tampered "
+                "checkpoint or weights file); delete it (a run's ckpt/ folder: the run starts again) and rerun", 2)
+    if isinstance(e, RecursionError):
+        return ("error: an input file nests arrays or objects too deeply to be read (a damaged or hostile JSON or "
+                "TOML file); restore or rewrite it", 2)
+    if isinstance(e, OSError):  # a user path the library did not check: permissions, a folder for a file
+        return (f"error: {e.filename or 'a file'}: {e.strerror or e}; check the path, its permissions and the "
+                "free disk space", 2)
+    return (f"error: internal error ({type(e).__name__}: {_no_unsafe_advice(str(e))}); rerun with CTB_DEBUG=1 "
+            "for the traceback and report it", 1)
+
+
+def _no_unsafe_advice(message: str) -> str:
+    """A library's message without any sentence advising to turn safe loading off (torch's
+    "weights_only=False"): running a file's pickled code is never the fix."""
+    import re
+
+    return " ".join(s for s in re.split(r"(?<=[.!?])\s+", message) if "weights_only" not in s)[:300]
 
 
 def _one_line(message: str, code: int) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runtime_py.bundle import file_bytes as size
 from runtime_py.bundle import file_sha256 as sha256
-from runtime_py.manifest import parse
+from runtime_py.manifest import labels_sha256, parse
 from toolchain import __version__
 
 
@@ -128,7 +128,8 @@ class Staging:
             embedded = {"target": self.target, "program": g.name,
                         "trunk_fingerprint": self.store_meta["backbone_fingerprint"],
                         "tokenizer_fingerprint": self.tok_spec["fingerprint"], "outputs": list(g.outputs),
-                        "tasks": [t for t in g.outputs if t in self.metas]}
+                        "tasks": [t for t in g.outputs if t in self.metas],
+                        "labels_sha256": labels_sha256({t: self.metas[t].labels for t in g.outputs if t in self.metas})}
             files = cache.export(self.mod, self.target, g, self.folder, p, self.max_seq_len, embedded,
                                  calibration_for(g, self.model, self.calibration), keep,
                                  options if p == self.precision else {})
