@@ -19,6 +19,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="ctb-mobile: many BERT tasks on a phone for the price of little more than one.")
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="show the libraries' own warnings and native "
+                                          "log lines (by default they go to the log file: CTB_LOG, else "
+                                          "~/.cache/ctb-mobile/ctb-mobile.log)")):
+    """ctb-mobile: many BERT tasks on a phone for the price of little more than one."""
+    # main() acts on --verbose before any library is imported (toolchain.quiet.route).
+
+
 def _ints(value: str | None, name: str):
     if value is None:
         return None
@@ -221,6 +229,48 @@ def merge(
 
 
 @app.command()
+def build(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="recipe file, e.g. models/assistant.toml"),
+    target: str = typer.Option("android", help="android (ExecuTorch), ios (CoreML), onnx, or all"),
+    out: Out = None,
+    quick: bool = typer.Option(False, help="a first run in minutes: 2,000 rows per task, one epoch, no "
+                               "distillation, into <recipe name>-quick/"),
+):
+    """Every stage from recipe to verified bundle: train, distill and plan (when the recipe has \\[distill] /
+    \\[plan]), merge, export, verify. Each resumes from what already finished; the stages stay commands."""
+    from rich.table import Table
+
+    from toolchain.build import Build, check_targets, quick_recipe, run
+    from toolchain.config import load_recipe
+    from toolchain.workspace import Workspace
+
+    targets = check_targets(target)
+    recipe = load_recipe(recipe_path)
+    if quick:
+        recipe = quick_recipe(recipe)
+    ws = Workspace(out) if out is not None else Workspace(recipe.root / (recipe.name + ("-quick" if quick else "")))
+    console = _console(stderr=True)
+    result = run(Build(recipe, ws, targets, quick, log=lambda m: console.log(m)), console)
+    tasks = Table(title=f"{recipe.name}: {len(result['tasks'])} tasks, cost {result['cost']['total_layers']} of "
+                  f"{result['cost']['separate_full_models']} layers ({result['cost']['fraction']:.0%} of separate models)")
+    for col in ("task", "(attach, layers)", "metric", "dev", "teacher", "of teacher"):
+        tasks.add_column(col)
+    for name, t in result["tasks"].items():
+        tasks.add_row(name, f"({t['branch'][0]}, {t['branch'][1]})", t["metric"], f"{t['dev']:.2f}",
+                      f"{t['teacher']:.2f}", f"{t['of_teacher']:.1%}" if t["of_teacher"] else "-")
+    bundles = Table(title=f"bundles (build took {result['seconds']:.0f} s)")
+    for col in ("target", "bundle", "MB", "verify", "try it"):
+        bundles.add_column(col)
+    for t, bnd in result["bundles"].items():
+        bundles.add_row(t, bnd["path"], f"{bnd['bytes'] / 1e6:.1f}", bnd["verify"],
+                        f'ctb-mobile predict {bnd["path"]} "wake me up at 7 am tomorrow"')
+    _console().print(tasks)
+    _console().print(bundles)
+    if any(bnd["verify"] == "FAIL" for bnd in result["bundles"].values()):
+        raise typer.Exit(1)
+
+
+@app.command()
 def predict(
     path: Path = typer.Argument(..., metavar="STORE_OR_BUNDLE", help="a merged model store or an exported bundle"),
     texts: list[str] = typer.Argument(..., help="one or more texts"),
@@ -311,6 +361,8 @@ def verify(
     report: Path = typer.Option(None, help="report folder (default: <bundle>.verify next to the bundle)"),
     limit: int = typer.Option(None, min=1, help="dev examples per task (default: the rows the export guard judges)"),
     golden: int = typer.Option(150, min=0, help="dev texts per task in golden.json (plus edge and span cases)"),
+    junit_xml: Path = typer.Option(None, help="also write the checks as JUnit XML (one case per task and check) "
+                                   "for a CI system's test report"),
 ):
     """Check a bundle against the PyTorch originals on real dev text; exit 1 if any check fails."""
 
@@ -325,8 +377,13 @@ def verify(
     ws = _workspace(recipe, out)
     result = run_verify(bundle, recipe, store or ws.store, report_dir, ws.root, limit, golden,
                         log=lambda m: console.log(m))
+    if junit_xml is not None:
+        from toolchain.junit import write as write_junit
+
+        write_junit(result, junit_xml)
     print((report_dir / "verify.md").read_text())
-    print(f"report: {report_dir / 'verify.json'}, golden vectors: {report_dir / 'golden.json'}")
+    print(f"report: {report_dir / 'verify.json'}, golden vectors: {report_dir / 'golden.json'}"
+          + (f", JUnit XML: {junit_xml}" if junit_xml else ""))
     if not result["ok"]:
         raise typer.Exit(1)
 
@@ -460,7 +517,10 @@ def main():
     # Third-party import chatter (torchao registering types with torch) is not for our users' stderr.
     for name in ("torch.utils._pytree", "torchao"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    from toolchain.quiet import route
+
     debug = bool(os.environ.get("CTB_DEBUG"))
+    route(verbose=debug or "--verbose" in sys.argv[1:2])
     try:
         app(prog_name="ctb-mobile")  # usage errors are handled by typer itself (exit code 2)
     except (UserError, BundleError, InputError) as e:
