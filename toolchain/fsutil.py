@@ -346,6 +346,7 @@ def atomic_dir(path: Path, kind: str | None = None, protect=(), lock: Path | Non
     `lock`, by default `path`) keeps a second writer out and readers (`reading`) waiting; a swap cut short
     by a kill is repaired first; `path` must be replaceable by a folder of `kind` (check_replaceable)."""
     path = Path(path)
+    check_replaceable(path, kind, protect)  # before the lock file is made; again once a kill is repaired
     with locked(lock or path):
         recover(path)
         check_replaceable(path, kind, protect)
@@ -378,6 +379,8 @@ def atomic_dirs(kinds: dict, lock: Path, protect=()):
     every folder as it was."""
     kinds = {Path(p): k for p, k in kinds.items()}
     paths = list(kinds)
+    for p in paths:
+        check_replaceable(p, kinds[p], protect)  # before the lock file is made; again once a kill is repaired
     with locked(lock):
         _recover_journals(lock, paths)
         for p in paths:
@@ -423,12 +426,25 @@ def _roll_forward(journal: Path) -> None:
 def _recover_journals(lock, paths) -> None:
     """Finish the group changes a kill cut short after their commit, then delete uncommitted stages."""
     lock = Path(lock)
-    pattern = re.compile(rf"\.{re.escape(lock.name)}\.txn-\d+\.json\Z")
+    pattern = re.compile(rf"(\.)?\.{re.escape(lock.name)}\.txn-\d+\.json(\.\w+\.tmp)?\Z")
     for j in sorted(lock.parent.iterdir()) if lock.parent.is_dir() else ():
-        if pattern.match(j.name):
+        m = pattern.match(j.name)
+        if m and m[2]:  # a journal not yet written: its change was not committed
+            j.unlink(missing_ok=True)
+        elif m and not m[1]:
             _roll_forward(j)
     for p in paths:
         stage = re.compile(rf"\.{re.escape(p.name)}\.txn(old)?-\d+(-\w+)?\Z")
         for q in p.parent.iterdir() if p.parent.is_dir() else ():
             if stage.match(q.name):
                 _remove_left(q, "an unfinished change")
+
+
+def recover_dirs(paths, lock: Path, wait: float = READ_WAIT) -> None:
+    """Repair what a kill left of an atomic_dirs change to `paths` (as its next write does first): a
+    committed change is finished, an uncommitted one leaves every folder as it was."""
+    paths = [Path(p) for p in paths]
+    with locked(lock, wait=wait):
+        _recover_journals(lock, paths)
+        for p in paths:
+            recover(p)
