@@ -29,7 +29,8 @@ from toolchain import UserError, __version__
 from toolchain import cache as feature_cache
 from toolchain.branch_config import BranchConfig
 from toolchain.data import IGNORE
-from toolchain.fsutil import locked, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from toolchain.fsutil import (check_replaceable, locked, read_json, write_bytes_atomic,
+                              write_json_atomic, write_text_atomic)
 from toolchain.metrics import score  # a task's metric of its predictions (lives in metrics: export uses it too)
 from toolchain.workspace import Workspace
 
@@ -43,6 +44,7 @@ def replaced(console, run_dir: Path, force: bool) -> None:
     """Delete a finished run that is about to be redone, naming it, why, and the score it had."""
     res = run_dir / "result.json"
     had = f", dev {read_json(res).get('dev_metric')}" if res.is_file() else ""
+    check_replaceable(run_dir, "run")  # a run folder only, never a folder the user put there
     say(console, f"replacing {run_dir} ({'--force' if force else 'it was trained on other data or settings'}{had})")
     shutil.rmtree(run_dir)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from toolchain import UserError
 from toolchain.export.guard import JUDGED_ROWS
-from toolchain.fsutil import write_json_atomic, write_text_atomic
+from toolchain.fsutil import check_replaceable, write_json_atomic, write_text_atomic
 
 MERGE_TOL = 1e-4
 GOLDEN_EDGE_CASES = ["", "wake me up at 7 am tomorrow", "Réveille-moi à 7h — café ☕ please",
@@ -90,6 +90,7 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int | N
     from toolchain.store import load_merged, read_store
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
+    check_replaceable(out_dir, "verify report", (bundle_dir, store_dir, recipe.path))  # not a folder of another kind
     checks, tasks = [], {}
     from runtime_py.bundle import file_sha256
 

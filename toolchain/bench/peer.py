@@ -121,7 +121,7 @@ def peer_model(bb, single_dir, task, batches, dest, log=print) -> dict:
         log(f"reusing peer {task}")
     else:
         log(f"peer {task}: optimum ONNX export and ORT {qname} dynamic int8 quantization")
-        with atomic_dir(dest) as tmp:
+        with atomic_dir(dest, kind="peer model", protect=[single_dir]) as tmp:
             hf.save_pretrained(tmp / "hf", safe_serialization=True)
             for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
                 if (bb.path / name).is_file():

@@ -30,6 +30,7 @@ def check_request(recipe, store_dir, out_dir, targets, precisions, lengths, repe
                   threads, singles_from) -> Request:
     """Validate everything before any work."""
     from toolchain.export import check_request as check_export
+    from toolchain.fsutil import check_replaceable
     from toolchain.store import read_store
 
     targets, precisions = tuple(targets), tuple(precisions)
@@ -62,6 +63,7 @@ def check_request(recipe, store_dir, out_dir, targets, precisions, lengths, repe
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UserError(f"threads {threads!r} must be a positive integer, e.g. 2")
     read_store(store_dir)  # "store ... not found; build one with `ctb-mobile merge`"
+    check_replaceable(out_dir, "bench", (store_dir, singles_from, recipe.path))  # not a folder of another kind
     try:
         import matplotlib  # noqa: F401
     except ImportError:

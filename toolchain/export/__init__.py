@@ -83,7 +83,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
     from toolchain.export import check, guard
     from toolchain.export import tokenizer as tokfiles
     from toolchain.export.bundle import Staging, inputs, quantization
-    from toolchain.fsutil import atomic_dir
+    from toolchain.fsutil import atomic_dir, check_replaceable
     from toolchain.store import check_recipe, load_merged, read_store
 
     mod, precision = check_request(target, precision, layout)
@@ -91,6 +91,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
     store_meta = read_store(store_dir)
     check_recipe(store_dir, store_meta, recipe)
     out_dir = _writable(out_dir or _default_out(recipe, target, layout, precision))
+    check_replaceable(out_dir, "bundle", (store_dir, recipe.path))  # before the export's minutes of work
     model, tok, metas = load_merged(store_dir)
     max_seq_len = max(recipe.seq_len(t) for t in recipe.tasks)
     devs = dev_sets(recipe, tok, metas, guard_examples)
@@ -100,7 +101,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
     refs = {name: check.outputs_on(dev, check.torch_runner(model)) for name, (_, _, dev, _) in devs.items()} \
         if precision.startswith("int8") and not skipped else None  # PyTorch fp32, to judge int8 against
     scheme = cfg.onnx_int8 if (target, precision) == ("onnx", "int8") else None  # per-token activations
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind="bundle", protect=(store_dir, recipe.path)) as tmp:
         example, calibration = inputs(devs, tok, max_seq_len, precision)
         staging = Staging(folder=tmp, mod=mod, target=target, precision=precision, layout=layout, model=model,
                           metas=metas, store_meta=store_meta, example=example, calibration=calibration, scheme=scheme,
