@@ -11,7 +11,7 @@ import kotlin.system.exitProcess
  * `bench BUNDLE [--repeats N] [--seq 16,64] [--text TEXT]`: per-call latency of the JVM stack on one
  * ONNX bundle, 1 intra-op thread, batch 1, as an app calls it. For each seq length, [TEXT] is
  * repeated word by word until it tokenizes to that many tokens (the bundle's max_seq_len caps it),
- * then each part is timed N times after N/5 warm-up calls. Prints one JSON line per length:
+ * then, after max(500, N) warm-up calls of the whole stack, N rounds time each part once, in turn. Prints one JSON line per length:
  * {"seq", "tokens", "text", "p50_ms": {"call", "tokenizer", "model", "heads"}}: call = runner.predict
  * (tokenize + programs + heads), tokenizer = encode, model = runner.raw (the programs alone), heads =
  * every task's decode. benchmarks/jvm_vs_runtime_py.py runs it against runtime_py.
@@ -42,11 +42,15 @@ fun main(args: Array<String>) {
                 val cps = codePoints(text)
                 val encoding = runner.tokenizer.encode(cps, null)
                 val raw = runner.raw(encoding, names)
+                repeat(maxOf(500, repeats)) { sink = runner.predict(text, tasks = names).hashCode() } // JIT warm-up of the whole stack
+                val parts = linkedMapOf<String, () -> Any?>(
+                    "call" to { runner.predict(text, tasks = names) },
+                    "tokenizer" to { runner.tokenizer.encode(codePoints(text), null) },
+                    "model" to { runner.raw(encoding, names) },
+                    "heads" to { tasks.map { Heads.decode(it, raw.getValue(it.name), encoding, cps) } },
+                )
                 val p50 = JsonObject()
-                p50.addProperty("call", median(repeats) { runner.predict(text, tasks = names) })
-                p50.addProperty("tokenizer", median(repeats) { runner.tokenizer.encode(codePoints(text), null) })
-                p50.addProperty("model", median(repeats) { runner.raw(encoding, names) })
-                p50.addProperty("heads", median(repeats) { tasks.forEach { Heads.decode(it, raw.getValue(it.name), encoding, cps) } })
+                for ((part, ms) in medians(repeats, parts)) p50.addProperty(part, ms)
                 val line = JsonObject()
                 line.addProperty("seq", seq)
                 line.addProperty("tokens", encoding.size)
@@ -73,16 +77,29 @@ private fun padTo(runner: MultiTaskRunner, base: String, seq: Int): String {
     return out.joinToString(" ")
 }
 
-/** Median milliseconds of [n] timed calls after n / 5 warm-up calls. */
-private fun median(n: Int, f: () -> Unit): Double {
-    repeat(maxOf(1, n / 5)) { f() }
-    val times = DoubleArray(n) {
-        val t0 = System.nanoTime()
-        f()
-        (System.nanoTime() - t0) / 1e6
+/** Where each timed call's result goes, so the JIT cannot drop the work. */
+@Volatile
+private var sink = 0
+
+/**
+ * Median milliseconds of each part over [n] rounds (after n / 5 warm-up rounds); a round times every
+ * part once, in turn, so a busy machine slows all parts alike.
+ */
+private fun medians(n: Int, parts: Map<String, () -> Any?>): Map<String, Double> {
+    repeat(maxOf(1, n / 5)) { parts.values.forEach { sink = it().hashCode() } }
+    val times = parts.keys.associateWith { DoubleArray(n) }
+    for (i in 0 until n) {
+        for ((part, f) in parts) {
+            val t0 = System.nanoTime()
+            val r = f()
+            times.getValue(part)[i] = (System.nanoTime() - t0) / 1e6
+            sink = r.hashCode()
+        }
     }
-    times.sort()
-    return if (n % 2 == 1) times[n / 2] else (times[n / 2 - 1] + times[n / 2]) / 2
+    return times.mapValues { (_, t) ->
+        t.sort()
+        if (n % 2 == 1) t[n / 2] else (t[n / 2 - 1] + t[n / 2]) / 2
+    }
 }
 
 private fun benchFail(message: String): Nothing {
