@@ -5,6 +5,7 @@ import ctbmobile.core.MultiTaskRunner
 import ctbmobile.core.RegressionResult
 import ctbmobile.core.TaggingResult
 import ctbmobile.core.TaskResult
+import ctbmobile.core.pythonJsonString
 import java.io.File
 import java.math.BigDecimal
 import java.math.MathContext
@@ -55,23 +56,7 @@ object PyJson {
         } + "]}"
     }
 
-    fun str(s: String): String {
-        val b = StringBuilder("\"")
-        for (c in s) {
-            when {
-                c == '"' -> b.append("\\\"")
-                c == '\\' -> b.append("\\\\")
-                c == '\n' -> b.append("\\n")
-                c == '\r' -> b.append("\\r")
-                c == '\t' -> b.append("\\t")
-                c == '\b' -> b.append("\\b")
-                c == '\u000c' -> b.append("\\f")
-                c.code in 0x20..0x7e -> b.append(c)
-                else -> b.append("\\u%04x".format(c.code)) // UTF-16 units, as Python escapes astral characters
-            }
-        }
-        return b.append('"').toString()
-    }
+    fun str(s: String): String = pythonJsonString(s)
 
     /** Python's float repr: the shortest digits that read back as [x]; fixed notation for 1e-4 <= |x| < 1e16. */
     fun num(x: Double): String {

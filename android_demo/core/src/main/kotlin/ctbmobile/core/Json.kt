@@ -108,3 +108,34 @@ internal class Node(val json: JsonObject, val path: String) {
         }
     }
 }
+
+/** [s] as a JSON string the way Python's json.dumps writes it (ensure_ascii: \u escapes outside printable ASCII). */
+fun pythonJsonString(s: String): String {
+    val b = StringBuilder("\"")
+    for (c in s) {
+        when {
+            c == '"' -> b.append("\\\"")
+            c == '\\' -> b.append("\\\\")
+            c == '\n' -> b.append("\\n")
+            c == '\r' -> b.append("\\r")
+            c == '\t' -> b.append("\\t")
+            c == '\b' -> b.append("\\b")
+            c == '\u000c' -> b.append("\\f")
+            c.code in 0x20..0x7e -> b.append(c)
+            else -> b.append("\\u%04x".format(c.code)) // UTF-16 units, as Python escapes astral characters
+        }
+    }
+    return b.append('"').toString()
+}
+
+/**
+ * The contract's `labels_sha256`: sha256 of `json.dumps({task: [labels]}, sort_keys=True)` over the
+ * tasks a program's outputs feed (regression tasks `[]`, a split trunk `{}`).
+ */
+fun labelsSha256(labels: Map<String, List<String>>): String {
+    val text = labels.toSortedMap().entries.joinToString(", ", "{", "}") { (task, l) ->
+        pythonJsonString(task) + ": " + l.joinToString(", ", "[", "]") { pythonJsonString(it) }
+    }
+    return java.security.MessageDigest.getInstance("SHA-256").digest(text.toByteArray(Charsets.UTF_8))
+        .joinToString("") { "%02x".format(it) }
+}

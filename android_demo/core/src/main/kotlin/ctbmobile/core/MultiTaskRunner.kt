@@ -91,7 +91,7 @@ class MultiTaskRunner private constructor(
         if (BundleFiles.sha256(file) != update.sha256.lowercase()) throw BundleException("$where: ${file.name} does not match its sha256")
         val loaded = backend.load(file)
         try {
-            checkEmbedded(program, loaded, file.name)
+            checkEmbedded(program, loaded, mapOf(task.name to task.labels), file.name)
             val programs = state.programs - old.program + (program.name to program)
             val next = State(
                 state.tasks.mapValues { (name, t) -> if (name == task.name) task else t },
@@ -113,7 +113,8 @@ class MultiTaskRunner private constructor(
         state.loaded.values.forEach { it.close() }
     }
 
-    private fun checkEmbedded(p: ProgramSpec, program: LoadedProgram, file: String = p.file) {
+    /** The program's embedded manifest names this trunk, tokenizer, output order and (labels_sha256) the tasks' labels in [labels]. */
+    private fun checkEmbedded(p: ProgramSpec, program: LoadedProgram, labels: Map<String, List<String>>, file: String = p.file) {
         val text = program.metadata() ?: throw BundleException("$file has no embedded manifest; export it again")
         val meta: JsonObject = try {
             JsonParser.parseString(text).asJsonObject
@@ -132,6 +133,12 @@ class MultiTaskRunner private constructor(
         val outputs = meta.get("outputs")?.takeIf { it.isJsonArray }?.asJsonArray?.map { it.asString }
         if (outputs != p.outputs.map { it.name }) {
             throw BundleException("$file returns outputs $outputs, the manifest lists ${p.outputs.map { it.name }}")
+        }
+        // bundles exported before the contract added labels_sha256 carry none: accepted until CI's bundles all have it
+        val embedded = field("labels_sha256") ?: return
+        val served = p.outputs.mapNotNull { it.task }.associateWith { labels[it].orEmpty() }
+        if (embedded != labelsSha256(served)) {
+            throw BundleException("the manifest's labels of ${served.keys.joinToString()} differ from the labels $file was exported with (its labels_sha256); export the bundle again")
         }
     }
 
@@ -226,7 +233,8 @@ class MultiTaskRunner private constructor(
                 for (name in needed) loaded[name] = backend.load(File(dir, manifest.program(name).file))
                 val state = State(manifest.tasks.associateBy { it.name }, manifest.programs.associateBy { it.name }, loaded)
                 val runner = MultiTaskRunner(dir, manifest, tokenizer, backend, state)
-                for (name in needed) runner.checkEmbedded(manifest.program(name), loaded.getValue(name))
+                val labels = manifest.tasks.associate { it.name to it.labels }
+                for (name in needed) runner.checkEmbedded(manifest.program(name), loaded.getValue(name), labels)
                 runner.run(state, tokenizer.encode(IntArray(0), null), manifest.tasks.map { it.name }) // the probe
                 return runner
             } catch (e: Exception) {
