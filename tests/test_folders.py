@@ -394,3 +394,12 @@ def test_a_repair_that_cannot_delete_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr("toolchain.fsutil.remove_tree", fail)
     with pytest.raises(UserError, match=r"\.x\.tmp-999999-ab \(a temporary folder\) cannot be deleted"):
         recover(tmp_path / "x")
+
+
+def test_train_and_distill_never_write_into_a_store_or_a_bundle(two, tmp_path, cli):
+    recipe = write_recipe(tmp_path, TINY_TASK)
+    before = tree_digest(two)
+    for cmd in ("train", "distill", "merge"):
+        code, _, err = cli(cmd, recipe, "--out", two)
+        one_line_error(code, err, f"{two} is a store folder, not a training folder")
+    assert tree_digest(two) == before and not (two / "runs").exists()

@@ -117,6 +117,12 @@ def _marked(path: Path, kind: str) -> str | None:
     return next((m for m in KINDS[kind] if os.path.lexists(path / m) and not os.path.islink(path / m)), None)
 
 
+def kind_of(path) -> str | None:
+    """The kind of folder `path` is (KINDS), told by its marker file; None for any other folder."""
+    path = Path(path)
+    return next((k for k in KINDS if path.is_dir() and _marked(path, k)), None)
+
+
 def check_replaceable(path, kind: str | None, protect=()) -> None:
     """Refuse, in one line naming the folder and what it holds, to replace `path` unless it is missing,
     empty, or a folder of `kind` (see KINDS); and never replace the working folder, an input in `protect`

@@ -16,12 +16,20 @@ is not a plain one.
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain.fsutil import child
+from toolchain import UserError
+from toolchain.fsutil import child, kind_of
 
 
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+
+    def __post_init__(self):
+        """Stages write inside the root: it must not be a store, a bundle or another output of its own."""
+        kind = kind_of(self.root)
+        if kind is not None:
+            raise UserError(f"{self.root} is a {kind} folder, not a training folder (the --out of train, distill and "
+                            "merge, which holds runs/); choose another --out (default: models/<recipe name>/)")
 
     @classmethod
     def of_run(cls, run_dir) -> "Workspace":
