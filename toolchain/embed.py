@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain import UserError
-from toolchain.fsutil import atomic_dirs
+from toolchain.fsutil import atomic_dirs, reading
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN_FILES = ("golden.json", "golden_tokenizer.json", "golden_spans.json", "verify.json")
@@ -44,10 +44,6 @@ def _plain(src: Path, what: str) -> None:
 
 def embed(bundle_dir, app: str, app_dir=None, report_dir=None) -> dict:
     """Copy the bundle and its verify report's golden files into the app; returns what was written."""
-    import json
-
-    from runtime_py.bundle import BundleError, file_sha256, load_manifest
-
     if app not in APPS:
         raise UserError(f"unknown app {app!r}; use one of: {', '.join(APPS)}")
     spec = APPS[app]
@@ -56,6 +52,15 @@ def embed(bundle_dir, app: str, app_dir=None, report_dir=None) -> dict:
     report_dir = Path(report_dir) if report_dir else bundle_dir.with_name(bundle_dir.name + ".verify")
     if not app_dir.is_dir():
         raise UserError(f"app folder {app_dir} not found; pass --app-dir pointing at your {app} checkout")
+    with reading(bundle_dir):  # an export replacing it finishes first; one cut short by a kill is repaired
+        return _embed(bundle_dir, app, spec, app_dir, report_dir)
+
+
+def _embed(bundle_dir: Path, app: str, spec: App, app_dir: Path, report_dir: Path) -> dict:
+    import json
+
+    from runtime_py.bundle import BundleError, file_sha256, load_manifest
+
     try:
         m = load_manifest(bundle_dir)  # every file present, its size and sha256 as recorded
     except BundleError as e:

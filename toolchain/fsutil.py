@@ -214,8 +214,9 @@ def _flock(path: Path, shared: bool, wait: float, busy):
         raise RuntimeError(f"{lf} is held shared by this thread and cannot be made exclusive")
     fd = None
     if shared:
-        with contextlib.suppress(OSError):
-            fd = os.open(lf, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        if os.path.lexists(path):  # no lock file is made beside a folder that is not there
+            with contextlib.suppress(OSError):
+                fd = os.open(lf, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         if fd is None:  # a folder we cannot write beside: try the existing lock, else no one can write here
             with contextlib.suppress(OSError):
                 fd = os.open(lf, os.O_RDONLY | os.O_CLOEXEC)
