@@ -155,6 +155,7 @@ def test_a_truncated_program_without_the_file_check_is_a_bundle_error(fused, tmp
         Predictor(b, check_files=False)
 
 
+@pytest.mark.slow  # importing ExecuTorch takes about 10 s
 def test_an_onnx_file_renamed_to_an_android_program_is_a_bundle_error(fused, tmp_path):
     pytest.importorskip("executorch")
     b = copy_bundle(fused, tmp_path)
