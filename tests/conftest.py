@@ -18,6 +18,8 @@ def cli(capsys, monkeypatch):
     """Run the ctb-mobile entry point in-process: returns (exit code, stdout, stderr)."""
     from toolchain.cli import main
 
+    monkeypatch.setenv("CTB_VERBOSE", "1")  # in-process: leave pytest's stderr alone (toolchain.quiet.route)
+
     def run(*args):
         monkeypatch.setattr(sys, "argv", ["ctb-mobile", *map(str, args)])
         code = 0

@@ -151,7 +151,9 @@ def _export_verify(b: Build, target: str) -> None:
 def _progress_console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    from toolchain.quiet import terminal
+
+    return Console(file=terminal())
 
 
 def summary(b: Build) -> dict:

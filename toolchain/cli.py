@@ -65,7 +65,9 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     if stderr:
-        return Console(stderr=True)
+        from toolchain.quiet import terminal
+
+        return Console(file=terminal())
     return Console(width=None if sys.stdout.isatty() else 100_000)
 
 
@@ -485,6 +487,7 @@ def check(recipe_path: Path = typer.Argument(..., metavar="RECIPE")):
     from toolchain import backbone
     from toolchain.config import load_recipe
     from toolchain.data import load_task
+    from toolchain.quiet import terminal
 
     recipe = load_recipe(recipe_path)
     bb = backbone.load(recipe.backbone_spec)
@@ -497,7 +500,7 @@ def check(recipe_path: Path = typer.Argument(..., metavar="RECIPE")):
             check_layers([t.layers], bb.depth, f"task {t.name!r}: ")
         d = load_task(recipe, t, tok)
         for note in d.notes:
-            typer.echo(note, err=True)
+            typer.echo(note, file=terminal())
         typer.echo(f"{t.name}: {t.type}, {len(d.train)} train / {len(d.dev)} dev, "
                    f"{len(d.labels) or 'regression'} labels, metric {t.metric}")
     typer.echo(f"ok: {recipe_path} (backbone {recipe.backbone}, {bb.depth} layers)")
@@ -521,8 +524,24 @@ def main():
 
     debug = bool(os.environ.get("CTB_DEBUG"))
     route(verbose=debug or "--verbose" in sys.argv[1:2])
-    try:
-        app(prog_name="ctb-mobile")  # usage errors are handled by typer itself (exit code 2)
+    from typer import Abort
+
+    try:  # newer typer vendors click; older ones use click itself
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click.exceptions import ClickException
+
+    from toolchain.quiet import terminal
+
+    try:  # not standalone: usage errors come here, to be shown on the terminal (fd 2 may be the log)
+        code = app(prog_name="ctb-mobile", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except ClickException as e:
+        e.show(file=terminal())
+        sys.exit(e.exit_code)
+    except Abort:
+        sys.exit(_one_line("interrupted; finished runs are kept, and an unfinished run resumes from its last epoch",
+                           130))
     except (UserError, BundleError, InputError) as e:
         if debug:
             raise
@@ -575,7 +594,9 @@ def _no_unsafe_advice(message: str) -> str:
 
 
 def _one_line(message: str, code: int) -> int:
-    print(" ".join(message.split()), file=sys.stderr)
+    from toolchain.quiet import terminal
+
+    print(" ".join(message.split()), file=terminal())
     return code
 
 

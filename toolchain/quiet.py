@@ -4,8 +4,9 @@ Third-party chatter (torch.onnx and torchvision warnings, ONNX Runtime's "consid
 ExecuTorch's native `cpuinfo_utils.cpp` lines) cannot be told from the tool's own messages, so by default:
 - Python warnings raised outside toolchain/ and runtime_py/ go to the log, ours stay on stderr;
 - the logging module's records (ONNX Runtime's quantizer logs on the root logger) go to the log;
-- native code writing to file descriptor 2 writes to the log: the process's fd 2 is pointed at the log
-  file, and Python's `sys.stderr` at a copy of the terminal's stderr, which the tool prints to.
+- whatever writes to stderr, native code on file descriptor 2 or a library on `sys.stderr` (torch's log
+  handlers, progress bars), writes to the log: fd 2 is pointed at the log file; the tool prints its own
+  lines to `terminal()`, a copy of the terminal's stderr.
 `--verbose` (or CTB_VERBOSE=1) leaves all of it on the terminal. The log is CTB_LOG, else
 ~/.cache/ctb-mobile/ctb-mobile.log, appended to and cut when it passes 20 MB.
 """
@@ -18,6 +19,12 @@ from pathlib import Path
 
 OURS = (str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "runtime_py"))
 MAX_LOG = 20 << 20
+_terminal = None
+
+
+def terminal():
+    """Where the tool's own stderr lines go: the terminal's stderr, also once route() has sent fd 2 to the log."""
+    return _terminal or sys.stderr
 
 
 def log_path() -> Path:
@@ -31,6 +38,7 @@ def log_path() -> Path:
 def route(verbose: bool = False) -> Path | None:
     """Send third-party output to the log (see the module docstring); returns the log's path, or None
     when `verbose` or when stderr cannot be redirected."""
+    global _terminal
     if verbose or os.environ.get("CTB_VERBOSE"):
         return None
     path = log_path()
@@ -44,13 +52,13 @@ def route(verbose: bool = False) -> Path | None:
         os.dup2(log.fileno(), 2)
     except OSError:
         return None  # no log folder or no fd 2: stay as we are
-    sys.stderr = terminal
+    _terminal = terminal
     log.write(f"--- ctb-mobile {' '.join(sys.argv[1:])}\n")
     show = warnings.showwarning
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if str(Path(filename).resolve()).startswith(OURS):
-            show(message, category, filename, lineno, file, line)
+            show(message, category, filename, lineno, file or terminal, line)
         else:
             log.write(warnings.formatwarning(message, category, filename, lineno, line))
 

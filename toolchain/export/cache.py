@@ -171,8 +171,10 @@ def _fetch(entry: Path, out_dir: Path, expect=None) -> list | None:
         for f in files or ():
             p = out_dir / f
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        from toolchain.quiet import terminal
+
         print(f"export cache: entry {entry.name} is damaged ({str(e)[:120]}); dropped, exporting again",
-              file=sys.stderr)
+              file=terminal())
         _drop(entry)
         return None
 
