@@ -8,7 +8,7 @@ Folder swaps follow three rules, all here:
 - writers hold `.<name>.lock` beside the folder exclusively and readers hold it shared (`reading`), so a
   reader sees the old folder or the new one, never none;
 - a swap cut short by a kill is repaired (`recover`) before anything is checked or read.
-The locks are `fcntl.flock` locks (POSIX: Linux and macOS), re-entrant within one thread."""
+The locks are POSIX record locks (fcntl.lockf: Linux and macOS), re-entrant within one thread."""
 
 import contextlib
 import json
@@ -200,8 +200,30 @@ def lock_file(path) -> Path:
     return path.parent / f".{path.name}.lock"
 
 
+WRITER, CONTENT = 0, 1  # the lock file's bytes: the writers' gate, and the content (shared by readers)
+
+
+def _poll(fd: int, how: int, byte: int, until: float, busy, lf: Path) -> None:
+    import errno
+    import fcntl
+
+    while True:
+        try:
+            fcntl.lockf(fd, how | fcntl.LOCK_NB, 1, byte)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            if time.monotonic() >= until:
+                raise UserError(busy(lf)) from None
+            time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def _flock(path: Path, shared: bool, wait: float, busy):
+    """Lock `path`'s lock file: POSIX record locks on two bytes, so that a writer waits for readers
+    (briefly) but a second writer fails at once, and a waiting writer lets no new reader in. Record
+    locks belong to the process: one thread per lock file (the registry below makes it re-entrant)."""
     import fcntl
 
     lf = lock_file(path)
@@ -227,15 +249,18 @@ def _flock(path: Path, shared: bool, wait: float, busy):
         yield
         return
     try:
-        deadline = time.monotonic() + wait
-        while True:
+        now = time.monotonic()
+        if shared:  # through the writers' gate (none holds or waits for it), then read
+            _poll(fd, fcntl.LOCK_SH, WRITER, now + wait, busy, lf)
             try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise UserError(busy(lf)) from None
-                time.sleep(0.05)
+                _poll(fd, fcntl.LOCK_SH, CONTENT, now + wait, busy, lf)
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, WRITER)
+        else:  # one writer at a time (a reader holds the gate only while passing through), then readers drain
+            _poll(fd, fcntl.LOCK_EX, WRITER, now + max(wait, 1.0), busy, lf)
+            _poll(fd, fcntl.LOCK_EX, CONTENT, now + max(wait, READ_WAIT), lambda lf: (
+                f"{path} has been read by other ctb-mobile processes for {READ_WAIT:.0f} s (lock {lf}); "
+                "try again when they have finished"), lf)
         _locks()[key] = shared
         try:
             yield
