@@ -106,10 +106,18 @@ def weight_matmuls(graph):
     return [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights], weights
 
 
+# Weights are stored as uint8 with zero point 128 (int8 values + 128), so ONNX Runtime multiplies uint8 by
+# uint8 (U8U8). Its uint8 x int8 kernel on x86 CPUs without VNNI (AVX2: vpmaddubsw) sums two products into
+# int16 and saturates past 32767 (255 * 127 * 2 = 64770): on such a CPU a token's outputs were off by up
+# to 4.3 % of their largest value, against 0.9-1.2 % without saturation (tests/test_export.py). ONNX
+# Runtime's quantization docs give U8U8 for non-VNNI CPUs; the integer products and the bytes are the same.
+W_ZERO_POINT = 128
+
+
 def _per_token_matmuls(graph, exclude, symmetric: bool = False):
     """Rewrite every MatMul by a constant fp32 weight W [K, N] (the Linear layers), in place.
 
-    W -> int8 Wq with one scale s_w per output column. The activation x, per token (last axis) at run
+    W -> int8 Wq with one scale s_w per output column, stored as uint8 Wq + 128 (see W_ZERO_POINT). The activation x, per token (last axis) at run
     time, shared by the MatMuls that read the same x:
     - asymmetric (default): x ~ s_x * q + low with q uint8, low = min x, s_x = (max x - low) / 255.
       Then x @ W ~ s_x * s_w * (q @ Wq) + low * colsum(s_w * Wq), with q @ Wq as MatMulInteger (int32).
@@ -121,11 +129,12 @@ def _per_token_matmuls(graph, exclude, symmetric: bool = False):
 
     _, weights = weight_matmuls(graph)
     consts = {"ctbq_axis": np.array([-1], np.int64), "ctbq_eps": np.array(1e-8, np.float32),
-              "ctbq_hi": np.array(255.0, np.float32), "ctbq_lo": np.array(0.0, np.float32)}
+              "ctbq_hi": np.array(255.0, np.float32), "ctbq_lo": np.array(0.0, np.float32),
+              "ctbq_wzp": np.array(W_ZERO_POINT, np.uint8)}
     if symmetric:
         consts = {"ctbq_axis": np.array([-1], np.int64), "ctbq_eps": np.array(1e-8, np.float32),
                   "ctbq_127": np.array(127.0, np.float32), "ctbq_one": np.array(1.0, np.float32),
-                  "ctbq_zp": np.array(128, np.uint8)}
+                  "ctbq_zp": np.array(128, np.uint8), "ctbq_wzp": np.array(W_ZERO_POINT, np.uint8)}
     nodes, quantized = [], {}
 
     def node(op, inputs, output, **attrs):
@@ -147,11 +156,11 @@ def _per_token_matmuls(graph, exclude, symmetric: bool = False):
             q, scale = quantized[x]
             W = numpy_helper.to_array(w)
             w_scale = np.maximum(np.abs(W).max(0), 1e-12) / 127.0
-            consts[f"{w.name}/q"] = np.clip(np.round(W / w_scale), -127, 127).astype(np.int8)
+            consts[f"{w.name}/q"] = _as_u8(np.clip(np.round(W / w_scale), -127, 127))
             consts[f"{w.name}/scale"] = w_scale.astype(np.float32)
             y = n.output[0]
-            acc = node("MatMulIntegerToFloat", [q, f"{w.name}/q", "ctbq_one", f"{w.name}/scale", "ctbq_zp"],
-                       f"{y}/f32", name=n.name, domain="com.microsoft")
+            acc = node("MatMulIntegerToFloat", [q, f"{w.name}/q", "ctbq_one", f"{w.name}/scale", "ctbq_zp",
+                                                "ctbq_wzp"], f"{y}/f32", name=n.name, domain="com.microsoft")
             node("Mul", [acc, scale], y)
             continue
         if x not in quantized:  # x ~ scale * q + low, q in 0..255, per token
@@ -164,12 +173,12 @@ def _per_token_matmuls(graph, exclude, symmetric: bool = False):
         q, scale, low = quantized[x]
         W = numpy_helper.to_array(w)
         w_scale = np.maximum(np.abs(W).max(0), 1e-12) / 127.0
-        w_q = np.clip(np.round(W / w_scale), -127, 127).astype(np.int8)
-        consts[f"{w.name}/q"] = w_q
+        w_q = np.clip(np.round(W / w_scale), -127, 127)
+        consts[f"{w.name}/q"] = _as_u8(w_q)
         consts[f"{w.name}/scale"] = w_scale.astype(np.float32)
         consts[f"{w.name}/colsum"] = (w_q.astype(np.float32) * w_scale).sum(0).astype(np.float32)
         y = n.output[0]
-        acc = node("MatMulInteger", [q, f"{w.name}/q"], f"{y}/i32", name=n.name)
+        acc = node("MatMulInteger", [q, f"{w.name}/q", "", "ctbq_wzp"], f"{y}/i32", name=n.name)
         acc = node("Mul", [node("Cast", [acc], f"{y}/f32", to=TensorProto.FLOAT), scale], f"{y}/x_scaled")
         acc = node("Mul", [acc, f"{w.name}/scale"], f"{y}/scaled")
         node("Add", [acc, node("Mul", [low, f"{w.name}/colsum"], f"{y}/offset")], y)
@@ -178,6 +187,13 @@ def _per_token_matmuls(graph, exclude, symmetric: bool = False):
     del graph.node[:], graph.initializer[:]
     graph.node.extend(nodes)
     graph.initializer.extend(i for i in inits if i.name in needed)
+
+
+def _as_u8(w_q):
+    """int8 weight values (-127..127) as stored: uint8 with zero point W_ZERO_POINT."""
+    import numpy as np
+
+    return (w_q.astype(np.int16) + W_ZERO_POINT).astype(np.uint8)
 
 
 def _to_ort(onnx_path, ort_path):
