@@ -22,4 +22,6 @@ if [ ! -f "$CP_FILE" ] || [ -n "$(find "$DEMO/pom.xml" "$DEMO/core" "$DEMO/backe
         { echo "predict: the Maven build of android_demo failed (see above)" >&2; exit 2; }
     flock -u 9
 fi
+# the JVM decodes the arguments by the locale's charset: make it UTF-8
+case "$(locale charmap 2>/dev/null)" in UTF-8) ;; *) export LC_ALL=C.UTF-8 ;; esac
 exec java -cp "$DEMO/backend-onnxruntime/target/classes:$(cat "$CP_FILE")" ctbmobile.onnxruntime.PredictKt "$@"

@@ -62,6 +62,7 @@ else
             ctb-mobile train models/tiny.toml --epochs 1 --out "$WORK" &&
             ctb-mobile merge models/tiny.toml --from selected --out "$WORK" &&
             ctb-mobile export models/tiny.toml --target onnx --precision fp32 --out "$WORK" &&
+            ctb-mobile export models/tiny.toml --target onnx --precision fp32 --layout split --out "$WORK" &&
             ctb-mobile verify "$WORK/bundles/onnx-fused-fp32" --recipe models/tiny.toml --out "$WORK" &&
             ctb-mobile verify "$WORK/bundles/onnx-split-fp32" --recipe models/tiny.toml --out "$WORK"
     ) >&2 || broken "the toolchain could not make a bundle in $WORK"
@@ -80,7 +81,7 @@ LOG=$(mktemp)
 trap 'rm -f "$LOG"' EXIT
 echo "building and testing android_demo with Maven (${#PAIRS[@]} paths: $(( ${#PAIRS[@]} / 2 )) bundles)" >&2
 # every module's tests run even when one fails; the counts below decide the exit status
-env -u CTB_BUNDLE -u CTB_REPORT CTB_BUNDLES="$LIST" "${MVN[@]}" test -Dmaven.test.failure.ignore=true 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >"$LOG"
+env -u CTB_BUNDLE -u CTB_REPORT CTB_BUNDLES="$LIST" "${MVN[@]}" clean test -Dmaven.test.failure.ignore=true 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >"$LOG"
 MAVEN=${PIPESTATUS[0]}
 # the tests' own lines (app parity, refused: ...) and Surefire's per-class and summary lines; not Maven's chatter
 grep -v -E '^\[(INFO|WARNING)\]|^\s*$|^(SLF4J|WARNING: )|Tests run:|^See |^\[ERROR\] *$|There are test failures|^\[ERROR\] (Failures|Errors): *$' "$LOG"

@@ -13,10 +13,12 @@ import java.math.RoundingMode
 import kotlin.system.exitProcess
 
 /**
- * `predict BUNDLE TEXT...`: one JSON line per text on stdout, the same bytes as `ctb-mobile predict
- * BUNDLE TEXT...` prints (Python's json.dumps defaults: ", " and ": " separators, ASCII with \u
- * escapes, floats as Python's repr): {"text": TEXT, "<task>": {"label", "score"} | {"value"} |
+ * `predict BUNDLE TEXT...`: one JSON line per text on stdout (UTF-8), as `ctb-mobile predict BUNDLE
+ * TEXT...` prints it (Python's `json.dumps(..., ensure_ascii=False, allow_nan=False)`: ", " and ": "
+ * separators, floats as Python's repr): {"text": TEXT, "<task>": {"label", "score"} | {"value"} |
  * {"spans": [{"label", "start", "end", "text"}]}, ...}, the single-text tasks in manifest order.
+ * Scores equal runtime_py's within the bundle's tolerance, not to the last digit (ONNX Runtime 1.29
+ * here, 1.32 in Python).
  * The entry point a Kotlin or Java backend service would use (MultiTaskRunner + OnnxRuntimeBackend).
  * Errors: one line on stderr, exit status 2.
  */
@@ -26,12 +28,17 @@ fun main(args: Array<String>) {
     try {
         MultiTaskRunner.openFor(File(args[0]), mapOf("onnx" to { OnnxRuntimeBackend() })).use { runner ->
             val tasks = runner.tasks.filter { !it.pair }.map { it.name }
-            for (text in args.drop(1)) out.append(PyJson.line(text, runner.predict(text, tasks = tasks))).append('\n')
+            for (text in args.drop(1)) {
+                val results = runner.predict(text, tasks = tasks)
+                val bad = results.entries.firstOrNull { (_, r) -> (r as? ClassificationResult)?.score?.isFinite() == false || (r as? RegressionResult)?.value?.isFinite() == false }
+                if (bad != null) fail("the model gave a non-finite output (NaN or infinity) for task ${bad.key} on '${text.take(40)}'; its branch weights are broken: retrain the branch (a lower learning rate)")
+                out.append(PyJson.line(text, results)).append('\n')
+            }
         }
     } catch (e: Exception) {
         fail(e.message?.lineSequence()?.firstOrNull() ?: e.toString())
     }
-    print(out)
+    System.out.write(out.toString().toByteArray(Charsets.UTF_8))
     System.out.flush()
 }
 
@@ -40,7 +47,7 @@ private fun fail(message: String): Nothing {
     exitProcess(2)
 }
 
-/** JSON as Python's `json.dumps(obj)` writes it (default separators, ensure_ascii, float repr). */
+/** JSON as `ctb-mobile predict` writes it: json.dumps with default separators, ensure_ascii=False, float repr. */
 object PyJson {
     fun line(text: String, results: Map<String, TaskResult>): String {
         val parts = mutableListOf("\"text\": ${str(text)}")
@@ -56,7 +63,7 @@ object PyJson {
         } + "]}"
     }
 
-    fun str(s: String): String = pythonJsonString(s)
+    fun str(s: String, ensureAscii: Boolean = false): String = pythonJsonString(s, ensureAscii)
 
     /** Python's float repr: the shortest digits that read back as [x]; fixed notation for 1e-4 <= |x| < 1e16. */
     fun num(x: Double): String {

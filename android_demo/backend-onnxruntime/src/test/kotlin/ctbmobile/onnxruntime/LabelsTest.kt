@@ -46,7 +46,7 @@ class LabelsTest {
             val first = labels[0]
             labels[0] = labels[1]
             labels[1] = first // two labels swapped: same count, so only the hash can tell
-            f.writeText(GsonBuilder().setPrettyPrinting().create().toJson(json))
+            f.writeText(GsonBuilder().setPrettyPrinting().serializeNulls().create().toJson(json))
             val e = assertThrows(BundleException::class.java) { MultiTaskRunner.open(dir, backend) }
             println("refused: ${e.message}")
             assertTrue("labels" in e.message!! && m.tasks[i].name in e.message!!, e.message)

@@ -29,7 +29,7 @@ class PyJsonTest {
                 r.asJsonObject.getAsJsonArray("spans")?.map { it.asJsonObject["text"].asString }.orEmpty()
             }
         }
-        val mine = parsed.map { PyJson.str(it) }.toSet()
+        val mine = parsed.map { PyJson.str(it, ensureAscii = true) }.toSet()
         val missing = written.filter { it !in mine }
         println("python string escapes: ${written.size - missing.size}/${written.size} golden texts")
         assertTrue(written.isNotEmpty())

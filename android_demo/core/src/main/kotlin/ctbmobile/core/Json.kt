@@ -109,8 +109,11 @@ internal class Node(val json: JsonObject, val path: String) {
     }
 }
 
-/** [s] as a JSON string the way Python's json.dumps writes it (ensure_ascii: \u escapes outside printable ASCII). */
-fun pythonJsonString(s: String): String {
+/**
+ * [s] as a JSON string the way Python's json.dumps writes it: with [ensureAscii] (its default) every
+ * character outside printable ASCII is a \u escape; without, only control characters are.
+ */
+fun pythonJsonString(s: String, ensureAscii: Boolean = true): String {
     val b = StringBuilder("\"")
     for (c in s) {
         when {
@@ -121,7 +124,7 @@ fun pythonJsonString(s: String): String {
             c == '\t' -> b.append("\\t")
             c == '\b' -> b.append("\\b")
             c == '\u000c' -> b.append("\\f")
-            c.code in 0x20..0x7e -> b.append(c)
+            c.code in 0x20..0x7e || (!ensureAscii && c.code >= 0x7f) -> b.append(c)
             else -> b.append("\\u%04x".format(c.code)) // UTF-16 units, as Python escapes astral characters
         }
     }
