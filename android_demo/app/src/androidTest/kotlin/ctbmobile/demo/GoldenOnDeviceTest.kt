@@ -17,8 +17,9 @@ import org.junit.runner.RunWith
 import kotlin.math.abs
 
 /**
- * golden.json's rows through the real .pte on a device: the same token ids, every output within
- * 1e-3 of what `ctb-mobile verify` recorded, and the same predictions (scores within 1e-3).
+ * golden.json's rows through the real program (.pte or .onnx, as the manifest's target says) on a
+ * device: the same token ids, every output within 1e-3 of what `ctb-mobile verify` recorded, and the
+ * same predictions (scores within 1e-3).
  */
 @RunWith(AndroidJUnit4::class)
 class GoldenOnDeviceTest {
