@@ -105,7 +105,7 @@ def main():
     import onnx
     import onnxruntime as ort
 
-    from toolchain.cache import pad_batch
+    from toolchain.batch import pad_batch
     from toolchain.config import load_recipe
     from toolchain.data import read_examples
     from toolchain.export import dev_sets

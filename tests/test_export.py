@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, store_bb
 
 from toolchain import UserError, infer, store
-from toolchain.cache import Batch
+from toolchain.batch import Batch
 from toolchain.export import check, export_bundle, sha256
 
 for _package in ("onnxruntime", "executorch", "coremltools"):

@@ -564,8 +564,7 @@ def test_one_flipped_bit_in_a_store_branch_is_refused(small_store, cli):
 
 
 def test_the_input_triple_is_named_and_programs_get_theirs_by_name():
-    from toolchain.cache import pad_batch
-    from toolchain.export.graph import INPUTS
+    from toolchain.batch import INPUTS, pad_batch
 
     b = pad_batch([[101, 7, 102], [101, 102]], [[0, 0, 1], [0, 0]], "cpu")
     assert b.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]] and b.token_type_ids.tolist() == [[0, 0, 1], [0, 0, 0]]

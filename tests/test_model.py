@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from toolchain import UserError, backbone
-from toolchain.cache import pad_batch
+from toolchain.batch import pad_batch
 from toolchain.model import MultiTaskModel, TaskModel, build_branch, build_trunk, hf_key_to_ours
 
 TEXTS = [("book a table at a sushi place in brooklyn for 8 pm", None),

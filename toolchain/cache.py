@@ -10,10 +10,10 @@ truncation, a file from before the checksums) is computed again, never used.
 
 import hashlib
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
+from toolchain.batch import by_length, pad_batch
 from toolchain.fsutil import write_bytes_atomic
 
 VERSION = "v1"
@@ -23,45 +23,14 @@ def key(backbone_fp: str, depth: int, data_fp: str) -> str:
     return hashlib.sha256(f"{VERSION}|{backbone_fp}|{depth}|{data_fp}".encode()).hexdigest()[:32]
 
 
-class Batch(NamedTuple):
-    """One padded batch, the one named input triple. Its fields come in the PyTorch modules' argument
-    order (input_ids, token_type_ids, attention_mask); exported programs take theirs by name (`feeds`),
-    in graph.INPUTS order (input_ids, attention_mask, token_type_ids). Use the names, not positions."""
-
-    input_ids: torch.Tensor
-    token_type_ids: torch.Tensor
-    attention_mask: torch.Tensor
-
-    def feeds(self) -> dict:
-        """Numpy arrays by input name, in the exported programs' order (graph.INPUTS)."""
-        from toolchain.export.graph import INPUTS
-
-        return {n: getattr(self, n).numpy() for n in INPUTS}
-
-
-def pad_batch(ids_lists, type_lists, device) -> Batch:
-    """Right-pad token id lists into a Batch of (input_ids, token_type_ids, attention_mask) tensors."""
-    n, s = len(ids_lists), max(len(x) for x in ids_lists)
-    ids = torch.zeros(n, s, dtype=torch.long)
-    tt = torch.zeros(n, s, dtype=torch.long)
-    mask = torch.zeros(n, s, dtype=torch.long)
-    for i, (a, b) in enumerate(zip(ids_lists, type_lists)):
-        ids[i, : len(a)] = torch.tensor(a)
-        tt[i, : len(b)] = torch.tensor(b)
-        mask[i, : len(a)] = 1
-    return Batch(ids.to(device), tt.to(device), mask.to(device))
-
-
 @torch.no_grad()
 def compute(trunk, encoded, batch_size=64, device="cpu", on_batch=None) -> list:
     """Trunk output at its full depth for every example: a list of (len_i, hidden) tensors."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded.input_ids[i]))  # little padding
     out = [None] * len(encoded)
     trunk = trunk.to(device).eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
-        ids, tt, mask = pad_batch([encoded.input_ids[i] for i in idx], [encoded.type_ids[i] for i in idx], device)
-        hidden = trunk(ids, tt, mask).float().cpu()
+    for idx in by_length([len(x) for x in encoded.input_ids], batch_size):
+        b = pad_batch([encoded.input_ids[i] for i in idx], [encoded.type_ids[i] for i in idx], device)
+        hidden = trunk(b.input_ids, b.token_type_ids, b.attention_mask).float().cpu()
         for row, i in enumerate(idx):
             out[i] = hidden[row, : len(encoded.input_ids[i])].clone()
         if on_batch:

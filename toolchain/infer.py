@@ -7,7 +7,7 @@ This is "the original" that exported bundles are checked against.
 import torch
 
 from runtime_py.predictor import decode
-from toolchain.cache import pad_batch
+from toolchain.batch import pad_batch
 
 
 def encode(tok, texts, pairs=None, max_len=128):
@@ -21,8 +21,8 @@ def predict(model, tok, metas, texts, pairs=None, max_len=128) -> list:
     """One dict per text: task name -> decoded output."""
     from toolchain.export.tokenizer import breaks_of
 
-    encs, (ids, tt, mask) = encode(tok, texts, pairs, max_len)
-    outs = model(ids, tt, mask)
+    encs, b = encode(tok, texts, pairs, max_len)
+    outs = model(b.input_ids, b.token_type_ids, b.attention_mask)
     breaks = breaks_of(tok)
     return [{name: decode(metas[name], outs[name][i].float().numpy(), encs[i], texts[i], breaks) for name in outs}
             for i in range(len(texts))]

@@ -27,6 +27,7 @@ import torch
 
 from toolchain import UserError, __version__
 from toolchain import cache as feature_cache
+from toolchain.batch import by_length, pad_batch
 from toolchain.branch_config import BranchConfig
 from toolchain.data import IGNORE
 from toolchain.fsutil import (check_replaceable, locked, read_json, write_bytes_atomic,
@@ -98,9 +99,8 @@ class Batches:
             for r, x in enumerate(rows):
                 mask[r, : len(x)] = 1
             return hidden, mask
-        ids, tt, mask = feature_cache.pad_batch(
-            [self.encoded.input_ids[i] for i in idx], [self.encoded.type_ids[i] for i in idx], self.device)
-        return self.trunk(ids, tt, mask), mask
+        b = pad_batch([self.encoded.input_ids[i] for i in idx], [self.encoded.type_ids[i] for i in idx], self.device)
+        return self.trunk(b.input_ids, b.token_type_ids, b.attention_mask), b.attention_mask
 
     def labels(self, idx, task_type, seq_len):
         if task_type == "regression":
@@ -126,10 +126,8 @@ def loss_fn(task_type, out, labels):
 def raw_outputs(branch, batches, n, batch_size=128) -> list:
     """Branch outputs for examples 0..n-1, unpadded: (C,) logits, a scalar, or (len, C) per piece."""
     branch.eval()
-    order = sorted(range(n), key=lambda i: len(batches.encoded.input_ids[i]))
     outs = [None] * n
-    for s in range(0, n, batch_size):
-        idx = order[s: s + batch_size]
+    for idx in by_length([len(x) for x in batches.encoded.input_ids[:n]], batch_size):
         hidden, mask = batches.hidden(idx)
         out = branch(hidden, mask).float().cpu()
         for r, i in enumerate(idx):

@@ -85,10 +85,10 @@ def token_pool(devs, tok) -> list:
 
 def dev_batch(encoded, n):
     """The first n dev examples as one padded batch (ids, mask, token types) of numpy arrays."""
-    from toolchain.cache import pad_batch
+    from toolchain.batch import pad_batch
 
-    ids, tt, mask = pad_batch(encoded.input_ids[:n], encoded.type_ids[:n], "cpu")
-    return ids.numpy(), mask.numpy(), tt.numpy()
+    b = pad_batch(encoded.input_ids[:n], encoded.type_ids[:n], "cpu")
+    return b.input_ids.numpy(), b.attention_mask.numpy(), b.token_type_ids.numpy()
 
 
 def inputs_of_length(pool, tok, n):

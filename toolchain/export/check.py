@@ -5,7 +5,7 @@ the parity tests."""
 import numpy as np
 import torch
 
-from toolchain.cache import pad_batch
+from toolchain.batch import by_length, pad_batch
 from toolchain.export.guard import JUDGED_ROWS  # noqa: F401  (the rows export and verify judge)
 from toolchain.metrics import IGNORE, score
 
@@ -82,10 +82,8 @@ def run_bundle(run, manifest, feeds: dict) -> dict:
 
 def outputs_on(encoded, run_batch, batch_size=32) -> list:
     """Per example dict of task -> output (unpadded), for an Encoded dataset."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded.input_ids[i]))
     rows = [None] * len(encoded)
-    for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
+    for idx in by_length([len(x) for x in encoded.input_ids], batch_size):
         out = run_batch(pad_batch([encoded.input_ids[i] for i in idx], [encoded.type_ids[i] for i in idx], "cpu"))
         for r, i in enumerate(idx):
             n = len(encoded.input_ids[i])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from toolchain.batch import INPUTS
 
 
 class Fused(nn.Module):
