@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from toolchain import __version__
+from toolchain import UserError, __version__
 from toolchain.fsutil import write_json_atomic
 
 
@@ -30,9 +30,12 @@ def single_store(store_dir, task, bb, backbone_spec, dest, log=print) -> Path:
 
     dest = Path(dest)
     if (dest / "store.json").is_file():
-        same = (store.read_store(dest)["backbone_fingerprint"] == bb.fingerprint
-                and store.branch_names(dest) == [task]
-                and files_digest(branch_files(dest, task)) == files_digest(branch_files(store_dir, task)))
+        try:
+            same = (store.read_store(dest)["backbone_fingerprint"] == bb.fingerprint
+                    and store.branch_names(dest) == [task]
+                    and files_digest(branch_files(dest, task)) == files_digest(branch_files(store_dir, task)))
+        except UserError:  # a store an older toolchain made, or a damaged one: made again below
+            same = False
         if same:
             return dest
     log(f"single-task store {task}")
