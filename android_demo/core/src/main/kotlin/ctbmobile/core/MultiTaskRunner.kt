@@ -134,8 +134,8 @@ class MultiTaskRunner private constructor(
         if (outputs != p.outputs.map { it.name }) {
             throw BundleException("$file returns outputs $outputs, the manifest lists ${p.outputs.map { it.name }}")
         }
-        // bundles exported before the contract added labels_sha256 carry none: accepted until CI's bundles all have it
-        val embedded = field("labels_sha256") ?: return
+        val embedded = field("labels_sha256")
+            ?: throw BundleException("$file carries no labels_sha256 (exported by an older ctb-mobile), so the manifest's labels cannot be checked; export the bundle again")
         val served = p.outputs.mapNotNull { it.task }.associateWith { labels[it].orEmpty() }
         if (embedded != labelsSha256(served)) {
             throw BundleException("the manifest's labels of ${served.keys.joinToString()} differ from the labels $file was exported with (its labels_sha256); export the bundle again")

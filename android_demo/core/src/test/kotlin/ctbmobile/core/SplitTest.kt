@@ -107,14 +107,17 @@ class SplitTest {
     }
 
     /** Writes a fake program file (its embedded metadata and its behaviour); returns its sha256. */
-    private fun writeProgram(file: File, program: String, fingerprint: String, outputs: List<String>, extra: Map<String, Any>): String {
+    private fun writeProgram(file: File, program: String, fingerprint: String, outputs: List<String>, extra: Map<String, Any>,
+                             labels: Map<String, List<String>> = emptyMap()): String {
         val meta = mapOf("target" to "android", "program" to program, "trunk_fingerprint" to fingerprint,
-            "tokenizer_fingerprint" to tokenizerFingerprint, "outputs" to outputs, "tasks" to outputs) + extra
+            "tokenizer_fingerprint" to tokenizerFingerprint, "outputs" to outputs, "tasks" to outputs,
+            "labels_sha256" to labelsSha256(labels)) + extra
         file.writeText(Gson().toJson(meta))
         return BundleFiles.sha256(file)
     }
 
     private val intentLabels = listOf("a", "b", "c")
+    private val slotLabels = listOf("O", "B-x", "I-x")
 
     private fun bundle(): File {
         val files = JsonObject()
@@ -127,8 +130,10 @@ class SplitTest {
             list(name)
         }
         writeProgram(File(dir, "trunk.pte"), "trunk", trunk, listOf("hidden_2", "hidden_3"), mapOf("depths" to listOf(2, 3)))
-        writeProgram(File(dir, "branch_intent.pte"), "branch_intent", trunk, listOf("intent"), mapOf("kind" to "classification", "labels" to 3))
-        writeProgram(File(dir, "branch_slots.pte"), "branch_slots", trunk, listOf("slots"), mapOf("kind" to "tagging", "labels" to 3))
+        writeProgram(File(dir, "branch_intent.pte"), "branch_intent", trunk, listOf("intent"), mapOf("kind" to "classification", "labels" to 3),
+            mapOf("intent" to intentLabels))
+        writeProgram(File(dir, "branch_slots.pte"), "branch_slots", trunk, listOf("slots"), mapOf("kind" to "tagging", "labels" to 3),
+            mapOf("slots" to slotLabels))
         listOf("trunk.pte", "branch_intent.pte", "branch_slots.pte").forEach { list(it) }
         val real = Golden.json(File(Golden.bundle, Manifest.FILE))
         val manifest = JsonObject().apply {
@@ -141,7 +146,7 @@ class SplitTest {
                 add(branchProgram("slots", dims(3)))
             })
             add("tasks", JsonArray().apply {
-                add(task("intent", "classification", intentLabels, 2)); add(task("slots", "tagging", listOf("O", "B-x", "I-x"), 3))
+                add(task("intent", "classification", intentLabels, 2)); add(task("slots", "tagging", slotLabels, 3))
             })
             add("files", files)
         }
@@ -151,7 +156,8 @@ class SplitTest {
 
     private fun update(fingerprint: String, labels: List<String>, corruptSha: Boolean = false): Pair<File, BranchUpdate> {
         val file = File(dir, "new_branch_intent.pte")
-        val sha = writeProgram(file, "branch_intent", fingerprint, listOf("intent"), mapOf("kind" to "classification", "labels" to labels.size))
+        val sha = writeProgram(file, "branch_intent", fingerprint, listOf("intent"), mapOf("kind" to "classification", "labels" to labels.size),
+            mapOf("intent" to labels))
         val outDims = dims().apply { remove(1); add(JsonObject().apply { addProperty("size", labels.size) }) }
         val program = Manifest.program(Node(branchProgram("intent", outDims), "update"))
         val task = Manifest.task(Node(task("intent", "classification", labels, 2), "update"))
