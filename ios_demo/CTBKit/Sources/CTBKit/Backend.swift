@@ -75,10 +75,12 @@ struct EmbeddedMetadata: Decodable {
     let trunkFingerprint: String?
     let tokenizerFingerprint: String?
     let outputs: [String]?
+    let labelsSha256: String?
 
     enum CodingKeys: String, CodingKey {
         case outputs
         case trunkFingerprint = "trunk_fingerprint"
         case tokenizerFingerprint = "tokenizer_fingerprint"
+        case labelsSha256 = "labels_sha256"
     }
 }

@@ -79,7 +79,8 @@ public final class MultiTaskRunner: @unchecked Sendable {
                 throw BundleError.field(path: "programs", problem: "program '\(name)' or its file is not listed")
             }
             let program = try backend.load(p, file: folder.appendingPathComponent(p.file), sha256: entry.sha256)
-            try MultiTaskRunner.checkEmbedded(program, p, file: p.file, manifest: manifest)
+            try MultiTaskRunner.checkEmbedded(program, p, file: p.file, manifest: manifest,
+                                              labels: MultiTaskRunner.labels(manifest.tasks))
             loaded[name] = program
             digests[name] = entry.sha256
         }
@@ -202,7 +203,8 @@ public final class MultiTaskRunner: @unchecked Sendable {
             throw BundleError.checksumMismatch(name: name)
         }
         let loaded = try backend.load(program, file: file, sha256: digest)
-        try MultiTaskRunner.checkEmbedded(loaded, program, file: name, manifest: manifest)
+        try MultiTaskRunner.checkEmbedded(loaded, program, file: name, manifest: manifest,
+                                          labels: MultiTaskRunner.labels(state.tasks.map { $0.name == task.name ? task : $0 }))
         var next = state
         next.tasks = state.tasks.map { $0.name == task.name ? task : $0 }
         next.programs[old.program] = nil
@@ -229,7 +231,24 @@ public final class MultiTaskRunner: @unchecked Sendable {
 
     /// The program's own metadata must name this trunk, this tokenizer and the manifest's output order
     /// (a split branch swapped in from another bundle, a tokenizer swapped with its checksum updated).
-    static func checkEmbedded(_ program: LoadedProgram, _ p: ProgramSpec, file: String, manifest: Manifest) throws {
+    /// Each task's labels, by task name.
+    static func labels(_ tasks: [TaskSpec]) -> [String: [String]] {
+        Dictionary(tasks.map { ($0.name, $0.labels) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// The contract's `labels_sha256`: sha256 of `json.dumps({task: [labels]}, sort_keys=True)` (ASCII
+    /// escapes, `", "` and `": "`) over the tasks a program's outputs feed (a split trunk: `{}`).
+    static func labelsSHA256(_ labels: [String: [String]]) -> String {
+        let text = "{" + labels.keys.sorted().map { task in
+            PredictionJSON.asciiString(task) + ": [" + labels[task]!.map(PredictionJSON.asciiString).joined(separator: ", ") + "]"
+        }.joined(separator: ", ") + "}"
+        var hasher = SHA256Stream()
+        hasher.update(Data(text.utf8))
+        return hasher.hexDigest()
+    }
+
+    static func checkEmbedded(_ program: LoadedProgram, _ p: ProgramSpec, file: String, manifest: Manifest,
+                              labels: [String: [String]]) throws {
         guard let text = program.metadataJSON else {
             throw BundleError.program(file: file, problem: "has no embedded manifest (ctb_mobile_manifest); export it again")
         }
@@ -251,6 +270,16 @@ public final class MultiTaskRunner: @unchecked Sendable {
         guard meta.outputs == names else {
             throw BundleError.program(file: file, problem: "returns outputs \(meta.outputs ?? []), manifest field "
                 + "programs/\(p.name)/outputs lists \(names); export the bundle again")
+        }
+        guard let embedded = meta.labelsSha256 else {
+            throw BundleError.program(file: file, problem: "carries no labels_sha256 (exported by an older ctb-mobile), so "
+                + "the manifest's labels cannot be checked; export the bundle again")
+        }
+        var served: [String: [String]] = [:]
+        for task in p.outputs.compactMap({ $0.task }) { served[task] = labels[task] ?? [] }
+        guard embedded == labelsSHA256(served) else {
+            throw BundleError.program(file: file, problem: "the manifest's labels of \(served.keys.sorted().joined(separator: ", ")) "
+                + "differ from the labels it was exported with (its labels_sha256); export the bundle again")
         }
     }
 

@@ -32,6 +32,25 @@ public enum PredictionJSON {
         }
     }
 
+    /// A JSON string as json.dumps with its default ensure_ascii=True: as `string`, and every scalar past
+    /// ASCII as `\uXXXX` (UTF-16 code units, so a surrogate pair past U+FFFF).
+    public static func asciiString(_ s: String) -> String {
+        var out = ""
+        for scalar in string(s).unicodeScalars {
+            if scalar.isASCII {
+                out.unicodeScalars.append(scalar)
+            } else {
+                for unit in String(scalar).utf16 { out += "\\u" + hex4(UInt32(unit)) }
+            }
+        }
+        return out
+    }
+
+    private static func hex4(_ v: UInt32) -> String {
+        let digits = Array("0123456789abcdef")
+        return String((0..<4).map { digits[Int((v >> (12 - 4 * UInt32($0))) & 0xF)] })
+    }
+
     /// A JSON string as json.dumps(ensure_ascii=False): `"` `\` and control characters escaped, the rest as is.
     public static func string(_ s: String) -> String {
         var out = String.UnicodeScalarView()

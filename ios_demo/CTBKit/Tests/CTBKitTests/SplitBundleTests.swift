@@ -69,8 +69,10 @@ final class SplitBundleTests: XCTestCase {
     }
 
     private func writeProgram(_ url: URL, name: String, outputs: [String], trunk: String, tokenizer: String, hot: Int) throws {
+        let labels = ["topic": topicLabels, "slots": slotLabels].filter { outputs.contains($0.key) }
         let metadata: [String: Any] = ["target": "ios", "program": name, "trunk_fingerprint": trunk,
-                                       "tokenizer_fingerprint": tokenizer, "outputs": outputs, "tasks": []]
+                                       "tokenizer_fingerprint": tokenizer, "outputs": outputs, "tasks": [],
+                                       "labels_sha256": MultiTaskRunner.labelsSHA256(labels)]
         let object: [String: Any] = ["metadata": metadata, "hot": hot]
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         try data.write(to: url)
