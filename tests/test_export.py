@@ -456,7 +456,8 @@ def test_a_failed_export_leaves_the_old_bundle_and_no_temporary_beside_it(tiny, 
 
     out, recipe = tiny
     target = tmp_path / "bundle"
-    target.mkdir()
+    target.mkdir()  # the previous bundle (a folder of that kind: export replaces only a bundle)
+    (target / "manifest.json").write_text("{}")
     (target / "old.txt").write_text("the previous bundle")
 
     def crash(mod, target_name, graph, out_dir, *args):
@@ -467,4 +468,4 @@ def test_a_failed_export_leaves_the_old_bundle_and_no_temporary_beside_it(tiny, 
     with pytest.raises(RuntimeError, match="the exporter crashed"):
         export_bundle(recipe, out / "store", "onnx", "fp32", "fused", target, log=lambda m: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.lock", "bundle"]
-    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json", "old.txt"]

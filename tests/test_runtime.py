@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime_py import BundleError, InputError, Predictor
+from runtime_py.bundle import file_sha256
 from toolchain import infer, store
 from toolchain.export import check, export_bundle
 
@@ -229,7 +230,7 @@ def test_verify_fails_on_swapped_labels(cli, tiny, bundles, tmp_path):
     task["labels"] = task["labels"][1:] + task["labels"][:1]  # the list in another order: every index moves
     (b / "manifest.json").write_text(json.dumps(m))
     code, stdout, _err, _ = verify(cli, tiny, b, tmp_path)  # the programs embed their labels' sha256: refused
-    assert code == 1 and "| bundle | **FAIL** |" in stdout and "differ from the labels" in stdout
+    assert code == 1 and "| bundle | **FAIL** |" in stdout and "differs from the labels" in stdout
 
 
 def test_verify_fails_on_a_truncated_file(cli, tiny, bundles, tmp_path):
@@ -258,6 +259,9 @@ def test_verify_fails_when_the_tokenizer_differs_from_training(cli, tiny, bundle
     vocab["the"], vocab["to"] = vocab["to"], vocab["the"]  # another model's vocabulary
     (store2 / "tokenizer" / "tokenizer.json").write_text(json.dumps(t2))
     (store2 / "tokenizer" / "vocab.txt").unlink()  # the bundle's vocab.txt then comes from the swapped model
+    meta = json.loads((store2 / "store.json").read_text())  # a store made so, not edited: its checksums agree
+    meta["tokenizer_sha256"] = {"tokenizer.json": file_sha256(store2 / "tokenizer" / "tokenizer.json")}
+    (store2 / "store.json").write_text(json.dumps(meta))
     export_bundle(recipe, store2, "onnx", "fp32", "fused", tmp_path / "b2", log=lambda m: None)
     Predictor(tmp_path / "b2")  # loads: nothing inside the bundle disagrees
     code, stdout, _err, report = verify(cli, tiny, tmp_path / "b2", tmp_path)

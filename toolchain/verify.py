@@ -182,10 +182,12 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int | N
 def app_tolerance(precision: str) -> dict:
     """How close an app's run of this bundle must come to golden.json: every raw output within `max_abs`
     and every score within `score`; labels and spans exactly. fp32 programs: the exporter's own parity
-    limit; quantized ones 1e-3, since another build of the same runtime may round integer kernels apart."""
+    limit; quantized ones 1e-2: another version of the runtime (the JVM's ONNX Runtime 1.29 against
+    Python's 1.32) can put a per-token activation one quantization step apart, and the step travels on
+    through the layers (7.3e-3 on one raw logit of the tiny int8 recipe, every label the same)."""
     from toolchain.export.check import TOLERANCES
 
-    tol = TOLERANCES[("onnx", "fp32")]["max_abs"] if precision == "fp32" else 1e-3
+    tol = TOLERANCES[("onnx", "fp32")]["max_abs"] if precision == "fp32" else 1e-2
     return {"max_abs": tol, "score": tol}
 
 
