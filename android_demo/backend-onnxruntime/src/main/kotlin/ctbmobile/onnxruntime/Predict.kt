@@ -23,8 +23,15 @@ import kotlin.system.exitProcess
  * Errors: one line on stderr, exit status 2.
  */
 fun main(args: Array<String>) {
+    // ONNX Runtime's native code needs more stack than the launcher's main thread may have: with a few
+    // kilobytes of arguments the JVM died of SIGSEGV in session setup. The work runs on its own thread.
+    val worker = Thread(null, { predict(args) }, "predict", 64L shl 20)
+    worker.start()
+    worker.join()
+}
+
+private fun predict(args: Array<String>) {
     if (args.size < 2) fail("usage: predict BUNDLE TEXT... (BUNDLE: an ONNX bundle folder from ctb-mobile export --target onnx)")
-    val out = StringBuilder()
     try {
         MultiTaskRunner.openFor(File(args[0]), mapOf("onnx" to { OnnxRuntimeBackend() })).use { runner ->
             val tasks = runner.tasks.filter { !it.pair }.map { it.name }
@@ -32,14 +39,13 @@ fun main(args: Array<String>) {
                 val results = runner.predict(text, tasks = tasks)
                 val bad = results.entries.firstOrNull { (_, r) -> (r as? ClassificationResult)?.score?.isFinite() == false || (r as? RegressionResult)?.value?.isFinite() == false }
                 if (bad != null) fail("the model gave a non-finite output (NaN or infinity) for task ${bad.key} on '${text.take(40)}'; its branch weights are broken: retrain the branch (a lower learning rate)")
-                out.append(PyJson.line(text, results)).append('\n')
+                System.out.write((PyJson.line(text, results) + "\n").toByteArray(Charsets.UTF_8))
+                System.out.flush()
             }
         }
     } catch (e: Exception) {
         fail(e.message?.lineSequence()?.firstOrNull() ?: e.toString())
     }
-    System.out.write(out.toString().toByteArray(Charsets.UTF_8))
-    System.out.flush()
 }
 
 private fun fail(message: String): Nothing {
