@@ -22,7 +22,6 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolchain import UserError
 
 QUICK = {"max_train": 2000, "epochs": 1, "precision": "fp32"}
 
@@ -192,6 +191,4 @@ def check_targets(target: str) -> list:
     targets = list(TARGETS) if target == "all" else [target]
     for t in targets:
         check_request(t, None, "fused")  # unknown target, missing package: before any work
-    if not targets:
-        raise UserError("no target; use --target android, ios, onnx or all")
     return targets
