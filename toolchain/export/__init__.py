@@ -26,29 +26,35 @@ import importlib
 from pathlib import Path
 
 from runtime_py.bundle import file_sha256 as sha256  # noqa: F401
+from runtime_py.targets import TARGETS, Target
 from toolchain import UserError
 from toolchain.export.guard import EMBEDDINGS, JUDGED_ROWS, TRUNK_LAYER  # noqa: F401  (keep_fp32 names)
 
-TARGETS = {"android": "toolchain.export.executorch", "ios": "toolchain.export.coreml", "onnx": "toolchain.export.onnx"}
-EXTRAS = {"android": ("executorch", "executorch"), "ios": ("coremltools", "coreml"), "onnx": ("onnxruntime", "onnx")}
-DEFAULT_PRECISION = {"android": "int8", "ios": "fp16", "onnx": "int8"}
 LAYOUTS = ("fused", "split")
 
 
-def backend(target: str):
+def target_of(target: str) -> Target:
+    """The registered target (runtime_py.targets), or a UserError naming the known ones."""
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}, all")
-    package, extra = EXTRAS[target]
-    if importlib.util.find_spec(package) is None:
-        raise UserError(f"target {target} needs {package}; run: pip install 'ctb-mobile[{extra}]'")
-    return importlib.import_module(TARGETS[target])
+    return TARGETS[target]
+
+
+def backend(target: str):
+    """The target's exporter module, once its package is known to be installed."""
+    t = target_of(target)
+    missing = t.missing()
+    if missing:
+        raise UserError(f"target {target} {missing}")
+    return importlib.import_module(t.exporter)
 
 
 def check_request(target: str, precision: str | None, layout: str):
     mod = backend(target)
-    precision = precision or DEFAULT_PRECISION[target]
-    if precision not in mod.PRECISIONS:
-        raise UserError(f"precision {precision!r} is not supported for {target}; use one of: {', '.join(mod.PRECISIONS)}")
+    t = TARGETS[target]
+    precision = precision or t.default_precision
+    if precision not in t.precisions:
+        raise UserError(f"precision {precision!r} is not supported for {target}; use one of: {', '.join(t.precisions)}")
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; use one of: {', '.join(LAYOUTS)}")
     return mod, precision
@@ -97,7 +103,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
     devs = dev_sets(recipe, tok, metas, guard_examples)
     limits = guard.Limits(cfg.max_metric_drop, check.limits(target, precision, cfg).get("agreement", 0.0),
                           model.trunk.depth)
-    skipped = _guard_skipped(mod, target, precision, log)
+    skipped = _guard_skipped(target, precision, log)
     refs = {name: check.outputs_on(dev, check.torch_runner(model)) for name, (_, _, dev, _) in devs.items()} \
         if precision.startswith("int8") and not skipped else None  # PyTorch fp32, to judge int8 against
     scheme = cfg.onnx_int8 if (target, precision) == ("onnx", "int8") else None  # per-token activations
@@ -161,9 +167,9 @@ def _writable(out_dir) -> Path:
     return out_dir
 
 
-def _guard_skipped(mod, target, precision, log) -> str | None:
+def _guard_skipped(target, precision, log) -> str | None:
     """Why the guard cannot judge a quantized bundle here (None if it can, or the bundle is not quantized)."""
-    if not precision.startswith("int8") or mod.runner is not None:
+    if not precision.startswith("int8") or TARGETS[target].runs_here():
         return None
     why = (f"{target} programs cannot run on this machine (CoreML prediction needs macOS); compare its outputs "
            "with the PyTorch original on a Mac before shipping")

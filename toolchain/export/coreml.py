@@ -11,8 +11,10 @@ user-defined metadata. Prediction needs macOS; on Linux the package is checked s
 import json
 from pathlib import Path
 
-PRECISIONS = ("fp16", "int8", "fp32")
-SUFFIX = ".mlpackage"
+from runtime_py.targets import get as _target
+
+TARGET = _target("ios")  # precisions, suffix and metadata key: runtime_py/targets.py
+SUFFIX = TARGET.suffix
 
 
 def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
@@ -32,7 +34,7 @@ def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dic
         cfg = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                       weight_threshold=2048)
         ml = linear_quantize_weights(ml, config=OptimizationConfig(global_config=cfg))
-    ml.user_defined_metadata["ctb_mobile_manifest"] = json.dumps(metadata, sort_keys=True)
+    ml.user_defined_metadata[TARGET.metadata_key] = json.dumps(metadata, sort_keys=True)
     name = f"{graph.name}{SUFFIX}"
     ml.save(str(Path(out_dir) / name))
     return [name]
@@ -55,6 +57,3 @@ def describe(path: Path) -> dict:
     return {"inputs": inputs, "outputs": [o.name for o in spec.description.output], "ops": sorted(ops),
             "metadata": dict(spec.description.metadata.userDefined),
             "spec_version": spec.specificationVersion}
-
-
-runner = None  # CoreML prediction needs macOS

@@ -10,8 +10,10 @@ as the constant method `manifest` (a JSON string), so the .pte describes itself.
 import json
 from pathlib import Path
 
-PRECISIONS = ("fp32", "int8")
-SUFFIX = ".pte"
+from runtime_py.targets import get as _target
+
+TARGET = _target("android")  # precisions, suffix and metadata key: runtime_py/targets.py
+SUFFIX = TARGET.suffix
 
 
 def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
@@ -38,7 +40,7 @@ def lower(graph, precision: str, max_seq_len: int, metadata: dict | None = None,
         module = _quantize(graph, module, shapes, keep_fp32)
     ep = torch.export.export(module, graph.example, dynamic_shapes=shapes)
     return to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
-                                       constant_methods={"manifest": json.dumps(metadata or {}, sort_keys=True)})
+                                       constant_methods={TARGET.metadata_key: json.dumps(metadata or {}, sort_keys=True)})
 
 
 def _quantize(graph, module, shapes, keep_fp32):
@@ -80,10 +82,3 @@ def quantized_modules(names: list, graph_name: str, keep_fp32) -> list:
         if whole_trunk or trunk_layer or branch:
             out.append(name)
     return out
-
-
-def runner(bundle_dir: Path):
-    """program file -> callable(feeds: dict of numpy arrays) -> list of numpy outputs."""
-    from runtime_py.backends import file_runner
-
-    return file_runner("android", bundle_dir)

@@ -15,8 +15,10 @@ import json
 import re
 from pathlib import Path
 
-PRECISIONS = ("fp32", "int8", "int8-static")
-SUFFIX = ".onnx"
+from runtime_py.targets import get as _target
+
+TARGET = _target("onnx")  # precisions, suffix and metadata key: runtime_py/targets.py
+SUFFIX = TARGET.suffix
 OPSET = 18
 
 
@@ -39,7 +41,7 @@ def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dic
         _quantize(fp32, final, precision, graph, calibration, keep_fp32, symmetric)
         fp32.unlink()
     model = onnx.load(str(final))
-    onnx.helper.set_model_props(model, {"ctb_mobile_manifest": json.dumps(metadata, sort_keys=True)})
+    onnx.helper.set_model_props(model, {TARGET.metadata_key: json.dumps(metadata, sort_keys=True)})
     onnx.save(model, str(final))
     _to_ort(final, out_dir / f"{graph.name}.ort")
     return [final.name, f"{graph.name}.ort"]
@@ -205,10 +207,3 @@ def _to_ort(onnx_path, ort_path):
     so.optimized_model_filepath = str(ort_path)
     so.add_session_config_entry("session.save_model_format", "ORT")
     ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-
-
-def runner(bundle_dir: Path):
-    """program file -> callable(feeds: dict of numpy arrays) -> list of numpy outputs."""
-    from runtime_py.backends import file_runner
-
-    return file_runner("onnx", bundle_dir)
