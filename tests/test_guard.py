@@ -3,6 +3,8 @@
 A "world" says what the judged bundle of an attempt reports, from what that attempt keeps in fp32;
 `play` runs the loop export_bundle runs (judge -> next_attempt) and records every attempt."""
 
+from dataclasses import replace
+
 import pytest
 
 from toolchain.export import guard
@@ -140,8 +142,9 @@ def test_measuring_ignores_drops_and_judges_the_short_tasks_only():
 
 def test_the_same_fp32_choices_are_the_same_bundle():
     a = Attempt().keeping(branches=["x"], trunk=[L1, EMB])
-    assert a.trunk == [EMB, L1] and a.fp32 == (("x",), (1,), True)
-    assert a.fp32 == Attempt(branches=("x",), trunk_layers=(1,), embeddings=True, step=guard.RETRY).fp32
+    assert a.trunk == [EMB, L1] and a.keep_fp32 == ["x", EMB, L1] and a.keep_int8 == []
+    assert a.exported == Attempt(branches=("x",), trunk_layers=(1,), embeddings=True, step=guard.RETRY).exported
+    assert a.exported != replace(a, weights="int4", kept_at="int8", group=32).exported
 
 
 @pytest.mark.parametrize("agreement, rows, limit, line", [
@@ -217,3 +220,66 @@ def test_each_program_gets_the_attempts_parts(program, kept, precision):
     staging = Staging(**{f.name: None for f in dataclasses.fields(Staging)} | {"precision": "int8"})
     attempt = Attempt(branches=("clinc_domain",), trunk_layers=(1,), embeddings=True)
     assert staging._precision(program, attempt) == (kept, precision)
+
+
+# int4 (guard.first_attempt("int4")): groups of 64, then 32; then parts kept at int8 in the int8 order; then
+# the whole export as int8, with parts kept in fp32.
+def play4(rule, limits=LIMITS):
+    """The export loop from an int4 start: (attempts as (weights, group, kept_at, kept parts), verdict);
+    `rule(attempt)` -> (agreement, drop) of snips_slots; the other tasks always pass."""
+    attempt, tried = guard.first_attempt("int4"), []
+    while True:
+        tried.append((attempt.weights, attempt.group, attempt.kept_at, tuple(attempt.kept)))
+        report = {n: fig(*rule(attempt)) if n == "snips_slots" else fig() for n in TASKS
+                  if attempt.judged is None or n in attempt.judged}
+        step = next_attempt(report, attempt, limits)
+        if isinstance(step, Verdict):
+            return tried, step
+        attempt = step
+
+
+def int8_in(*parts):
+    """snips_slots agrees only when `parts` are all kept at int8 or better, or the weights are int8."""
+    return lambda a: (1.0 if a.weights == "int8" or all(p in a.kept for p in parts) else 0.95, 0.0)
+
+
+G64, G32 = ("int4", 64, "int8", ()), ("int4", 32, "int8", ())
+INT4_CASES = {
+    "all int4 in groups of 64": (lambda a: (1.0, 0.0), [G64], ("int4", 64, [], [])),
+    "groups of 32 when 64 misses": (lambda a: (1.0 if a.group == 32 else 0.95, 0.0), [G64, G32],
+                                    ("int4", 32, [], [])),
+    "a branch falls back to int8, not fp32": (
+        int8_in("snips_slots"), [G64, G32, ("int4", 32, "int8", ("snips_slots",))],
+        ("int4", 32, ["snips_slots"], [])),
+    "4-bit embeddings fall back to int8 rows; the branch goes back to int4": (
+        int8_in(EMB),
+        [G64, G32, ("int4", 32, "int8", ("snips_slots",)),
+         *[("int4", 32, "int8", ("snips_slots", p)) for p in (EMB, L0, L1, L2)],
+         ("int4", 32, "int8", ("snips_slots", EMB)), ("int4", 32, "int8", (EMB,))],
+        ("int4", 32, [EMB], [])),
+}
+
+
+@pytest.mark.parametrize("rule, attempts, shipped", INT4_CASES.values(), ids=INT4_CASES.keys())
+def test_int4_falls_back_to_int8_per_part(rule, attempts, shipped):
+    tried, verdict = play4(rule)
+    assert verdict.ok and tried == attempts
+    a = verdict.attempt
+    assert (a.weights, a.group, a.keep_int8, a.keep_fp32) == shipped
+
+
+def test_int4_falls_back_to_int8_then_fp32():
+    """Short whatever is kept at int8 in an int4 export: the export becomes int8, then the branch goes to fp32."""
+    rule = lambda a: (1.0 if a.weights == "int8" and "snips_slots" in a.keep_fp32 else 0.95, 0.0)  # noqa: E731
+    tried, verdict = play4(rule)
+    order = [(w, k) for w, _, k, _ in tried]
+    first_int8 = order.index(("int8", "fp32"))
+    assert set(order[:first_int8]) == {("int4", "int8")} and set(order[first_int8:]) == {("int8", "fp32")}
+    assert tried[first_int8] == ("int8", 0, "fp32", ())  # every part int8 before any fp32
+    assert tried[first_int8 - 1] == ("int4", 32, "int8", ("snips_slots", EMB, L0, L1, L2))  # the whole int8 fallback
+    assert verdict.ok and verdict.attempt.keep_fp32 == ["snips_slots"] and verdict.attempt.weights == "int8"
+
+
+def test_an_int4_drop_past_int8_branches_fails_only_after_int8_and_fp32():
+    verdict = play4(lambda a: (1.0, 5.0))[1]
+    assert not verdict.ok and verdict.attempt.weights == "int8" and "snips_slots" in verdict.message

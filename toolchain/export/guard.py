@@ -1,4 +1,4 @@
-"""The quantization guard's policy, as data: what an int8 export keeps in fp32 next.
+"""The quantization guard's policy, as data: what a quantized export keeps at a higher precision next.
 
 An `Attempt` says which parts of the model stay in fp32 (task branches, trunk layers, the word
 embeddings) and where the guard stands; `next_attempt` reads the per-task report of the bundle that
@@ -16,6 +16,11 @@ The order (README, "Quantization guard"):
 4. then try the branches kept for their agreement alone in int8 again, one at a time; a branch
    whose trial fails goes back to fp32, and the bundle that passed before it is the one shipped.
 A drop over the limit, or an agreement short with the whole trunk in fp32, fails the export.
+
+An int4 export (`Attempt.weights == "int4"`) starts with every Linear at 4 bits in groups of 64 weights
+and the word embeddings' rows at 4 bits; short, it tries groups of 32; still short, it runs the order
+above with int8 as the kept parts' precision (`kept_at`), so a part goes to int8 before fp32. If that
+cannot pass, the export starts again as int8 (every part) with the order above to fp32.
 """
 
 import math
@@ -33,15 +38,19 @@ EMBEDDINGS = "trunk.embeddings"
 
 # Steps of the guard, in order
 INT8, BRANCHES, MEASURE, TRUNK, RETRY = "int8", "branches", "measure", "trunk", "retry"
+INT4_GROUPS = (64, 32)  # int4 weights per quantization group, in the order the guard tries them
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """One export to make: what it keeps in fp32, and what the guard has learned so far."""
+    """One export to make: what it keeps at a higher precision, and what the guard has learned so far."""
 
-    branches: tuple = ()  # tasks whose branch stays fp32 (failing first, then short, in report order)
-    trunk_layers: tuple = ()  # trunk layer indices kept in fp32, ascending
-    embeddings: bool = False  # the word embeddings kept in fp32
+    branches: tuple = ()  # tasks whose branch is kept (failing first, then short, in report order)
+    trunk_layers: tuple = ()  # trunk layer indices kept, ascending
+    embeddings: bool = False  # the word embeddings kept
+    weights: str = "int8"  # the precision of every part not kept: "int8", or "int4" (int4 exports first)
+    kept_at: str = "fp32"  # the precision of the kept parts: "int8" while an int4 export falls back
+    group: int = 0  # int4: weights per quantization group
     step: str = INT8
     why: str = ""  # one line for the log: why this attempt is made
     judged: tuple | None = None  # the tasks to judge (None: every task); measuring judges the short ones
@@ -58,9 +67,23 @@ class Attempt:
         return ([EMBEDDINGS] if self.embeddings else []) + [f"{TRUNK_LAYER}{i}" for i in self.trunk_layers]
 
     @property
-    def fp32(self) -> tuple:
-        """What the exported programs depend on: two attempts with the same fp32 give the same bundle."""
-        return self.branches, self.trunk_layers, self.embeddings
+    def kept(self) -> list:
+        """The kept parts as keep names (tasks, then trunk parts)."""
+        return [*self.branches, *self.trunk]
+
+    @property
+    def keep_fp32(self) -> list:
+        return self.kept if self.kept_at == "fp32" else []
+
+    @property
+    def keep_int8(self) -> list:
+        """int4 exports: the parts kept at int8."""
+        return self.kept if self.kept_at == "int8" else []
+
+    @property
+    def exported(self) -> tuple:
+        """What the exported programs depend on: two attempts with the same `exported` give the same bundle."""
+        return self.branches, self.trunk_layers, self.embeddings, self.weights, self.kept_at, self.group
 
     def keeping(self, branches=None, trunk=None, **state) -> "Attempt":
         """This attempt with other branches and/or trunk parts (keep_fp32 names) in fp32."""
@@ -97,10 +120,37 @@ def triage(report: Mapping, limits: Limits) -> tuple:
     return failing, short
 
 
+def first_attempt(precision: str) -> Attempt:
+    """int4 exports start with 4-bit weights in the largest group, falling back to int8 per part."""
+    if precision == "int4":
+        return Attempt(weights="int4", kept_at="int8", group=INT4_GROUPS[0])
+    return Attempt()
+
+
 def next_attempt(report: Mapping, attempt: Attempt, limits: Limits) -> "Attempt | Verdict":
     """The guard's next move after `attempt` was exported and judged (`report`: task -> the figures of
     check.compare, at least "drop" and "agreement", for the tasks in attempt.judged)."""
     failing, short = triage(report, limits)
+    if attempt.weights == "int4":
+        return _int4(report, attempt, limits, failing or short)
+    return _next(report, attempt, limits, failing, short)
+
+
+def _int4(report, attempt, limits, missed) -> "Attempt | Verdict":
+    """int4: a smaller group first, then the int8 guard's order with int8 as the kept precision; if that
+    fails, the whole export as int8."""
+    smaller = [g for g in INT4_GROUPS if g < attempt.group]
+    if attempt.step == INT8 and missed and smaller:
+        return replace(attempt, group=smaller[0], why=f"guard: int4 in groups of {attempt.group} misses; "
+                                                       f"trying groups of {smaller[0]}")
+    verdict = _next(report, attempt, limits, *triage(report, limits))
+    if isinstance(verdict, Verdict) and not verdict.ok:
+        return Attempt(why="guard: int4 misses the limits even with those parts in int8; every part in int8 now, "
+                           "then fp32 per part")
+    return verdict
+
+
+def _next(report, attempt, limits, failing, short) -> "Attempt | Verdict":
     if attempt.step == MEASURE:
         return _after_measure(report, attempt)
     if attempt.step == RETRY:  # a branch that fails its trial goes back to fp32: the bundle that passed stays
