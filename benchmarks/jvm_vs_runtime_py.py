@@ -61,12 +61,12 @@ def py_bench(bundle: str, text: str, repeats: int) -> dict:
     tasks = [n for n, t in p.tasks.items() if not t.pair]
     enc = p.encode([text], tasks=tasks)[0]
     feeds = pad([enc], p.dtype)
-    raw = p.run(*feeds, tasks=tasks)
+    raw = p.run(**feeds, tasks=tasks)
     rows = {n: (v[0][:len(enc.ids)] if v.ndim == 3 else v[0]) for n, v in raw.items()}
     return {"tokens": len(enc.ids), **p50s(repeats, {
         "call": lambda: p.predict_one(text, tasks=tasks),
         "tokenizer": lambda: p.encode([text], tasks=tasks),
-        "model": lambda: p.run(*feeds, tasks=tasks),
+        "model": lambda: p.run(**feeds, tasks=tasks),
         "heads": lambda: [p.decode(n, rows[n], enc, text) for n in tasks],
     })}
 

@@ -1,10 +1,11 @@
-"""Program runners, one per target: `open_program(target, path)` returns a Program whose `run(feeds)`
-takes a dict of numpy arrays (by input name) and returns the outputs in order, and whose
-`metadata()` is the manifest fragment embedded in the artifact at export (ONNX metadata_props,
-the .pte constant method `manifest`, CoreML user metadata).
+"""Program runners, one per target: `open_program(target, path, ...)` returns a Program whose `run(feeds)`
+takes a dict of numpy arrays (by input name) and returns the outputs in order, whose `metadata()` is
+the manifest fragment embedded in the artifact at export (under the target's `metadata_key`: ONNX
+metadata_props, the .pte constant method, CoreML user metadata), and whose `threads` is the number of
+threads it runs on (None: the runtime's own default, which it does not report).
 
 Only the backend a bundle needs is imported. ONNX Runtime sessions may be called from several
-threads at once; an ExecuTorch method may not, so its calls are serialised by a lock.
+threads at once; ExecuTorch calls are serialised by one lock, since its thread pool is one per process.
 """
 
 import json
@@ -12,23 +13,22 @@ import platform
 import threading
 from pathlib import Path
 
-METADATA_KEY = "ctb_mobile_manifest"
-PACKAGES = {"onnx": ("onnxruntime", "onnx"), "android": ("executorch", "executorch"), "ios": ("coremltools", "coreml")}
+from runtime_py.targets import TARGETS, Target
 
 
-def _need(target):
-    import importlib.util
-
+def _need(target) -> Target:
     from runtime_py.bundle import BundleError
 
-    package, extra = PACKAGES[target]
-    if importlib.util.find_spec(package) is None:
-        raise BundleError(f"a {target} bundle needs {package}; run: pip install 'ctb-mobile[{extra}]'")
+    t = TARGETS[target]
+    missing = t.missing()
+    if missing:
+        raise BundleError(f"a {target} bundle {missing}")
+    return t
 
 
 class OnnxProgram:
-    """`spin=False` stops idle intra-op threads from spinning, so another program timed right after
-    this one gets the cores (the benchmark's setting); threads 0 = one per core."""
+    """`threads`: intra-op threads (0 = ONNX Runtime's default, one per physical core). `spin=False` stops
+    idle intra-op threads from spinning, so another program timed right after this one gets the cores."""
 
     def __init__(self, path: Path, threads: int = 0, spin: bool = True):
         import onnxruntime as ort
@@ -39,12 +39,14 @@ class OnnxProgram:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
+        self.threads = self.session.get_session_options().intra_op_num_threads or None
 
     def run(self, feeds: dict) -> list:
         return self.session.run(None, {k: feeds[k] for k in self.inputs})
 
     def metadata(self) -> dict:
-        return json.loads(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
+        key = TARGETS["onnx"].metadata_key
+        return json.loads(self.session.get_modelmeta().custom_metadata_map.get(key, "{}"))
 
     def input_types(self) -> dict:
         """input name -> numpy dtype name, as the program declares it ("tensor(int64)" -> "int64")."""
@@ -53,25 +55,44 @@ class OnnxProgram:
         return {i.name: kinds.get(i.type, i.type) for i in self.session.get_inputs()}
 
 
+_EXECUTORCH = threading.Lock()  # ExecuTorch's (XNNPACK's) thread pool is one per process: one call at a time
+
+
+def _executorch_pool(threads: int) -> int:
+    """Resize ExecuTorch's thread pool to `threads` (0: leave it) and return its size. Call under _EXECUTORCH:
+    resizing while a method runs is unsafe."""
+    from executorch.extension.pybindings import portable_lib
+
+    if threads and portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    return portable_lib._threadpool_get_thread_count()
+
+
 class ExecuTorchProgram:
-    def __init__(self, path: Path, inputs: list):
+    """`threads`: the size of ExecuTorch's thread pool while this program runs (0: as it is, one per core
+    unless another program pinned it)."""
+
+    def __init__(self, path: Path, inputs: list, threads: int = 0):
         from executorch.runtime import Runtime
 
         self.program = Runtime.get().load_program(str(path))
         self.method = self.program.load_method("forward")
         self.inputs = list(inputs)
-        self.lock = threading.Lock()
+        self.pinned = threads
+        with _EXECUTORCH:
+            self.threads = _executorch_pool(threads)
 
     def run(self, feeds: dict) -> list:
         import torch
 
         args = [torch.from_numpy(feeds[k]) for k in self.inputs]
-        with self.lock:
+        with _EXECUTORCH:
+            self.threads = _executorch_pool(self.pinned)
             return [o.numpy().copy() for o in self.method.execute(args)]
 
     def metadata(self) -> dict:
-        with self.lock:
-            return json.loads(self.program.load_method("manifest").execute([])[0])
+        with _EXECUTORCH:
+            return json.loads(self.program.load_method(TARGETS["android"].metadata_key).execute([])[0])
 
 
 class CoreMLProgram:
@@ -80,12 +101,14 @@ class CoreMLProgram:
 
         from runtime_py.bundle import BundleError
 
-        self.spec_model = ct.models.MLModel(str(path), skip_model_load=platform.system() != "Darwin")
-        if platform.system() != "Darwin":
+        here = TARGETS["ios"].runs_here()
+        self.spec_model = ct.models.MLModel(str(path), skip_model_load=not here)
+        if not here:
             raise BundleError(f"{path.name}: CoreML prediction needs macOS (this is {platform.system()}); "
                               "run this bundle on a Mac or an iOS device")
         self.outputs = list(outputs)
         self.lock = threading.Lock()
+        self.threads = None  # CoreML chooses its compute units itself
 
     def run(self, feeds: dict) -> list:
         import numpy as np
@@ -98,29 +121,30 @@ class CoreMLProgram:
         return [np.concatenate([o[j] for o in out]) for j in range(len(self.outputs))]
 
     def metadata(self) -> dict:
-        return json.loads(self.spec_model.user_defined_metadata.get(METADATA_KEY, "{}"))
+        return json.loads(self.spec_model.user_defined_metadata.get(TARGETS["ios"].metadata_key, "{}"))
 
 
-def open_program(target: str, path: Path, inputs: list, outputs: list, threads: int = 0):
+def open_program(target: str, path: Path, inputs: list, outputs: list, threads: int = 0, spin: bool = True):
+    """The program at `path`, on `threads` threads (0: the runtime's default). `inputs` / `outputs`: its
+    input and output names in order (the manifest's); `spin`: ONNX Runtime's idle threads spin (see OnnxProgram)."""
     _need(target)
     if target == "onnx":
-        return OnnxProgram(path, threads)
+        return OnnxProgram(path, threads, spin)
     if target == "android":
-        return ExecuTorchProgram(path, inputs)
+        return ExecuTorchProgram(path, inputs, threads)
     return CoreMLProgram(path, outputs)
 
 
 def file_runner(target: str, bundle_dir, threads: int = 0, spin: bool = True) -> callable:
-    """run(file, feeds) -> outputs, opening each program on first use (the exporter's guard, bench, tests).
-    `threads` and `spin` apply to ONNX Runtime; ExecuTorch keeps its own pool."""
+    """run(file, feeds) -> outputs, opening each program on first use. Bench's last use; to go once bench
+    runs Predictor (issue 24)."""
     programs = {}
 
     def run(file, feeds):
         if file not in programs:
             inputs = ["hidden", "attention_mask"] if "hidden" in feeds else ["input_ids", "attention_mask",
                                                                              "token_type_ids"]
-            programs[file] = (OnnxProgram(Path(bundle_dir) / file, threads, spin) if target == "onnx" else
-                              open_program(target, Path(bundle_dir) / file, inputs, []))
+            programs[file] = open_program(target, Path(bundle_dir) / file, inputs, [], threads, spin)
         return programs[file].run(feeds)
 
     return run

@@ -128,23 +128,28 @@ def _count(value, what: str, least: int) -> int:
     return int(value)
 
 
-def pad(encodings, dtype) -> tuple:
-    """input_ids, attention_mask, token_type_ids padded to the longest encoding (pad id 0)."""
+def pad(encodings, dtype) -> dict:
+    """The programs' inputs by name (input_ids, attention_mask, token_type_ids), padded to the longest
+    encoding (pad id 0)."""
     n = max(len(e.ids) for e in encodings)
-    ids, mask, tt = (np.zeros((len(encodings), n), dtype) for _ in range(3))
+    feeds = {k: np.zeros((len(encodings), n), dtype) for k in ("input_ids", "attention_mask", "token_type_ids")}
     for i, e in enumerate(encodings):
         k = len(e.ids)
-        ids[i, :k], mask[i, :k], tt[i, :k] = e.ids, 1, e.type_ids
-    return ids, mask, tt
+        feeds["input_ids"][i, :k] = e.ids
+        feeds["attention_mask"][i, :k] = 1
+        feeds["token_type_ids"][i, :k] = e.type_ids
+    return feeds
 
 
 class Predictor:
     """Loads a bundle (checking its manifest and checksums) and predicts every task in one trunk pass.
 
     Safe to call from several threads: the tokenizer is configured once at load and never changed,
-    ONNX Runtime sessions are re-entrant and ExecuTorch / CoreML calls are serialised per program."""
+    ONNX Runtime sessions are re-entrant and ExecuTorch / CoreML calls are serialised. `threads`: every
+    program runs on that many threads (0: the runtime's default; each program's `threads` says what it
+    uses); `spin=False`: ONNX Runtime's idle threads do not spin (timing several programs in turn)."""
 
-    def __init__(self, bundle_dir, tasks=None, check_files: bool = True, threads: int = 0):
+    def __init__(self, bundle_dir, tasks=None, *, check_files: bool = True, threads: int = 0, spin: bool = True):
         from tokenizers import Tokenizer
 
         from runtime_py.manifest import tokenizer_fingerprint
@@ -154,6 +159,8 @@ class Predictor:
         if not isinstance(check_files, bool):
             raise InputError(f"check_files = {check_files!r} must be True or False")
         threads = _count(threads, "threads", 0)
+        if not isinstance(spin, bool):
+            raise InputError(f"spin = {spin!r} must be True or False")
         self.dir = Path(bundle_dir)
         self.spec = m = load_manifest(self.dir, check_files)
         self.manifest = m.to_json()
@@ -186,7 +193,7 @@ class Predictor:
             p = m.program(name)
             try:
                 prog = open_program(self.target, self.dir / p.file, [i.name for i in p.inputs],
-                                    [o.name for o in p.outputs], threads)
+                                    [o.name for o in p.outputs], threads, spin)
             except BundleError:
                 raise
             except Exception as e:  # noqa: BLE001 - a file the backend cannot load is a bad bundle
@@ -253,7 +260,7 @@ class Predictor:
     def _probe(self) -> None:
         """Run `[CLS] [SEP]` once and check every output's rank and fixed sizes against the manifest."""
         enc = self.tokenizer.encode("")
-        feeds = dict(zip(("input_ids", "attention_mask", "token_type_ids"), pad([enc], self.dtype)))
+        feeds = pad([enc], self.dtype)
         for name, prog in self.programs.items():
             p = self.spec.program(name)
             if name.startswith("branch_"):
@@ -304,7 +311,7 @@ class Predictor:
                              "only pair tasks)")
         return self.tokenizer.encode_batch(texts) if texts else []
 
-    def run(self, input_ids, attention_mask, token_type_ids, tasks=None) -> dict:
+    def run(self, *, input_ids, attention_mask, token_type_ids, tasks=None) -> dict:
         """Raw outputs for one padded batch: task -> array (batch, ...), mapped by the manifest's output order."""
         feeds = self._check_feeds(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         names = self._check_tasks(tasks, self.tasks) if tasks is not None else list(self.tasks)
@@ -343,7 +350,7 @@ class Predictor:
         step = max(1, min(batch_size, self.max_batch))
         for s in range(0, len(order), step):
             idx = order[s: s + step]
-            out = self.run(*pad([encs[i] for i in idx], self.dtype), tasks=names)
+            out = self.run(**pad([encs[i] for i in idx], self.dtype), tasks=names)
             for r, i in enumerate(idx):
                 n = len(encs[i].ids)
                 rows[i] = {k: (v[r][:n] if v.ndim == 3 else v[r]) for k, v in out.items()}

@@ -305,3 +305,29 @@ def test_pair_tasks_need_pairs_and_single_text_tasks_refuse_them(bundles, tmp_pa
     assert enc.type_ids.count(1) == len(p.tokenizer.encode("in the kitchen", add_special_tokens=False).ids) + 1
     assert len(p.predict(["a " * 100], pairs=["b " * 100], tasks=["clinc_domain"])) == 1  # longest-first truncation
     assert len(p.encode(["a " * 100], pairs=["b " * 100], tasks=["clinc_domain"])[0].ids) == p.max_seq_len
+
+
+def test_every_runtime_runs_on_the_threads_it_is_opened_with(tmp_path):
+    """open_program(threads=N) pins ONNX Runtime's intra-op threads and ExecuTorch's (process-wide)
+    thread pool, and each program says what it runs on: bench's --threads 1 once ran ExecuTorch on 2."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.extension.pybindings import portable_lib
+
+    from runtime_py.backends import open_program
+
+    module, x = torch.nn.Linear(8, 4).eval(), torch.randn(2, 8)
+    torch.onnx.export(module, (x,), str(tmp_path / "m.onnx"), input_names=["x"], dynamo=False)
+    ep = torch.export.export(module, (x,))
+    (tmp_path / "m.pte").write_bytes(to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+                                     .to_executorch().buffer)
+    feeds = {"x": x.numpy()}
+    onnx_one = open_program("onnx", tmp_path / "m.onnx", ["x"], [], threads=1)
+    assert onnx_one.threads == 1 and open_program("onnx", tmp_path / "m.onnx", ["x"], []).threads is None
+    et_one = open_program("android", tmp_path / "m.pte", ["x"], [], threads=1)
+    et_two = open_program("android", tmp_path / "m.pte", ["x"], [], threads=2)
+    assert et_two.threads == 2
+    got = et_one.run(feeds)[0]  # the pool is one per process: the program pins it again for its own calls
+    assert et_one.threads == 1 and portable_lib._threadpool_get_thread_count() == 1
+    assert np.allclose(got, onnx_one.run(feeds)[0], atol=1e-5)

@@ -228,11 +228,11 @@ def test_run_with_bad_arrays_is_an_input_error(predictor, case):
     else:
         tasks = [["snips_intent"]]
     with pytest.raises(InputError) as e:
-        predictor.run(ids, mask, tt, tasks=tasks)
+        predictor.run(input_ids=ids, attention_mask=mask, token_type_ids=tt, tasks=tasks)
     assert "\n" not in str(e.value)
 
 
 def test_run_takes_int32_arrays_as_the_program_dtype(predictor):
     ids, mask, tt = (np.ones((1, 4), np.int32) for _ in range(3))
-    out = predictor.run(ids, mask, tt)
+    out = predictor.run(input_ids=ids, attention_mask=mask, token_type_ids=tt)
     assert set(out) == set(predictor.tasks)
