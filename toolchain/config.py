@@ -78,6 +78,7 @@ class SelectConfig:
 
 TRANSFER_SETS = ("own", "recipe")
 PLAN_CRITERIA = ("mixed", "best", "cost")
+CHOICE_SPLITS = ("dev", "train-split")  # [plan] choose_on
 
 
 @dataclass
@@ -129,12 +130,17 @@ class PlanConfig:
     A task gets one more branch layer only when that layer raises its expected dev metric by at
     least `threshold` points (the paper used 1.2); `budget` > 0 caps the total branch layers.
     `max_cost` is the cost criterion's bound on the overhead, a fraction of separate full models.
-    `criterion`: what `ctb-mobile plan` uses without --criterion (toolchain.plan.make_plan)."""
+    `criterion`: what `ctb-mobile plan` uses without --criterion (toolchain.plan.make_plan).
+    `choose_on`: what every candidate is scored on for the choice. "dev": the dev set (its dev metric).
+    "train-split": a seeded `split_fraction` of each task's training rows, held out of every run's
+    training (teachers and students; toolchain.data.choice_split), so the dev set is only reported."""
 
     criterion: str = "mixed"
     threshold: float = 1.2
     budget: int = 0
     max_cost: float = 0.35
+    choose_on: str = "dev"
+    split_fraction: float = 0.1
 
     def check(self, where: str) -> None:
         _one_of(self.criterion, PLAN_CRITERIA, "criterion", where)
@@ -144,6 +150,10 @@ class PlanConfig:
             raise UserError(f"{where}: budget = {self.budget} must be >= 0 (0: no budget)")
         if not 0 < self.max_cost <= 1:
             raise UserError(f"{where}: max_cost = {self.max_cost} must be in (0, 1], a fraction of separate full models")
+        _one_of(self.choose_on, CHOICE_SPLITS, "choose_on", where)
+        if not 0 < self.split_fraction <= 0.5:
+            raise UserError(f"{where}: split_fraction = {self.split_fraction} must be in (0, 0.5], the share of each "
+                            "task's training rows held out to choose on, e.g. split_fraction = 0.1")
 
 
 ONNX_INT8 = ("asymmetric", "symmetric")
@@ -182,8 +192,10 @@ class TaskConfig:
     max_seq_len: int = 0  # 0: the recipe's max_seq_len
     layers: int = 0  # default L when --layers is not given; 0: half the backbone's depth
     header: bool = True  # tsv / csv: first row names the columns
+    test: str = ""  # the held-out test split `plan` reports beside dev ("": none); never trained or chosen on
     train_split: str = ""  # clinc150 / hf: split names
     dev_split: str = ""
+    test_split: str = ""
     max_train_examples: int = 0  # 0: all; otherwise a seeded random subset
     max_dev_examples: int = 0
     unseen_labels: str = "error"  # dev labels absent from train: "error" or "drop" those rows

@@ -71,9 +71,11 @@ class TaskData:
 
 
 def read_examples(recipe, task, split: str, cap: bool = True) -> list:
-    """Read the train or dev split of a task as Examples, checking files and columns; `cap`: keep the
-    task's max_train_examples / max_dev_examples (a seeded random subset)."""
-    spec = task.train if split == "train" else task.dev
+    """Read the train, dev or test split of a task as Examples, checking files and columns; `cap`: keep
+    the task's max_train_examples / max_dev_examples (a seeded random subset; the test split is never cut)."""
+    spec = {"train": task.train, "dev": task.dev, "test": task.test}[split]
+    if not spec:
+        raise UserError(f"task {task.name!r} has no {split} split; add `{split} = ...` to the task in the recipe")
     path = recipe.resolve(spec)
     if task.format == "hf" and not path.exists():
         path = spec  # a dataset name for load_dataset
@@ -90,7 +92,8 @@ def read_examples(recipe, task, split: str, cap: bool = True) -> list:
         raise UserError(f"{where}: not readable as {task.format} ({e}); check the file and format") from None
     if not examples:
         raise UserError(f"{where}: no examples found; check the file and the recipe's format")
-    return _cap(examples, task.max_train_examples if split == "train" else task.max_dev_examples) if cap else examples
+    limit = {"train": task.max_train_examples, "dev": task.max_dev_examples}.get(split, 0)
+    return _cap(examples, limit) if cap else examples
 
 
 def _cap(examples: list, limit: int) -> list:
@@ -98,6 +101,20 @@ def _cap(examples: list, limit: int) -> list:
         keep = sorted(random.Random(0).sample(range(len(examples)), limit))
         examples = [examples[i] for i in keep]
     return examples
+
+
+def choice_split(examples: list, fraction: float, seed: int) -> tuple:
+    """(rest, held): a seeded `fraction` of the rows held out, both in file order. It depends only on the
+    number of rows, so tasks that read one file (SNIPS intent and slots) hold out the same rows."""
+    held = set(random.Random(seed).sample(range(len(examples)), max(1, round(fraction * len(examples)))))
+    return ([ex for i, ex in enumerate(examples) if i not in held],
+            [ex for i, ex in enumerate(examples) if i in held])
+
+
+def choice_examples(recipe, task) -> list:
+    """The training rows [plan] choose_on = "train-split" holds out of every run and chooses on."""
+    full = read_examples(recipe, task, "train", cap=False)
+    return choice_split(full, recipe.plan.split_fraction, recipe.train.seed)[1]
 
 
 def _check_exists(path: Path, task, where: str) -> None:
@@ -248,7 +265,7 @@ def _read_conll(path, task, split, where):
 
 
 def _read_clinc(path, task, split, where):
-    name = (task.train_split or "train") if split == "train" else (task.dev_split or "val")
+    name = {"train": task.train_split or "train", "dev": task.dev_split or "val", "test": task.test_split or "test"}[split]
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -275,7 +292,8 @@ def _read_hf(path, task, split, where):
         import datasets
     except ImportError:
         raise UserError(f"{where}: format 'hf' needs the datasets package; run: pip install datasets") from None
-    name = (task.train_split or "train") if split == "train" else (task.dev_split or "validation")
+    name = {"train": task.train_split or "train", "dev": task.dev_split or "validation",
+            "test": task.test_split or "test"}[split]
     try:
         ds = datasets.load_from_disk(str(path)) if Path(path).is_dir() else datasets.load_dataset(str(path))
         ds = ds[name]
@@ -331,8 +349,11 @@ def unseen(task, ex, known) -> str | None:
 
 
 def load_task(recipe, task, tokenizer) -> TaskData:
-    """Read, check and encode one task's train and dev splits."""
+    """Read, check and encode one task's train and dev splits; with [plan] choose_on = "train-split" the
+    rows it chooses on are left out of train first (then the train cap applies)."""
     full = read_examples(recipe, task, "train", cap=False)
+    if recipe.plan.choose_on == "train-split":
+        full = choice_split(full, recipe.plan.split_fraction, recipe.train.seed)[0]
     train = _cap(full, task.max_train_examples)
     dev = read_examples(recipe, task, "dev")
     labels = label_names(task, train)
