@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
+from runtime_py import Predictor
+from runtime_py.targets import TARGETS
 from toolchain.config import load_recipe
-from toolchain.export import DEFAULT_PRECISION, backend, check, export_bundle
+from toolchain.export import export_bundle
 from toolchain.store import load_merged
 
 PRECISIONS = {"onnx": ["fp32", "int8"], "android": ["fp32", "int8"], "ios": ["fp16", "int8"]}
@@ -34,7 +36,7 @@ def inputs_of_length(tok, text, n):
         body = body + body
     ids = [ids[0], *body[: n - 2], ids[-1]][:n]
     t = torch.tensor([ids])
-    return t, torch.ones_like(t), torch.zeros_like(t)
+    return {"input_ids": t, "attention_mask": torch.ones_like(t), "token_type_ids": torch.zeros_like(t)}
 
 
 def median_ms(fn, repeats):
@@ -65,8 +67,8 @@ def main():
     torch.set_num_threads(torch.get_num_threads())
     eager = {}
     with torch.no_grad():
-        for n, (ids, mask, tt) in feeds.items():
-            eager[n] = median_ms(lambda ids=ids, mask=mask, tt=tt: model(ids, tt, mask), args.repeats)
+        for n, inputs in feeds.items():
+            eager[n] = median_ms(lambda inputs=inputs: model(**inputs), args.repeats)
     weights = sum(p.numel() * 4 for p in model.parameters())
     print(f"store {store_dir}: {len(metas)} tasks, trunk depth {model.trunk.depth}, fp32 weights {weights:,} bytes")
     print("PyTorch eager fp32, batch 1: " + ", ".join(f"seq {n}: {eager[n]:.2f} ms" for n in lengths))
@@ -75,8 +77,7 @@ def main():
     rows = [header, "|" + "---|" * (4 + len(lengths))]
     out_root = Path(args.bundles or recipe.root / recipe.name / "bundles")
     for target in args.targets.split(","):
-        mod = backend(target)
-        for precision in PRECISIONS.get(target, [DEFAULT_PRECISION[target]]):
+        for precision in PRECISIONS.get(target, [TARGETS[target].default_precision]):
             dest = out_root / f"{target}-fused-{precision}"
             if (dest / "manifest.json").is_file():
                 manifest = json.loads((dest / "manifest.json").read_text())
@@ -85,18 +86,16 @@ def main():
             model_bytes = sum(v["bytes"] for f, v in manifest["files"].items()
                               if f.startswith("model") and not f.endswith(".ort"))
             cells = []
-            if mod.runner is None:
+            if not TARGETS[target].runs_here():
                 cells = ["needs an Apple device"] * len(lengths)
             else:
-                run = mod.runner(dest)
+                predictor = Predictor(dest)
                 for n in lengths:
                     if n > manifest["max_seq_len"]:  # the program's shapes are bounded by the recipe
                         cells.append(f"> max_seq_len {manifest['max_seq_len']}")
                         continue
-                    ids, mask, tt = (t.numpy() for t in feeds[n])
-                    ms = median_ms(lambda r=run, m=manifest, ids=ids, mask=mask, tt=tt:
-                                   check.run_bundle(r, m, {"input_ids": ids, "attention_mask": mask,
-                                                           "token_type_ids": tt}), args.repeats)
+                    arrays = {k: t.numpy() for k, t in feeds[n].items()}
+                    ms = median_ms(lambda p=predictor, arrays=arrays: p.run(**arrays), args.repeats)
                     cells.append(f"{ms:.2f} ({ms / eager[n]:.2f}×)")
             rows.append(f"| {target} | {precision} | {model_bytes:,} | {model_bytes / weights:.2f} | "
                         + " | ".join(cells) + " |")

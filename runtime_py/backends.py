@@ -134,17 +134,3 @@ def open_program(target: str, path: Path, inputs: list, outputs: list, threads: 
         return ExecuTorchProgram(path, inputs, threads)
     return CoreMLProgram(path, outputs)
 
-
-def file_runner(target: str, bundle_dir, threads: int = 0, spin: bool = True) -> callable:
-    """run(file, feeds) -> outputs, opening each program on first use. Bench's last use; to go once bench
-    runs Predictor (issue 24)."""
-    programs = {}
-
-    def run(file, feeds):
-        if file not in programs:
-            inputs = ["hidden", "attention_mask"] if "hidden" in feeds else ["input_ids", "attention_mask",
-                                                                             "token_type_ids"]
-            programs[file] = open_program(target, Path(bundle_dir) / file, inputs, [], threads, spin)
-        return programs[file].run(feeds)
-
-    return run

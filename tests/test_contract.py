@@ -307,7 +307,7 @@ def _verified(tiny, b):
     out, recipe = tiny
     report = b.with_name(b.name + ".verify")
     if not (report / "verify.json").is_file():
-        result = verify(b, recipe, out / "store", report, out, limit=24, golden=2, log=lambda m: None)
+        result = verify(b, recipe, out / "store", report, runs_dir=out, limit=24, golden=2, log=lambda m: None)
         assert result["ok"]
     return b, report
 

@@ -141,7 +141,7 @@ def test_the_teacher_seen_from_a_lower_depth_computes_what_the_teacher_does(teac
     trunk = build_trunk(bb.cfg, bb.state, bb.depth)
     ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]])
     tt, att = torch.zeros_like(ids), (ids > 0).long()
-    low, high = trunk(ids, tt, att, depths=[0, t.attach])
+    low, high = trunk(input_ids=ids, attention_mask=att, token_type_ids=tt, depths=[0, t.attach])
     stack = teacher_stack(bb.cfg, bb.state, t, 0)
     assert (stack.attach, len(stack.layers)) == (0, t.attach + 3)
     torch.testing.assert_close(stack(low, att), t(high, att), atol=1e-5, rtol=1e-4)

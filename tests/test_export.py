@@ -10,6 +10,9 @@ import pytest
 import torch
 from conftest import ROOT, store_bb
 
+from runtime_py import Predictor
+from runtime_py.backends import open_program
+from runtime_py.targets import TARGETS
 from toolchain import UserError, infer, store
 from toolchain.batch import Batch
 from toolchain.export import check, export_bundle, sha256
@@ -22,29 +25,43 @@ TEXTS = [line.strip() for line in (ROOT / "models/data/snips/test/seq.in").read_
 TEXTS += ["what's my credit score", "set an alarm for 6 am tomorrow and play some jazz please right away now ok"]
 
 
-def reference_and_inputs(store_dir, texts, max_len=32):
+def reference_and_inputs(store_dir, texts, max_len=32, tokens=None) -> tuple:
+    """PyTorch's outputs (task -> array) and the padded Batch they came from (its first `tokens` only)."""
     model, tok, _ = store.load_merged(store_dir)
-    _, (ids, tt, mask) = infer.encode(tok, texts, max_len=max_len)
+    _, b = infer.encode(tok, texts, max_len=max_len)
+    if tokens:
+        b = Batch(**{k: v[:, :tokens] for k, v in b._asdict().items()})
     with torch.no_grad():
-        ref = {k: v.numpy() for k, v in model(ids, tt, mask).items()}
-    return ref, ids, mask, tt
+        ref = {k: v.numpy() for k, v in model(**b._asdict()).items()}
+    return ref, b
 
 
-def assert_parity(run, manifest, store_dir, atol):
-    """Batch of real texts (padded), single texts, and a 1-token input: every output within atol."""
-    for texts in (TEXTS, TEXTS[:1], TEXTS[-1:]):
-        ref, ids, mask, tt = reference_and_inputs(store_dir, texts)
-        got = check.run_bundle(run, manifest, Batch(ids, tt, mask).feeds())
+def assert_parity(bundle, store_dir, atol):
+    """A batch of real texts (padded), single texts, and a 1-token input, run as an app runs the bundle
+    (runtime_py's Predictor): every output within atol of PyTorch's."""
+    predictor = Predictor(bundle)
+    for texts, tokens in ((TEXTS, None), (TEXTS[:1], None), (TEXTS[-1:], None), (["hi"], 1)):
+        ref, b = reference_and_inputs(store_dir, texts, tokens=tokens)
+        got = predictor.run(**b.feeds())
         for name in ref:
-            valid = mask.numpy().astype(bool) if ref[name].ndim == 3 else np.ones(len(texts), bool)
+            valid = b.attention_mask.numpy().astype(bool) if ref[name].ndim == 3 else np.ones(len(texts), bool)
             diff = np.abs(ref[name] - got[name])[valid].max()
             assert diff <= atol, (name, len(texts), diff)
-    ref, ids, mask, tt = reference_and_inputs(store_dir, ["hi"])
-    got = check.run_bundle(run, manifest, Batch(ids[:, :1], tt[:, :1], mask[:, :1]).feeds())
-    model = store.load_merged(store_dir)[0]
-    with torch.no_grad():
-        one = model(ids[:, :1], tt[:, :1], mask[:, :1])
-    assert all(np.abs(one[k].numpy() - got[k]).max() <= atol for k in one)
+
+
+def assert_ort_files_match(bundle, manifest, store_dir, atol):
+    """Each program's .ort file (ONNX Runtime Mobile) computes what its .onnx file does, on real text
+    (a branch program: on random hidden states of the trunk's width)."""
+    _, b = reference_and_inputs(store_dir, TEXTS)
+    feeds = {**b.feeds(), "hidden": None}
+    for p in manifest["programs"]:
+        [ort_file] = [f for f in p["files"] if f.endswith(".ort")]
+        hidden = next((i for i in p["inputs"] if i["name"] == "hidden"), None)
+        if hidden:
+            shape = (*b.input_ids.shape, hidden["dims"][-1]["size"])
+            feeds["hidden"] = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        onnx_out, ort_out = (open_program("onnx", bundle / f, [], []).run(feeds) for f in (p["file"], ort_file))
+        assert all(np.abs(a - b).max() <= atol for a, b in zip(onnx_out, ort_out, strict=True)), p["name"]
 
 
 def check_bundle_files(bundle, store_dir):
@@ -64,18 +81,14 @@ def check_bundle_files(bundle, store_dir):
 def test_onnx_fp32_matches_pytorch(tiny, tmp_path, layout):
     import onnx
 
-    from toolchain.export import onnx as onnx_backend
-
     out, recipe = tiny
     manifest = export_bundle(recipe, out / "store", "onnx", "fp32", layout, tmp_path / "b", log=lambda m: None)
     check_bundle_files(tmp_path / "b", out / "store")
-    assert_parity(onnx_backend.runner(tmp_path / "b"), manifest, out / "store", FP32["onnx"])
-    ort_manifest = {**manifest, "programs": [{**p, "file": p["file"].replace(".onnx", ".ort")}
-                                             for p in manifest["programs"]]}
-    assert_parity(onnx_backend.runner(tmp_path / "b"), ort_manifest, out / "store", FP32["onnx"])
+    assert_parity(tmp_path / "b", out / "store", FP32["onnx"])
+    assert_ort_files_match(tmp_path / "b", manifest, out / "store", FP32["onnx"])
     first = onnx.load(str(tmp_path / "b" / manifest["programs"][0]["file"]))
     assert first.opset_import[0].version >= 17
-    meta = json.loads({p.key: p.value for p in first.metadata_props}["ctb_mobile_manifest"])
+    meta = json.loads({p.key: p.value for p in first.metadata_props}[TARGETS["onnx"].metadata_key])
     assert meta["trunk_fingerprint"] == manifest["trunk_fingerprint"]
 
 
@@ -91,7 +104,7 @@ def test_onnx_int8_passes_the_guard_and_shrinks(tiny, tmp_path, precision):
     if precision == "int8":  # the guard judged the bundle by the same path, on the same rows, as verify's default
         from toolchain.verify import verify
 
-        report = verify(tmp_path / "q", recipe, out / "store", tmp_path / "v", out, golden=1, log=lambda m: None)
+        report = verify(tmp_path / "q", recipe, out / "store", tmp_path / "v", runs_dir=out, golden=1, log=lambda m: None)
         assert report["ok"], [c for c in report["checks"] if not c["ok"]]
         for name, g in guard.items():
             v = report["tasks"][name]
@@ -260,14 +273,12 @@ def test_onnx_int8_scales_activations_per_token():
 def test_executorch_fp32_and_int8(tiny, tmp_path):
     from executorch.runtime import Runtime
 
-    from toolchain.export import executorch as et
-
     out, recipe = tiny
     manifest = export_bundle(recipe, out / "store", "android", "fp32", "fused", tmp_path / "a", log=lambda m: None)
     check_bundle_files(tmp_path / "a", out / "store")
-    assert_parity(et.runner(tmp_path / "a"), manifest, out / "store", FP32["android"])
+    assert_parity(tmp_path / "a", out / "store", FP32["android"])
     program = Runtime.get().load_program(str(tmp_path / "a/model.pte"))
-    embedded = json.loads(program.load_method("manifest").execute([])[0])
+    embedded = json.loads(program.load_method(TARGETS["android"].metadata_key).execute([])[0])
     assert embedded["tasks"] == [t["name"] for t in manifest["tasks"]]
     q = export_bundle(recipe, out / "store", "android", "int8", "fused", tmp_path / "q", log=lambda m: None)
     assert all(g["drop"] <= 1.0 for g in q["quantization"]["guard"].values())
@@ -276,13 +287,11 @@ def test_executorch_fp32_and_int8(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_executorch_split_layout(tiny, tmp_path):
-    from toolchain.export import executorch as et
-
     out, recipe = tiny
     manifest = export_bundle(recipe, out / "store", "android", "fp32", "split", tmp_path / "s", log=lambda m: None)
     names = sorted(p["file"] for p in manifest["programs"])
     assert names == ["branch_clinc_domain.pte", "branch_snips_intent.pte", "branch_snips_slots.pte", "trunk.pte"]
-    assert_parity(et.runner(tmp_path / "s"), manifest, out / "store", FP32["android"])
+    assert_parity(tmp_path / "s", out / "store", FP32["android"])
 
 
 @pytest.mark.slow
@@ -298,7 +307,7 @@ def test_coreml_package_structure(tiny, tmp_path, precision, layout):
         assert d["outputs"] == [o["name"] for o in p["outputs"]]
         for name in (i["name"] for i in p["inputs"]):
             assert d["inputs"][name]["ranges"][1] == (1, recipe.max_seq_len), d["inputs"][name]  # (batch, seq, ...)
-        assert json.loads(d["metadata"]["ctb_mobile_manifest"])["program"] == p["name"]
+        assert json.loads(d["metadata"][TARGETS["ios"].metadata_key])["program"] == p["name"]
         assert ("constexpr_affine_dequantize" in d["ops"]) == (precision == "int8"), d["ops"]
 
 
@@ -311,9 +320,8 @@ def test_coreml_prediction_matches_pytorch(tiny, tmp_path):
     out, recipe = tiny
     export_bundle(recipe, out / "store", "ios", "fp32", "fused", tmp_path / "i", log=lambda m: None)
     ml = ct.models.MLModel(str(tmp_path / "i/model.mlpackage"))
-    ref, ids, mask, tt = reference_and_inputs(out / "store", TEXTS[:1])
-    got = ml.predict({"input_ids": ids.numpy().astype(np.int32), "attention_mask": mask.numpy().astype(np.int32),
-                      "token_type_ids": tt.numpy().astype(np.int32)})
+    ref, b = reference_and_inputs(out / "store", TEXTS[:1])
+    got = ml.predict({k: v.astype(np.int32) for k, v in b.feeds().items()})
     assert all(np.abs(ref[k] - got[k]).max() <= 1e-3 for k in ref)
 
 

@@ -144,9 +144,9 @@ def test_a_verify_report_or_bench_folder_of_another_kind_is_refused(tmp_path, tw
     recipe = load_recipe(write_recipe(tmp_path, TINY_TASK))
     p = precious(tmp_path / "precious")
     with pytest.raises(UserError, match="is not a verify report folder"):
-        verify(tmp_path / "nobundle", recipe, two, p, tmp_path, log=lambda m: None)
+        verify(tmp_path / "nobundle", recipe, two, p, runs_dir=tmp_path, log=lambda m: None)
     with pytest.raises(UserError, match="is the input"):
-        verify(two, recipe, two, two, tmp_path, log=lambda m: None)
+        verify(two, recipe, two, two, runs_dir=tmp_path, log=lambda m: None)
     pytest.importorskip("matplotlib")
     from toolchain.bench.request import check_request
 

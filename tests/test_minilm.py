@@ -43,13 +43,13 @@ def test_minilm_distil_merge_and_branch_lifecycle(tmp_path):
     sd = tmp_path / "store"
     store.create(sd, bb, "minilm", [student])
     texts = (ROOT / "models/data/snips/test/seq.in").read_text().splitlines()[:16]
-    _, (ids, tt, mask) = infer.encode(bb.tokenizer(), texts, max_len=64)
+    _, b = infer.encode(bb.tokenizer(), texts, max_len=64)
     single = TaskModel(build_trunk(bb.cfg, bb.state, 4), store.load_branch(bb.cfg, student)).eval()
     model, _, _ = store.load_merged(sd)
     with torch.no_grad():
-        ref, before = single(ids, tt, mask), model(ids, tt, mask)["snips_intent"]
+        ref, before = single(**b._asdict()), model(**b._asdict())["snips_intent"]
         assert (ref - before).abs().max().item() <= 1e-5
         store.add(sd, tmp_path / "runs/clinc_domain/L2-s0")
-        after = store.load_merged(sd)[0](ids, tt, mask)
+        after = store.load_merged(sd)[0](**b._asdict())
     assert torch.equal(after["snips_intent"], before) and set(after) == {"snips_intent", "clinc_domain"}
     assert json.loads((student / "branch.json").read_text())["distilled_from"]["layers"] == 2

@@ -21,12 +21,13 @@ def test_our_encoder_matches_transformers_on_real_text(spec):
     from transformers import AutoModel
 
     bb = backbone.load(spec)
-    ids, tt, mask = batch(bb.tokenizer())
+    b = batch(bb.tokenizer())
+    ids, tt, mask = b.input_ids, b.token_type_ids, b.attention_mask
     hf = AutoModel.from_pretrained(str(bb.path)).eval()
     ours = build_trunk(bb.cfg, bb.state, bb.depth)
     with torch.no_grad():
         ref = hf(input_ids=ids, token_type_ids=tt, attention_mask=mask, output_hidden_states=True).hidden_states
-        got = ours(ids, tt, mask, depths=list(range(bb.depth + 1)))
+        got = ours(**b._asdict(), depths=list(range(bb.depth + 1)))
     assert tt.any(), "the pair example must exercise token type ids"
     for d in range(bb.depth + 1):
         diff = (ref[d] - got[d])[mask.bool()].abs().max().item()
@@ -35,15 +36,15 @@ def test_our_encoder_matches_transformers_on_real_text(spec):
 
 def test_trunk_stops_at_the_requested_depth():
     bb = backbone.load("tiny-random")
-    ids, tt, mask = batch(bb.tokenizer())
+    b = batch(bb.tokenizer())
     full, short = build_trunk(bb.cfg, bb.state, 4), build_trunk(bb.cfg, bb.state, 2)
     with torch.no_grad():
-        assert torch.equal(full(ids, tt, mask, depths=[2]), short(ids, tt, mask))
+        assert torch.equal(full(**b._asdict(), depths=[2]), short(**b._asdict()))
 
 
 def test_merged_model_runs_trunk_once_and_matches_each_task_model():
     bb = backbone.load("tiny-random")
-    ids, tt, mask = batch(bb.tokenizer())
+    inputs = batch(bb.tokenizer())._asdict()
     torch.manual_seed(0)
     branches = {"a": build_branch(bb.cfg, bb.state, 1, 2, "classification", 5, 0.0),
                 "b": build_branch(bb.cfg, bb.state, 3, 1, "tagging", 7, 0.0),
@@ -53,12 +54,12 @@ def test_merged_model_runs_trunk_once_and_matches_each_task_model():
     for layer in merged.trunk.layers:
         layer.register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
-        out = merged(ids, tt, mask)
+        out = merged(**inputs)
         assert len(calls) == 3  # one trunk pass up to the deepest attach point
         for name, b in branches.items():
             single = TaskModel(build_trunk(bb.cfg, bb.state, b.attach), b).eval()
-            assert torch.allclose(single(ids, tt, mask), out[name], atol=1e-6)
-    assert out["a"].shape == (3, 5) and out["b"].shape == (3, ids.shape[1], 7) and out["c"].shape == (3,)
+            assert torch.allclose(single(**inputs), out[name], atol=1e-6)
+    assert out["a"].shape == (3, 5) and out["b"].shape == (3, inputs["input_ids"].shape[1], 7) and out["c"].shape == (3,)
 
 
 def test_branch_starts_from_the_backbone_layers_above_its_attach_point():

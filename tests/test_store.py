@@ -43,9 +43,9 @@ def runs(tmp_path_factory):
 
 def outputs(store_dir, names=None):
     model, tok, _ = store.load_merged(store_dir, names)
-    _, (ids, tt, mask) = infer.encode(tok, TEXTS, max_len=32)
+    _, b = infer.encode(tok, TEXTS, max_len=32)
     with torch.no_grad():
-        return model(ids, tt, mask)
+        return model(**b._asdict())
 
 
 def make_store(tmp_path, out, bb, runs_):
@@ -59,12 +59,12 @@ def test_merged_output_equals_each_single_task_model(runs, tmp_path):
     sd = make_store(tmp_path, out, bb, chosen)
     merged = outputs(sd)
     tok = bb.tokenizer()
-    _, (ids, tt, mask) = infer.encode(tok, TEXTS, max_len=32)
+    _, b = infer.encode(tok, TEXTS, max_len=32)
     for run in chosen:
         meta = BranchConfig.load(out / run)
         single = TaskModel(build_trunk(bb.cfg, bb.state, meta.attach), store.load_branch(bb.cfg, out / run)).eval()
         with torch.no_grad():
-            ref = single(ids, tt, mask)
+            ref = single(**b._asdict())
         diff = (ref - merged[meta.task]).abs().max().item()
         assert diff <= 1e-5, (run, diff)
     assert {m.task: (m.attach, m.layers) for m in store.list_branches(sd)} == {

@@ -1,6 +1,6 @@
 """The one padded batch, below both training and export: the input names, padding, and length-sorted
-batching. PyTorch modules take the three tensors as (input_ids, token_type_ids, attention_mask); exported
-programs take them by name, in INPUTS order. Use the names, never positions."""
+batching. The PyTorch model takes the three tensors by keyword only (`model(**batch._asdict())`); exported
+programs take them by name, in INPUTS order (`batch.feeds()`). Use the names, never positions."""
 
 from typing import NamedTuple
 

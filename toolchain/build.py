@@ -143,7 +143,7 @@ def _export_verify(b: Build, target: str) -> None:
     if target == "ios" and platform.system() != "Darwin":
         b.done[target] = {"bundle": dest, "report": None, "note": "not run: CoreML predicts on macOS only"}
         return
-    report = verify(dest, b.recipe, b.ws.store, report_dir, b.ws.root, log=b.log)
+    report = verify(dest, b.recipe, b.ws.store, report_dir, runs_dir=b.ws.root, log=b.log)
     if report["ok"]:
         write_json_atomic(stamp_path, {**stamps, dest.name: digest})
     b.done[target] = {"bundle": dest, "report": report}

@@ -30,7 +30,7 @@ def compute(trunk, encoded, batch_size=64, device="cpu", on_batch=None) -> list:
     trunk = trunk.to(device).eval()
     for idx in by_length([len(x) for x in encoded.input_ids], batch_size):
         b = pad_batch([encoded.input_ids[i] for i in idx], [encoded.type_ids[i] for i in idx], device)
-        hidden = trunk(b.input_ids, b.token_type_ids, b.attention_mask).float().cpu()
+        hidden = trunk(**b._asdict()).float().cpu()
         for row, i in enumerate(idx):
             out[i] = hidden[row, : len(encoded.input_ids[i])].clone()
         if on_batch:

@@ -377,7 +377,7 @@ def verify(
     report_dir = report or bundle.with_name(bundle.name + ".verify")
     console = _console(stderr=True)
     ws = _workspace(recipe, out)
-    result = run_verify(bundle, recipe, store or ws.store, report_dir, ws.root, limit, golden,
+    result = run_verify(bundle, recipe, store or ws.store, report_dir, runs_dir=ws.root, limit=limit, golden=golden,
                         log=lambda m: console.log(m))
     if junit_xml is not None:
         from toolchain.junit import write as write_junit

@@ -22,7 +22,7 @@ def predict(model, tok, metas, texts, pairs=None, max_len=128) -> list:
     from toolchain.export.tokenizer import breaks_of
 
     encs, b = encode(tok, texts, pairs, max_len)
-    outs = model(b.input_ids, b.token_type_ids, b.attention_mask)
+    outs = model(**b._asdict())
     breaks = breaks_of(tok)
     return [{name: decode(metas[name], outs[name][i].float().numpy(), encs[i], texts[i], breaks) for name in outs}
             for i in range(len(texts))]

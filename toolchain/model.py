@@ -9,7 +9,8 @@
 
 A task model "(x, y)" in the paper's notation is a trunk cut at depth x with a y-layer branch on
 top. The merged model runs the trunk once, up to the deepest attach point, and hands each branch
-the hidden state at its own depth.
+the hidden state at its own depth. The trunk and both models take input_ids, attention_mask and
+token_type_ids by keyword only (`model(**batch._asdict())`): no caller depends on their order.
 
 We write the BERT layer ourselves instead of calling transformers' modules: the attention mask is a
 plain additive tensor built here, which keeps the graph simple to export and quantize (the mask
@@ -135,7 +136,7 @@ class Trunk(nn.Module):
     def depth(self) -> int:
         return len(self.layers)
 
-    def forward(self, input_ids, token_type_ids, attention_mask, depths=None):
+    def forward(self, *, input_ids, attention_mask, token_type_ids, depths=None):
         """Hidden states at each requested depth (0 = embeddings), running only as deep as needed."""
         depths = sorted(set(depths if depths is not None else [self.depth]))
         x = self.embeddings(input_ids, token_type_ids)
@@ -205,9 +206,10 @@ class TaskModel(nn.Module):
             raise ValueError(f"branch attaches at depth {branch.attach} but the trunk has {trunk.depth} layers")
         self.trunk, self.branch = trunk, branch
 
-    def forward(self, input_ids, token_type_ids, attention_mask):
+    def forward(self, *, input_ids, attention_mask, token_type_ids):
         with torch.no_grad():
-            hidden = self.trunk(input_ids, token_type_ids, attention_mask, depths=[self.branch.attach])
+            hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                depths=[self.branch.attach])
         return self.branch(hidden, attention_mask)
 
 
@@ -222,9 +224,10 @@ class MultiTaskModel(nn.Module):
             if b.attach > trunk.depth:
                 raise ValueError(f"branch {name} attaches at depth {b.attach}; the trunk has {trunk.depth}")
 
-    def forward(self, input_ids, token_type_ids, attention_mask):
+    def forward(self, *, input_ids, attention_mask, token_type_ids):
         depths = sorted({b.attach for b in self.branches.values()})
-        states = self.trunk(input_ids, token_type_ids, attention_mask, depths=depths)
+        states = self.trunk(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            depths=depths)
         states = dict(zip(depths, states if len(depths) > 1 else [states]))
         return {name: b(states[b.attach], attention_mask) for name, b in self.branches.items()}
 

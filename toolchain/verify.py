@@ -15,7 +15,6 @@ Writes verify.json, verify.md and golden.json (test vectors for the demo apps) i
 """
 
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -73,56 +72,92 @@ def single_task_outputs(store_meta, source: Path, dev, trunk_cache: dict) -> lis
     bb = trunk_cache["bb"]
     branch = load_branch(_encoder_cfg(store_meta), source, meta)
     model = TaskModel(build_trunk(bb.cfg, bb.state, meta.attach), branch).eval()
-    return outputs_on(dev, torch_runner(lambda *a: {meta.task: model(*a)}))  # TaskModel returns one tensor
+    return outputs_on(dev, torch_runner(lambda **inputs: {meta.task: model(**inputs)}))  # TaskModel: one tensor
 
 
 GOLDEN_PER_TASK = 150  # dev texts per task in golden.json: the apps' parity tests run every one
 
 
-def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int | None = JUDGED_ROWS,
+def verify(bundle_dir, recipe, store_dir, out_dir, *, runs_dir=None, limit: int | None = JUDGED_ROWS,
            golden: int = GOLDEN_PER_TASK, log=print) -> dict:
-    """Run every check; write the report; return it (report["ok"] says pass or fail). `limit`: dev rows
-    per task; by default (None too) the rows the export guard judged, the same seeded subset."""
-    from runtime_py import BundleError, InputError, Predictor
-    from toolchain.backbone import tokenizer_fingerprint
-    from toolchain.export import dev_sets
-    from toolchain.export.check import TOLERANCES, compare, limits, outputs_on, runtime_outputs, torch_runner
+    """Run every check; write the report into `out_dir`; return it (report["ok"] says pass or fail).
+    `runs_dir`: the workspace whose run folders hold the single-task models (default: the recipe's);
+    `limit`: dev rows per task, by default (None too) the rows the export guard judged, the same seeded
+    subset; `golden`: dev texts per task in golden.json."""
+    from toolchain.golden import write_all
     from toolchain.store import load_merged, read_store
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
     check_replaceable(out_dir, "verify report", (bundle_dir, store_dir, recipe.path))  # not a folder of another kind
-    checks, tasks = [], {}
-    from runtime_py.bundle import file_sha256
+    report = {"bundle": str(bundle_dir), "store": str(store_dir), "recipe": str(recipe.path), "checks": [],
+              "tasks": {}, "manifest_sha256": None}
+    predictor = _open_bundle(bundle_dir, report)
+    if predictor is None:
+        return _finish(report, out_dir, None, log)
+    tol = _tolerance(predictor.manifest, recipe, report)
+    store_meta = read_store(store_dir)
+    model, tok, metas = load_merged(store_dir, list(predictor.tasks))
+    report["checks"] += _artifact_checks(predictor, store_meta, metas, tok)
+    devs = _dev_sets(recipe, tok, metas, list(predictor.tasks), limit)
+    sources = single_task_sources(Path(runs_dir or recipe.root / recipe.name), store_dir, list(predictor.tasks))
+    trunk_cache = {}
+    for name, dev_set in devs.items():
+        log(f"verify {name}: {len(dev_set[2])} dev examples")
+        single = single_task_outputs(store_meta, sources[name], dev_set[2], trunk_cache)
+        report["tasks"][name], checks = _judge_task(predictor, model, name, dev_set, tol, single=single,
+                                                    source=sources[name])
+        report["checks"] += checks
+    cases = golden_cases(predictor, model, golden_texts(recipe, metas, predictor, golden))
+    report = _finish(report, out_dir, cases, log)
+    report["golden"] = write_all(bundle_dir, out_dir)  # tokenizer and span golden files for the app cores
+    write_json_atomic(out_dir / "verify.json", report)
+    return report
 
-    report = {"bundle": str(bundle_dir), "store": str(store_dir), "recipe": str(recipe.path), "checks": checks,
-              "tasks": tasks, "manifest_sha256": None}
+
+def _open_bundle(bundle_dir: Path, report: dict):
+    """The bundle's Predictor, or None with the failed "bundle" check in the report (a CoreML bundle off
+    macOS is a UserError: nothing here can run it)."""
+    from runtime_py import BundleError, InputError, Predictor
+    from runtime_py.bundle import file_sha256
+    from runtime_py.targets import TARGETS
+
     if (bundle_dir / "manifest.json").is_file():  # ties the report to the exact bundle it verified (embed checks it)
         report["manifest_sha256"] = file_sha256(bundle_dir / "manifest.json")
     try:
         target = json.loads((bundle_dir / "manifest.json").read_text()).get("target")
-    except (OSError, ValueError, AttributeError):  # read_manifest below reports it
+    except (OSError, ValueError, AttributeError):  # Predictor below reports it
         target = None
-    if target == "ios" and platform.system() != "Darwin":
+    if target == "ios" and not TARGETS["ios"].runs_here():
         raise UserError(f"bundle {bundle_dir} is a CoreML bundle: its programs run only on macOS/iOS; run verify "
                         "on a Mac (the package structure is checked at export)")
     try:
-        predictor = Predictor(bundle_dir)
+        return Predictor(bundle_dir)
     except (BundleError, InputError) as e:
-        checks.append(_check("bundle", False, str(e)))
-        return _finish(report, out_dir, None, log)
-    m = predictor.manifest
+        report["checks"].append(_check("bundle", False, str(e)))
+        return None
+
+
+def _tolerance(m: dict, recipe, report: dict) -> dict:
+    """The export guard's own limits for the bundle's target and precision, recorded in the report."""
+    from toolchain.export.check import TOLERANCES, limits
+
     key = (m["target"], m["precision"])
     if key not in TOLERANCES:
         raise UserError(f"no tolerance for target {key[0]} at precision {key[1]}; add it to check.TOLERANCES")
-    tol = limits(*key, recipe.export)  # the export guard's own limits
+    tol = limits(*key, recipe.export)
     report.update(target=m["target"], layout=m["layout"], precision=m["precision"], tolerance=tol)
-    checks.append(_check("bundle", True, f"{len(m['files'])} files match their sha256"))
+    report["checks"].append(_check("bundle", True, f"{len(m['files'])} files match their sha256"))
+    return tol
 
-    store_meta = read_store(store_dir)
-    names = [t["name"] for t in m["tasks"]]
-    model, tok, metas = load_merged(store_dir, names)
-    checks.append(_check("trunk", m["trunk_fingerprint"] == store_meta["backbone_fingerprint"],
-                         f"bundle {m['trunk_fingerprint'][:16]}, store {store_meta['backbone_fingerprint'][:16]}"))
+
+def _artifact_checks(predictor, store_meta, metas, tok) -> list:
+    """The bundle against the store: trunk fingerprint, each task's type, attach depth and labels, and the
+    tokenizer's configuration."""
+    from toolchain.backbone import tokenizer_fingerprint
+
+    m = predictor.manifest
+    checks = [_check("trunk", m["trunk_fingerprint"] == store_meta["backbone_fingerprint"],
+                     f"bundle {m['trunk_fingerprint'][:16]}, store {store_meta['backbone_fingerprint'][:16]}")]
     for t in m["tasks"]:
         meta = metas[t["name"]]
         diffs = [k for k in ("type", "attach", "labels") if t[k] != getattr(meta, k)]
@@ -138,45 +173,50 @@ def verify(bundle_dir, recipe, store_dir, out_dir, runs_dir=None, limit: int | N
     same = tokenizer_fingerprint(bundle_tok) == tokenizer_fingerprint(tok)
     checks.append(_check("tokenizer config", same, f"tokenizer.json {'equals' if same else 'differs from'} "
                          "the store's (training's)"))
+    return checks
+
+
+def _dev_sets(recipe, tok, metas, names, limit) -> dict:
+    """export.dev_sets on the rows the guard judged (or `limit`); every bundle task must have one."""
+    from toolchain.export import dev_sets
 
     devs = dev_sets(recipe, tok, metas, limit or JUDGED_ROWS)
     missing = [n for n in names if n not in devs]
     if missing:
         raise UserError(f"task {missing[0]!r} has no dev set in recipe {recipe.path}; verify with the recipe it was trained from")
-    sources = single_task_sources(Path(runs_dir or recipe.root / recipe.name), store_dir, names)
-    cache = {}
-    labels_by_task = {t["name"]: t["labels"] for t in m["tasks"]}
-    for name, (task, labels, dev, examples) in devs.items():
-        log(f"verify {name}: {len(dev)} dev examples")
-        got, valid = runtime_outputs(predictor, name, task, examples, dev)
-        ref = outputs_on(dev, torch_runner(model))
-        single = single_task_outputs(store_meta, sources[name], dev, cache)
-        merge_diff = max(float(np.max(np.abs(r[name] - s[name]))) for r, s in zip(ref, single))
-        c = compare(task, labels, dev, ref, got, got_labels=labels_by_task[name], valid=valid)
-        c.update(merge_max_abs=merge_diff, single_task_source=str(sources[name]),
-                 token_agreement=float(np.mean(valid)))
-        tasks[name] = c
-        checks.append(_check(f"tokenizer {name}", all(valid),
-                             f"{sum(valid)}/{len(valid)} dev texts give training's token ids"))
-        checks.append(_check(f"merge {name}", merge_diff <= MERGE_TOL,
-                             f"merged vs single-task max abs {merge_diff:.2e} (<= {MERGE_TOL:g})"))
-        if "max_abs" in tol:
-            ok = c["max_abs"] <= tol["max_abs"] and c["agreement"] == 1.0
-            detail = "; ".join([_versus("max abs", c["max_abs"], tol["max_abs"], "at most", "{:.2e}"),
-                                _versus("agreement", c["agreement"], 1.0, "at least", "{:.2%}")])
-        else:
-            ok = c["agreement"] >= tol["agreement"] and c["drop"] <= tol["max_drop"]
-            detail = "; ".join([_versus("agreement", c["agreement"], tol["agreement"], "at least", "{:.2%}"),
-                                _versus(f"{c['metric']} drop", c["drop"], tol["max_drop"], "at most", "{:.2f}")
-                                + f" ({c['reference']:.2f} -> {c['exported']:.2f})"])
-        checks.append(_check(f"parity {name}", ok, detail))
-    cases = golden_cases(predictor, model, golden_texts(recipe, metas, predictor, golden))
-    report = _finish(report, out_dir, cases, log)
-    from toolchain.golden import write_all
+    return devs
 
-    report["golden"] = write_all(bundle_dir, out_dir)  # tokenizer and span golden files for the app cores
-    write_json_atomic(out_dir / "verify.json", report)
-    return report
+
+def _judge_task(predictor, model, name, dev_set, tol, *, single, source) -> tuple:
+    """One task: the bundle (through runtime_py, from the dev text) against the merged model, and the merged
+    model against the single-task one (`single`: its outputs; `source`: its run folder). Returns (figures, [tokenizer,
+    merge and parity checks])."""
+    from toolchain.export.check import compare, outputs_on, runtime_outputs, torch_runner
+
+    task, labels, dev, examples = dev_set
+    got, valid = runtime_outputs(predictor, name, task, examples, dev)
+    ref = outputs_on(dev, torch_runner(model))
+    merge_diff = max(float(np.max(np.abs(r[name] - s[name]))) for r, s in zip(ref, single))
+    c = compare(task, labels, dev, ref, got, got_labels=list(predictor.tasks[name].labels), valid=valid)
+    c.update(merge_max_abs=merge_diff, single_task_source=str(source), token_agreement=float(np.mean(valid)))
+    return c, [_check(f"tokenizer {name}", all(valid), f"{sum(valid)}/{len(valid)} dev texts give training's token ids"),
+               _check(f"merge {name}", merge_diff <= MERGE_TOL,
+                      f"merged vs single-task max abs {merge_diff:.2e} (<= {MERGE_TOL:g})"),
+               _parity_check(name, c, tol)]
+
+
+def _parity_check(name, c: dict, tol: dict) -> dict:
+    """fp32: max abs within the limit and every prediction the same; quantized: agreement and metric drop."""
+    if "max_abs" in tol:
+        ok = c["max_abs"] <= tol["max_abs"] and c["agreement"] == 1.0
+        detail = "; ".join([_versus("max abs", c["max_abs"], tol["max_abs"], "at most", "{:.2e}"),
+                            _versus("agreement", c["agreement"], 1.0, "at least", "{:.2%}")])
+    else:
+        ok = c["agreement"] >= tol["agreement"] and c["drop"] <= tol["max_drop"]
+        detail = "; ".join([_versus("agreement", c["agreement"], tol["agreement"], "at least", "{:.2%}"),
+                            _versus(f"{c['metric']} drop", c["drop"], tol["max_drop"], "at most", "{:.2f}")
+                            + f" ({c['reference']:.2f} -> {c['exported']:.2f})"])
+    return _check(f"parity {name}", ok, detail)
 
 
 def app_tolerance(precision: str) -> dict:
@@ -232,7 +272,7 @@ def golden_cases(predictor, model, texts: list) -> dict:
         dec = {n: predictor.decode(n, row[n], e, text) for n in tasks}  # the bundle's outputs, decoded
         ids = torch.tensor([e.ids])
         with torch.no_grad():
-            ref = model(ids, torch.tensor([e.type_ids]), torch.ones_like(ids))
+            ref = model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.tensor([e.type_ids]))
         cases.append({"text": text, "input_ids": e.ids, "token_type_ids": e.type_ids,
                       "attention_mask": [1] * len(e.ids),
                       "outputs": {n: np.round(row[n].astype(np.float64), 6).tolist() for n in tasks},

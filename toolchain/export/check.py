@@ -1,6 +1,7 @@
 """Run an exported bundle on real dev text and compare it with the PyTorch original: per output max
-abs difference, per task prediction agreement and dev metric. Used by the quantization guard and
-the parity tests."""
+abs difference, per task prediction agreement and dev metric. The bundle runs through runtime_py's
+Predictor, the one path an app's text takes (judge_bundle, runtime_outputs). Used by the quantization
+guard, verify and bench's dev metric."""
 
 import numpy as np
 import torch
@@ -64,22 +65,6 @@ def judge_bundle(bundle_dir, devs, refs, names) -> dict:
     return report
 
 
-def run_bundle(run, manifest, feeds: dict) -> dict:
-    """task -> numpy output, for one padded batch (inputs by name), through the bundle's program(s)."""
-    programs = {p["name"]: p for p in manifest["programs"]}
-    if manifest["layout"] == "fused":
-        p = programs["model"]
-        return dict(zip((o["name"] for o in p["outputs"]), run(p["file"], feeds)))
-    trunk = programs["trunk"]
-    hidden = dict(zip((o["name"] for o in trunk["outputs"]), run(trunk["file"], feeds)))
-    out = {}
-    for t in manifest["tasks"]:
-        p = programs[f"branch_{t['name']}"]
-        out[t["name"]] = run(p["file"], {"hidden": hidden[f"hidden_{t['attach']}"],
-                                         "attention_mask": feeds["attention_mask"]})[0]
-    return out
-
-
 def outputs_on(encoded, run_batch, batch_size=32) -> list:
     """Per example dict of task -> output (unpadded), for an Encoded dataset."""
     rows = [None] * len(encoded)
@@ -94,14 +79,7 @@ def outputs_on(encoded, run_batch, batch_size=32) -> list:
 def torch_runner(model):
     @torch.no_grad()
     def run_batch(b):
-        return {k: v.numpy() for k, v in model(b.input_ids, b.token_type_ids, b.attention_mask).items()}
-
-    return run_batch
-
-
-def bundle_runner(run, manifest):
-    def run_batch(b):
-        return run_bundle(run, manifest, b.feeds())
+        return {k: v.numpy() for k, v in model(**b._asdict()).items()}
 
     return run_batch
 

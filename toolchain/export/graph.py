@@ -20,7 +20,7 @@ class Fused(nn.Module):
         self.model, self.tasks = model, list(tasks)
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(input_ids, token_type_ids, attention_mask)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return tuple(out[t] for t in self.tasks)
 
 
@@ -30,7 +30,8 @@ class TrunkOnly(nn.Module):
         self.trunk, self.depths = trunk, sorted(set(depths))
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        states = self.trunk(input_ids, token_type_ids, attention_mask, depths=self.depths)
+        states = self.trunk(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                            depths=self.depths)
         return tuple(states) if len(self.depths) > 1 else (states,)
 
 
@@ -76,11 +77,12 @@ def graphs(model, metas: dict, layout: str, example) -> list:
     trunk = TrunkOnly(model.trunk, depths).eval()
     with torch.no_grad():
         hidden = dict(zip(depths, trunk(*example)))
+    mask = dict(zip(INPUTS, example))["attention_mask"]
     out = [Graph("trunk", trunk, INPUTS, tuple(f"hidden_{d}" for d in depths), example)]
     for t in tasks:
         b = model.branches[t]
         out.append(Graph(f"branch_{t}", BranchOnly(b).eval(), ("hidden", "attention_mask"), (t,),
-                         (hidden[b.attach], example[1])))
+                         (hidden[b.attach], mask)))
     return out
 
 
@@ -110,7 +112,11 @@ def calibration_for(graph: Graph, model, token_batches) -> list:
     if graph.inputs == INPUTS:
         return list(token_batches)
     attach = model.branches[graph.outputs[0]].attach
-    return [(model.trunk(ids, tt, mask, depths=[attach]), mask) for ids, mask, tt in token_batches]
+    out = []
+    for batch in token_batches:  # each in INPUTS order, as the programs take them
+        feeds = dict(zip(INPUTS, batch))
+        out.append((model.trunk(**feeds, depths=[attach]), feeds["attention_mask"]))
+    return out
 
 
 class Int8Embedding(nn.Module):
