@@ -88,15 +88,16 @@ def tiny(tmp_path_factory):
     from toolchain import store
     from toolchain.config import load_recipe
     from toolchain.train import run_sweep
+    from toolchain.workspace import Workspace
 
     out = tmp_path_factory.mktemp("export")
     recipe_path = write_recipe(out, (ROOT / "models/tiny.toml").read_text().replace('"data/', '"@DATA@/'))
     recipe = load_recipe(recipe_path).override(epochs=1)
-    run_sweep(recipe, layers=[2], out=out)
+    run_sweep(recipe, Workspace(out), layers=[2])
     sel = json.loads((out / "selected.json").read_text())
     runs = [out / sel["snips_intent"]["run"], out / sel["snips_slots"]["run"]]
     store.create(out / "store", store_bb(), "tiny-random", runs)
-    run_sweep(recipe, ["clinc_domain"], layers=[1], out=out)  # a second attach depth
+    run_sweep(recipe, Workspace(out), tasks=["clinc_domain"], layers=[1])  # a second attach depth
     store.add(out / "store", out / "runs/clinc_domain/L1-s0")
     return out, recipe
 

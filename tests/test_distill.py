@@ -9,9 +9,11 @@ from conftest import ROOT
 from toolchain import UserError, backbone
 from toolchain.config import load_recipe
 from toolchain.data import IGNORE, load_task
-from toolchain.distill import distill_one, kd_loss, student_from_teacher, teacher_dir_for
-from toolchain.store import load_branch
-from toolchain.train import make_accelerator, run_sweep
+from toolchain.branch_config import FILE, WEIGHTS, load_branch
+from toolchain.distill import distill_one, kd_loss, student_from_teacher, student_run, teacher_dir_for
+from toolchain.runs import Setup, make_accelerator
+from toolchain.train import run_sweep
+from toolchain.workspace import Workspace
 
 
 def test_kd_loss_is_t_squared_kl_plus_hard_loss():
@@ -40,8 +42,17 @@ def test_kd_loss_for_regression_and_tagging():
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("kd")
     recipe = load_recipe(ROOT / "models/tiny.toml").override(epochs=1)
-    run_sweep(recipe, ["snips_intent", "snips_slots"], layers=[3], out=out)
+    run_sweep(recipe, Workspace(out), tasks=["snips_intent", "snips_slots"], layers=[3])
     return out, recipe, backbone.load("tiny-random")
+
+
+def distil(root, recipe, bb, task, teacher_dir, layers):
+    """Distil the teacher run in `teacher_dir` into a `layers`-layer student of `task` in the workspace `root`:
+    (result, student folder)."""
+    data = load_task(recipe, recipe.task(task), bb.tokenizer())
+    setup = Setup(recipe, bb, Workspace(root), make_accelerator("no"))
+    run = student_run(setup, recipe.task(task), data, layers, 0, teacher_layers=3)
+    return distill_one(setup, run, teacher_dir), run.folder
 
 
 def test_student_starts_from_the_teachers_bottom_layers_and_head(teacher):
@@ -56,15 +67,12 @@ def test_student_starts_from_the_teachers_bottom_layers_and_head(teacher):
 
 
 @pytest.mark.parametrize("task", ["snips_intent", "snips_slots"])
-def test_distill_writes_a_student_branch_and_reuses_the_trunk_cache(teacher, tmp_path, task):
+def test_distill_writes_a_student_branch_and_reuses_the_trunk_cache(teacher, task):
     out, _, bb = teacher
     recipe = load_recipe(ROOT / "models/tiny.toml").override(epochs=3)
-    data = load_task(recipe, recipe.task(task), bb.tokenizer())
-    acc = make_accelerator("no")
-    res = distill_one(recipe, bb, recipe.task(task), data, out / f"runs/{task}/L3-s0", 1, 0, tmp_path / "s", acc,
-                      cache_dir=out / "cache")
+    res, run = distil(out, recipe, bb, task, out / f"runs/{task}/L3-s0", 1)
     assert res["cache_hit"] is True  # same attach depth and data as the teacher's run
-    meta = json.loads((tmp_path / "s/branch.json").read_text())
+    meta = json.loads((run / FILE).read_text())
     assert (meta["attach"], meta["layers"], meta["distilled_from"]["layers"]) == (1, 1, 3)
     per_epoch = len(res["losses"]) // 3
     first, last = res["losses"][:per_epoch], res["losses"][-per_epoch:]
@@ -73,16 +81,14 @@ def test_distill_writes_a_student_branch_and_reuses_the_trunk_cache(teacher, tmp
 
 def test_bad_distill_requests(teacher, tmp_path):
     out, recipe, bb = teacher
-    task = recipe.task("snips_intent")
-    data = load_task(recipe, task, bb.tokenizer())
-    acc = make_accelerator("no")
     with pytest.raises(UserError, match="l = 4 must be within 1..3"):
-        distill_one(recipe, bb, task, data, out / "runs/snips_intent/L3-s0", 4, 0, tmp_path / "a", acc)
+        distil(tmp_path, recipe, bb, "snips_intent", out / "runs/snips_intent/L3-s0", 4)
     with pytest.raises(UserError, match="is for task 'snips_slots'"):
-        distill_one(recipe, bb, task, data, out / "runs/snips_slots/L3-s0", 1, 0, tmp_path / "b", acc)
+        distil(tmp_path, recipe, bb, "snips_intent", out / "runs/snips_slots/L3-s0", 1)
     with pytest.raises(UserError, match="no finished teacher run for task 'snips_intent' with L = 2"):
-        teacher_dir_for(out, "snips_intent", 2)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+        teacher_dir_for(Workspace(out), "snips_intent", 2)
+    assert teacher_dir_for(Workspace(out), "snips_intent", 3) == out / "runs/snips_intent/L3-s0"
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +178,7 @@ def test_distilling_by_layer_below_the_teacher_leaves_teacher_and_trunk_untouche
     teacher_run = out / "runs/snips_intent/L3-s0"
     before_teacher, before_trunk = _files(teacher_run), {k: v.clone() for k, v in bb.state.items()}
     (out / "selected.json").write_text(json.dumps({"snips_intent": {"run": "runs/snips_intent/L3-s0"}}))
-    summary = run_distill(recipe, ["snips_intent"], layers=[1, 2], out=out, attach=[0])
+    summary = run_distill(recipe, Workspace(out), tasks=["snips_intent"], layers=[1, 2], attach=[0])
     assert _files(teacher_run) == before_teacher
     assert all(torch.equal(v, before_trunk[k]) for k, v in bb.state.items())  # the frozen trunk is bit-identical
     students = summary["snips_intent"]["students"]
@@ -186,9 +192,9 @@ def test_distilling_by_layer_below_the_teacher_leaves_teacher_and_trunk_untouche
     assert res["teacher_attach"] == 1 and res["attach"] == 0
     per_epoch = len(res["losses"]) // 2
     assert sum(res["losses"][-per_epoch:]) < sum(res["losses"][:per_epoch])
-    assert set(load_file(run / "branch.safetensors")) >= {"layers.0.query.weight", "head.out.weight"}
+    assert set(load_file(run / WEIGHTS)) >= {"layers.0.query.weight", "head.out.weight"}
     with pytest.raises(UserError, match="--attach 2 must be within 0..1"):
-        run_distill(recipe, ["snips_intent"], layers=[1], out=out, attach=[2])
+        run_distill(recipe, Workspace(out), tasks=["snips_intent"], layers=[1], attach=[2])
 
 
 def test_the_recipes_students_are_made_at_each_depth_up_to_the_teachers_and_kept(teacher, tmp_path):
@@ -202,16 +208,17 @@ def test_the_recipes_students_are_made_at_each_depth_up_to_the_teachers_and_kept
     (tmp_path / "selected.json").write_text(json.dumps({"snips_intent": {"run": "runs/snips_intent/L3-s0"}}))
     recipe = load_recipe(ROOT / "models/tiny.toml").override(epochs=1)
     recipe = dataclasses.replace(recipe, distill=dataclasses.replace(recipe.distill, layers=[1], attach=[0, 1, 3]))
-    students = run_distill(recipe, ["snips_intent"], out=tmp_path)["snips_intent"]["students"]
+    students = run_distill(recipe, Workspace(tmp_path), tasks=["snips_intent"])["snips_intent"]["students"]
     assert set(students) == {"0,1", "1,1"}  # depth 3 is above this teacher (attached at 1): not for this task
     results = {k: tmp_path / s["run"] / "result.json" for k, s in students.items()}
     stamps = {k: p.stat().st_mtime_ns for k, p in results.items()}
     # which students to make is not a setting of a student: asking for more keeps the finished ones
     more = dataclasses.replace(recipe, distill=dataclasses.replace(recipe.distill, layers=[1, 2], attach=[1]))
-    assert set(run_distill(more, ["snips_intent"], out=tmp_path)["snips_intent"]["students"]) == {"0,1", "1,1", "1,2"}
+    assert set(run_distill(more, Workspace(tmp_path), tasks=["snips_intent"])["snips_intent"]["students"]) == \
+        {"0,1", "1,1", "1,2"}
     assert {k: p.stat().st_mtime_ns for k, p in results.items()} == stamps
     with pytest.raises(UserError, match="--attach 3 must be within 0..1"):
-        run_distill(recipe, ["snips_intent"], layers=[1], out=tmp_path, attach=[3, 4])
+        run_distill(recipe, Workspace(tmp_path), tasks=["snips_intent"], layers=[1], attach=[3, 4])
 
 
 def test_the_transfer_set_adds_other_tasks_rows_unlabelled_once():
@@ -256,7 +263,8 @@ def test_distilling_on_the_recipes_texts(teacher):
     recipe = load_recipe(ROOT / "models/tiny.toml").override(epochs=1)
     recipe = dataclasses.replace(recipe, distill=dataclasses.replace(recipe.distill, transfer="recipe"))
     (out / "selected.json").write_text(json.dumps({"snips_intent": {"run": "runs/snips_intent/L3-s0"}}))
-    run = out / run_distill(recipe, ["snips_intent"], layers=[1], out=out)["snips_intent"]["students"]["1,1"]["run"]
+    students = run_distill(recipe, Workspace(out), tasks=["snips_intent"], layers=[1])["snips_intent"]["students"]
+    run = out / students["1,1"]["run"]
     res = json.loads((run / "result.json").read_text())
     own = len(load_task(recipe, recipe.task("snips_intent"), bb.tokenizer()).train)
     assert res["labelled_examples"] == own < res["train_examples"]  # clinc_domain's texts were added

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from toolchain.config import load_recipe
 from toolchain.train import run_sweep
+from toolchain.workspace import Workspace
 
 # No dropout, so the two runs differ only by how the work is split. 48 rows = 3 global batches of 16;
 # 49 for slots makes the last process batch short on one side (the wrap-around pads it).
@@ -46,7 +47,7 @@ layers = 1
 
 def test_two_cpu_processes_split_each_batch_reduce_gradients_and_match_one_process(tmp_path):
     recipe = write_recipe(tmp_path, RECIPE)
-    run_sweep(load_recipe(recipe), out=tmp_path / "one")
+    run_sweep(load_recipe(recipe), Workspace(tmp_path / "one"))
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "-m", "toolchain.cli", "train", str(recipe), "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)

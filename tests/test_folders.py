@@ -156,15 +156,15 @@ def test_a_verify_report_or_bench_folder_of_another_kind_is_refused(tmp_path, tw
 
 
 def test_a_retrained_run_replaces_a_run_folder_only(tmp_path):
-    from toolchain.train import replaced
+    from toolchain.runs import replaced
 
     con = types.SimpleNamespace(print=lambda *a, **k: None)
     run = precious(tmp_path / "runs" / "t" / "L1-s0")
     with pytest.raises(UserError, match="is not a run folder"):
-        replaced(con, run, True)
+        replaced(con, run, "--force")
     assert (run / "thesis.txt").is_file()
     (run / "result.json").write_text("{}")
-    replaced(con, run, True)
+    replaced(con, run, "--force")
     assert not run.exists()
 
 

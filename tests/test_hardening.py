@@ -36,8 +36,9 @@ def fake_run(bb, run_dir, task="intent", attach=2, layers=1, **meta):
     run_dir.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in branch.state_dict().items()}, str(run_dir / "branch.safetensors"))
     m = {"task": task, "type": "classification", "labels": ["a", "b"], "attach": attach, "layers": layers,
-         "metric": "accuracy", "dev_metric": 50.0, "max_seq_len": 32, "backbone": "tiny-random",
-         "backbone_fingerprint": bb.fingerprint, "weights_sha256": file_sha256(run_dir / "branch.safetensors"), **meta}
+         "metric": "accuracy", "dev_metric": 50.0, "seed": 0, "max_seq_len": 32, "pair": False, "hidden_size":
+         bb.cfg.hidden_size, "backbone": "tiny-random", "toolchain_version": "0", "backbone_fingerprint": bb.fingerprint,
+         "weights_sha256": file_sha256(run_dir / "branch.safetensors"), **meta}
     (run_dir / "branch.json").write_text(json.dumps(m))
     return run_dir
 

@@ -13,8 +13,8 @@ import torch
 from conftest import ROOT, TINY_TASK, write_recipe
 from test_cli import one_line_error
 
-from toolchain import UserError, backbone, store
-from toolchain.branch_config import BranchConfig
+from toolchain import UserError, __version__, backbone, store
+from toolchain.branch_config import BranchConfig, save_branch, weights_bytes
 
 FORMAT_VERSION = 2  # branch.json's format (toolchain.branch_config.FORMAT_VERSION)
 
@@ -25,20 +25,23 @@ def bb():
 
 
 def make_run(bb, run_dir, task="intent", attach=2, layers=1, poison=None):
-    """A run folder written as training writes it (BranchConfig.save), without training; `poison`: a
-    value put into one weight."""
-    from safetensors.torch import save_file
+    """A run folder written as training writes it (save_branch), without training; `poison`: a value put into
+    one weight."""
+    import hashlib
 
     from toolchain.model import build_branch
 
     branch = build_branch(bb.cfg, bb.state, attach, layers, "classification", 2, 0.0)
-    state = {k: v.contiguous().clone() for k, v in branch.state_dict().items()}
     if poison is not None:
-        next(v for k, v in state.items() if v.is_floating_point()).view(-1)[0] = poison
+        with torch.no_grad():
+            next(p for p in branch.parameters() if p.is_floating_point()).view(-1)[0] = poison
     run_dir.mkdir(parents=True)
-    save_file(state, str(run_dir / "branch.safetensors"))
-    BranchConfig(task=task, type="classification", labels=["a", "b"], attach=attach, layers=layers, metric="accuracy",
-                 backbone_fingerprint=bb.fingerprint, dev_metric=50.0, max_seq_len=32).save(run_dir)
+    weights = weights_bytes(branch)
+    save_branch(run_dir, weights, BranchConfig(
+        task=task, type="classification", labels=["a", "b"], attach=attach, layers=layers, metric="accuracy",
+        backbone_fingerprint=bb.fingerprint, dev_metric=50.0, seed=0, max_seq_len=32, pair=False,
+        hidden_size=bb.cfg.hidden_size, backbone="tiny-random", toolchain_version=__version__,
+        weights_sha256=hashlib.sha256(weights).hexdigest()))
     return run_dir
 
 
@@ -72,8 +75,9 @@ def test_every_branch_json_written_has_the_format_version_and_the_weights_sha256
         meta = json.loads((folder / "branch.json").read_text())
         assert meta["format_version"] == FORMAT_VERSION
         assert meta["weights_sha256"] == file_sha256(folder / "branch.safetensors")
-    with pytest.raises(ValueError, match="write branch.safetensors before branch.json"):
-        BranchConfig.load(small_store / "branches" / "intent").replace(weights_sha256=None).save(tmp_path / "empty")
+    with pytest.raises(ValueError, match="the config records weights .*, not these"):  # weights and config go together
+        save_branch(tmp_path / "empty", b"other weights", BranchConfig.load(small_store / "branches" / "intent"))
+    assert not (tmp_path / "empty").exists()
 
 
 def test_a_branch_json_without_weights_sha256_is_refused_with_the_command_that_rewrites_it(bb, small_store, tmp_path,

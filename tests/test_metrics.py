@@ -34,7 +34,7 @@ def test_f1_scores_the_named_positive_label(tmp_path):
     from toolchain import UserError
     from toolchain.config import load_recipe
     from toolchain.data import positive_id
-    from toolchain.train import score
+    from toolchain.metrics import score
 
     labels = ["equivalent", "not_equivalent"]
     task = SimpleNamespace(name="mrpc", type="classification", metric="f1", positive_label="equivalent")

@@ -6,6 +6,7 @@ from conftest import ROOT
 
 from toolchain.config import load_recipe
 from toolchain.train import run_sweep
+from toolchain.workspace import Workspace
 
 pytestmark = pytest.mark.minilm
 
@@ -18,7 +19,7 @@ def test_minilm_partial_fine_tuning_learns_real_tasks(tmp_path, task, layers, lr
     recipe = load_recipe(ROOT / "models" / "assistant.toml").override(max_train=800, max_dev=300, epochs=epochs)
     recipe.task(task).unseen_labels = "drop"  # an 800-row subset need not cover every slot tag
     recipe.task(task).train_overrides["lr"] = lr
-    summary = run_sweep(recipe, [task], layers=[layers], out=tmp_path)
+    summary = run_sweep(recipe, Workspace(tmp_path), tasks=[task], layers=[layers])
     got = summary["selected"][task]
     assert got["layers"] == layers and got["dev_metric"] >= floor, got
 
@@ -36,8 +37,8 @@ def test_minilm_distil_merge_and_branch_lifecycle(tmp_path):
     recipe = load_recipe(ROOT / "models" / "assistant.toml").override(max_train=160, max_dev=48, epochs=1)
     for t in recipe.tasks:
         t.unseen_labels = "drop"
-    run_sweep(recipe, ["snips_intent", "clinc_domain"], layers=[2], out=tmp_path)
-    run_distill(recipe, ["snips_intent"], layers=[1], out=tmp_path, attach=[4])  # the teacher's depth only
+    run_sweep(recipe, Workspace(tmp_path), tasks=["snips_intent", "clinc_domain"], layers=[2])
+    run_distill(recipe, Workspace(tmp_path), tasks=["snips_intent"], layers=[1], attach=[4])  # the teacher's depth only
     bb = backbone.load("minilm")
     student = tmp_path / "distill/snips_intent/l1-from-L2-s0"
     sd = tmp_path / "store"

@@ -16,6 +16,7 @@ from toolchain.config import load_recipe
 from toolchain.distill import run_distill
 from toolchain.model import TaskModel, build_trunk
 from toolchain.train import run_sweep
+from toolchain.workspace import Workspace
 
 TEXTS = [line.strip() for line in (ROOT / "models/data/snips/test/seq.in").read_text().splitlines()[:24]]
 TEXTS += ["what is my checking account balance", "how do i say thank you in french",
@@ -32,12 +33,12 @@ def runs(tmp_path_factory):
     """Teachers (L = 1 and 3) and 1-layer students for the three tasks of the tiny recipe."""
     out = tmp_path_factory.mktemp("runs")
     recipe = load_recipe(ROOT / "models" / "tiny.toml").override(epochs=1)
-    run_sweep(recipe, layers=[1, 3], out=out)
+    run_sweep(recipe, Workspace(out), layers=[1, 3])
     sel = json.loads((out / "selected.json").read_text())
     for t in sel:  # distil from the 3-layer teachers whatever the sweep picked
         sel[t]["run"] = f"runs/{t}/L3-s0"
     (out / "selected.json").write_text(json.dumps(sel))
-    run_distill(recipe, layers=[1], out=out)
+    run_distill(recipe, Workspace(out), layers=[1])
     return out, recipe, backbone.load("tiny-random")
 
 
@@ -105,7 +106,7 @@ def test_branch_trained_on_another_trunk_is_refused(runs, tmp_path):
     save_file(w, str(other / "model.safetensors"))
     recipe = load_recipe(write_recipe(tmp_path, (ROOT / "models/tiny.toml").read_text()
                                       .replace('"tiny-random"', f'"{other}"').replace('"data/', '"@DATA@/')))
-    run_sweep(recipe, ["snips_intent"], layers=[2], out=tmp_path / "o2")
+    run_sweep(recipe, Workspace(tmp_path / "o2"), tasks=["snips_intent"], layers=[2])
     sd = make_store(tmp_path, out, bb, ["runs/clinc_domain/L1-s0"])
     before = digest(sd)
     with pytest.raises(UserError, match="trained on another trunk"):
@@ -135,6 +136,8 @@ def test_attach_depth_beyond_the_trunk_is_refused(runs, tmp_path):
     (lambda m: m.update(type="ranking"), "type 'ranking' is not one of"),
     (lambda m: m.update(task="../x"), "task"),
     (lambda m: m.update(distilled_from={"run": "r"}), "distilled_from has keys ['run']"),
+    (lambda m: m.pop("seed"), "lacks 'seed'"),  # every key a branch always has is required ...
+    (lambda m: m.update(dev_metric=None), "dev_metric = None is not of type"),  # ... and not null
 ])
 def test_branch_json_is_a_typed_config_that_refuses_unknown_missing_or_mistyped_keys(runs, tmp_path, edit, message):
     out, _, _ = runs
@@ -189,6 +192,18 @@ def test_bad_branch_input_leaves_the_store_unchanged(runs, tmp_path, cli, case):
         code, _, err = cli("branch", "update", sd, broken)
         one_line(code, err, "weights do not fit its branch.json")
     assert digest(sd) == before
+
+
+def test_a_store_from_a_newer_toolchain_says_upgrade_and_an_older_one_says_rebuild(runs, tmp_path, cli):
+    out, _, bb = runs
+    sd = make_store(tmp_path, out, bb, ["runs/clinc_domain/L1-s0"])
+    meta = json.loads((sd / "store.json").read_text())
+    for schema, advice in ((store.SCHEMA + 1, "written by a newer ctb-mobile (this one reads 1); upgrade ctb-mobile"),
+                           (0, "schema 0, this toolchain reads 1; rebuild the store with `ctb-mobile merge --force`")):
+        (sd / "store.json").write_text(json.dumps({**meta, "schema": schema}))
+        code, _, err = cli("predict", sd, "play some jazz")
+        one_line(code, err, advice)
+        assert ("rebuild" in err) == (schema == 0)
 
 
 def test_tampered_trunk_is_detected(runs, tmp_path):

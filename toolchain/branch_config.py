@@ -1,11 +1,13 @@
-"""branch.json: the typed config of one trained branch (a run folder or a store's branch folder),
-in the style of peft's adapter config. Its keys are written here and nowhere else; a file with an
-unknown or missing key, or a value of the wrong type, is refused in one line.
+"""A branch folder: branch.safetensors (the weights) and branch.json (its typed config, in the style of
+peft's adapter config), saved together by `save_branch` and loaded together by `load_branch`. The config's
+keys are written here and nowhere else; a file with an unknown or missing key, or a value of the wrong
+type, is refused in one line.
 
 `format_version` says which keys a file must have. Format 1 (files without the key, written before
-it existed) and format 2 both need `weights_sha256`, the sha256 of branch.safetensors checked on every
-load: a file without it is refused with the command that rewrites it (`python -m
-toolchain.branch_config FOLDER`). A file of a newer format is refused with advice to upgrade ctb-mobile.
+it existed) and format 2 both need every key but `distilled_from`, `weights_sha256` among them: the sha256
+of branch.safetensors, checked on every load. A file without it is refused with the command that rewrites
+it (`python -m toolchain.branch_config FOLDER`). A file of a newer format is refused with `NewerFormat`,
+whose advice is to upgrade ctb-mobile, never to retrain.
 """
 
 import dataclasses
@@ -15,14 +17,18 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime_py.manifest import TASK_TYPES
 from toolchain import UserError
-from toolchain.fsutil import check_name, read_json, write_json_atomic
+from toolchain.fsutil import check_name, read_json, write_bytes_atomic, write_json_atomic
 
 FILE = "branch.json"
 WEIGHTS = "branch.safetensors"
-TASK_TYPES = ("classification", "regression", "tagging")
 FORMAT_VERSION = 2  # 2: format_version and weights_sha256 are required
 REWRITE = "python -m toolchain.branch_config"
+
+
+class NewerFormat(UserError):
+    """A branch.json written by a newer ctb-mobile: upgrade, do not retrain or overwrite it."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,11 @@ def _json_type(annotation):
     return {float: (int, float), DistilledFrom: dict}.get(t, t)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BranchConfig:
+    """What every branch records; only `distilled_from` is absent from a branch that was not distilled.
+    The declaration order is the order of the keys in branch.json."""
+
     task: str
     type: str  # classification | regression | tagging
     labels: list  # output index -> label name (empty for regression)
@@ -54,14 +63,14 @@ class BranchConfig:
     layers: int  # its own encoder layers
     metric: str
     backbone_fingerprint: str
-    dev_metric: float | None = None
-    seed: int | None = None
-    max_seq_len: int | None = None
-    pair: bool = False
-    hidden_size: int | None = None
-    backbone: str | None = None
-    toolchain_version: str | None = None
-    weights_sha256: str | None = None  # of branch.safetensors, checked on load; required in a file
+    dev_metric: float
+    seed: int
+    max_seq_len: int
+    pair: bool  # whether the task reads a text pair
+    hidden_size: int
+    backbone: str
+    toolchain_version: str
+    weights_sha256: str  # of branch.safetensors, checked on load
     distilled_from: DistilledFrom | None = None
     format_version: int = FORMAT_VERSION
 
@@ -75,17 +84,6 @@ class BranchConfig:
     def to_json(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
-    def save(self, folder) -> None:
-        """Write branch.json beside branch.safetensors, at this toolchain's format; a config made before
-        its weights existed records the sha256 of the weights file the folder holds now."""
-        folder = Path(folder)
-        cfg = self.replace(format_version=FORMAT_VERSION)
-        if cfg.weights_sha256 is None:
-            if not (folder / WEIGHTS).is_file():
-                raise ValueError(f"{folder}: write {WEIGHTS} before {FILE} (its sha256 goes into {FILE})")
-            cfg = cfg.replace(weights_sha256=_sha256(folder / WEIGHTS))
-        write_json_atomic(folder / FILE, cfg.to_json())
-
     @classmethod
     def from_json(cls, data, where: str) -> "BranchConfig":
         fix = "it was not written by ctb-mobile; retrain the branch"
@@ -95,22 +93,23 @@ class BranchConfig:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise UserError(f"{where}: {FILE} format_version = {version!r} is not a format; {fix}")
         if version > FORMAT_VERSION:
-            raise UserError(f"{where}: {FILE} is format {version}, written by a newer ctb-mobile (this one reads "
-                            f"up to {FORMAT_VERSION}); upgrade ctb-mobile (pip install -U ctb-mobile)")
+            raise NewerFormat(f"{where}: {FILE} is format {version}, written by a newer ctb-mobile (this one reads "
+                              f"up to {FORMAT_VERSION}); upgrade ctb-mobile (pip install -U ctb-mobile)")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise UserError(f"{where}: {FILE} has unknown key {unknown[0]!r}; {fix}")
-        missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in data]
-        if missing:
-            raise UserError(f"{where}: {FILE} lacks {missing[0]!r}; {fix}")
         if not data.get("weights_sha256"):
             raise UserError(f"{where}: {FILE} (format {version}) lacks 'weights_sha256', so its weights cannot be "
                             f"checked; if you trust {WEIGHTS}, record its sha256 with `{REWRITE} {_folder(where)}`, "
                             "else retrain the branch")
+        missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in data]
+        if missing:
+            raise UserError(f"{where}: {FILE} lacks {missing[0]!r}; {fix}")
         for k, v in data.items():
-            kind = _json_type(fields[k].type)
-            if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
+            kind, optional = _json_type(fields[k].type), type(None) in typing.get_args(fields[k].type)
+            if (v is None and not optional) or \
+                    (v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool)))):
                 raise UserError(f"{where}: {FILE} {k} = {v!r} is not of type {getattr(kind, '__name__', 'number')}; {fix}")
         if data["type"] not in TASK_TYPES:
             raise UserError(f"{where}: {FILE} type {data['type']!r} is not one of {', '.join(TASK_TYPES)}; {fix}")
@@ -138,6 +137,53 @@ class BranchConfig:
             if not (folder / name).is_file():
                 raise UserError(f"branch {folder}: {name} missing; is this a finished training or distillation run?")
         return cls.from_json(read_json(folder / FILE, "retrain the branch or restore the file"), f"branch {folder}")
+
+
+def save_branch(folder, data: bytes, config: BranchConfig) -> None:
+    """Write a branch folder as one (peft's save_pretrained): `data`, the weights serialised by safetensors,
+    into branch.safetensors, then `config`, which records their sha256, into branch.json at this format."""
+    sha = hashlib.sha256(data).hexdigest()
+    if config.weights_sha256 != sha:
+        raise ValueError(f"{folder}: the config records weights {config.weights_sha256[:12]}, not these ({sha[:12]})")
+    write_bytes_atomic(Path(folder) / WEIGHTS, data)
+    write_json_atomic(Path(folder) / FILE, config.replace(format_version=FORMAT_VERSION).to_json())
+
+
+def weights_bytes(module) -> bytes:
+    """A module's weights as safetensors bytes (on the CPU, contiguous), as save_branch writes them."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
+
+
+def load_branch(cfg, folder, meta: BranchConfig | None = None):
+    """The Branch of a folder (peft's from_pretrained): its config, then its weights read once with safetensors,
+    checked against the config's sha256 and loaded strictly. Every mismatch is a one-line error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from toolchain.model import Branch
+
+    where = f"branch {folder}"
+    meta = meta or BranchConfig.load(folder)
+    try:
+        data = (Path(folder) / WEIGHTS).read_bytes()  # read once: parsed and hashed
+        weights = load(data)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{where}: {WEIGHTS} is unreadable ({str(e)[:80]}); copy it again or retrain the branch") \
+            from None
+    check_finite(weights, where)
+    if hashlib.sha256(data).hexdigest() != meta.weights_sha256:
+        raise UserError(f"{where}: {WEIGHTS} does not match the sha256 in its {FILE} (a damaged or swapped file); "
+                        "copy the branch again or retrain it")
+    branch = Branch(cfg, meta.attach, meta.layers, meta.type, meta.n_out)
+    try:
+        branch.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise UserError(f"{where}: weights do not fit its {FILE} ({first[:100]}); the folder mixes files from "
+                        "different runs") from None
+    return branch.eval()
 
 
 def check_finite(weights: dict, where: str) -> None:
@@ -174,7 +220,7 @@ def rewrite(folder) -> BranchConfig:
     if isinstance(data, dict) and not data.get("weights_sha256"):
         data = {**data, "weights_sha256": _sha256(folder / WEIGHTS)}
     cfg = BranchConfig.from_json(data, f"branch {folder}").replace(format_version=FORMAT_VERSION)
-    cfg.save(folder)
+    write_json_atomic(folder / FILE, cfg.to_json())  # the weights stay as they are
     return cfg
 
 
@@ -190,7 +236,7 @@ def main(argv=None) -> int:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(f"{folder}: branch.json rewritten at format {cfg.format_version} (weights {cfg.weights_sha256[:12]})")
+        print(f"{folder}: {FILE} rewritten at format {cfg.format_version} (weights {cfg.weights_sha256[:12]})")
     return 0
 
 

@@ -76,13 +76,13 @@ def run(b: Build, console) -> dict:
 def _train(b: Build) -> None:
     from toolchain.train import run_sweep
 
-    b.done["sweep"] = run_sweep(b.recipe, out=b.ws.root, console=_progress_console())
+    b.done["sweep"] = run_sweep(b.recipe, b.ws, console=_progress_console())
 
 
 def _distill(b: Build) -> None:
     from toolchain.distill import run_distill
 
-    run_distill(b.recipe, out=b.ws.root, console=_progress_console())
+    run_distill(b.recipe, b.ws, console=_progress_console())
 
 
 def _plan(b: Build) -> None:
@@ -109,13 +109,14 @@ def _chosen(b: Build) -> dict:
 def _merge(b: Build) -> None:
     from runtime_py.bundle import file_sha256
     from toolchain import backbone
+    from toolchain.branch_config import WEIGHTS
     from toolchain.store import branch_names, create
 
     runs = [b.ws.root / c["run"] for c in _chosen(b).values()]
     store = b.ws.store
-    want = {Path(r).parent.name: file_sha256(Path(r) / "branch.safetensors") for r in runs}
+    want = {Path(r).parent.name: file_sha256(Path(r) / WEIGHTS) for r in runs}
     if (store / "store.json").is_file() and set(branch_names(store)) == set(want) and all(
-            file_sha256(store / "branches" / t / "branch.safetensors") == sha for t, sha in want.items()):
+            file_sha256(store / "branches" / t / WEIGHTS) == sha for t, sha in want.items()):
         b.log(f"merge: {store} already holds these {len(want)} branches; kept")
         return
     create(store, backbone.load(b.recipe.backbone_spec), b.recipe.backbone, runs, force=store.exists())

@@ -80,6 +80,7 @@ def _workspace(recipe, out: Path | None):
 @app.command()
 def train(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="recipe file, e.g. models/assistant.toml"),
+    *,
     task: Tasks = None,
     layers: str = typer.Option(None, help="sweep: fine-tune the top L layers for each L, e.g. 1,2,3,4,5,6"),
     seeds: str = typer.Option(None, help="seeds per L, e.g. 0,1,2 (default: the recipe's seed)"),
@@ -94,13 +95,13 @@ def train(
     from rich.table import Table
 
     from toolchain.config import load_recipe
-    from toolchain.train import is_main_process, run_sweep
+    from toolchain.runs import is_main_process
+    from toolchain.train import run_sweep
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
     ws = _workspace(recipe, out)
-    console = _console(stderr=True)
-    summary = run_sweep(recipe, task, _ints(layers, "layers"), _seeds(seeds), ws.root,
-                        use_cache=cache, force=force, console=console)
+    summary = run_sweep(recipe, ws, tasks=task, layers=_ints(layers, "layers"), seeds=_seeds(seeds),
+                        use_cache=cache, force=force, console=_console(stderr=True))
     if not is_main_process():  # under torchrun, the other processes print nothing
         return
     table = Table(title=f"{recipe.name}: selected L ({summary['rule']})")
@@ -117,6 +118,7 @@ def train(
 @app.command()
 def distill(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE"),
+    *,
     task: Tasks = None,
     layers: str = typer.Option(None, help="student sizes l (task layers), e.g. 1,2,3 (default: \\[distill] layers)"),
     teacher_layers: int = typer.Option(None, help="teacher L (default: the sweep's selected L per task)"),
@@ -135,12 +137,12 @@ def distill(
 
     from toolchain.config import load_recipe
     from toolchain.distill import run_distill
-    from toolchain.train import is_main_process
+    from toolchain.runs import is_main_process
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
-    summary = run_distill(recipe, task, _ints(layers, "layers"), teacher_layers, _seeds(seeds),
-                          _workspace(recipe, out).root, use_cache=cache, force=force, console=_console(stderr=True),
-                          attach=_ints(attach, "attach"))
+    summary = run_distill(recipe, _workspace(recipe, out), tasks=task, layers=_ints(layers, "layers"),
+                          teacher_layers=teacher_layers, seeds=_seeds(seeds), attach=_ints(attach, "attach"),
+                          use_cache=cache, force=force, console=_console(stderr=True))
     if not is_main_process():
         return
     for name, e in summary.items():

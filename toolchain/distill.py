@@ -25,21 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from toolchain import UserError
-from toolchain.branch_config import BranchConfig, DistilledFrom
+from toolchain.branch_config import BranchConfig, DistilledFrom, load_branch
 from toolchain.data import IGNORE
-from toolchain.fsutil import read_json
-from toolchain.train import (
-    branch_config,
-    finished,
-    fit,
-    loss_fn,
-    raw_outputs,
-    replaced,
-    run_result,
-    save_run,
-    say,
-    trunk_batches,
-)
+from toolchain.features import raw_outputs, trunk_features
+from toolchain.fsutil import locked, read_json, write_json_atomic
+from toolchain.runs import Run, Setup, load_datas, run_or_reuse, run_result, save_run, start
+from toolchain.train import fit, loss_fn
 from toolchain.workspace import Workspace
 
 
@@ -177,59 +168,73 @@ def student_from_teacher(cfg, teacher, layers: int, dropout: float):
     return student
 
 
-def distill_one(recipe, bb, task, data, teacher_dir, layers: int, seed: int, run_dir, accelerator,
-                use_cache=True, cache_dir=None, progress=None, attach: int | None = None) -> dict:
-    from accelerate.utils import set_seed
+def student_run(setup: Setup, task, data, layers: int, seed: int, *, teacher_layers: int, attach=None) -> Run:
+    """The run that distils a task's teacher (L = `teacher_layers`) into `layers` layers with `seed`;
+    `attach` only when the student reads a shallower trunk than its teacher."""
+    folder = setup.ws.student(task.name, layers, teacher_layers, seed, attach)
+    return Run(task, data, layers, seed, folder, setup.recipe.distill_for(task), settings(setup.recipe, task),
+               f"distill {task.name} L={teacher_layers}->l={layers} s={seed}")
 
-    from toolchain.store import load_branch
 
-    teacher_dir, run_dir = Path(teacher_dir), Path(run_dir)
+def check_teacher(setup: Setup, task, data, teacher_dir) -> BranchConfig:
+    """The teacher run's config, when it was trained on this backbone for this task and labels."""
     tmeta = BranchConfig.load(teacher_dir)
     where = f"teacher {teacher_dir}"
-    if tmeta.backbone_fingerprint != bb.fingerprint:
-        raise UserError(f"{where} was trained on another backbone than {recipe.backbone}; retrain the teacher")
+    if tmeta.backbone_fingerprint != setup.bb.fingerprint:
+        raise UserError(f"{where} was trained on another backbone than {setup.recipe.backbone}; retrain the teacher")
     if tmeta.task != task.name or tmeta.labels != data.labels:
         raise UserError(f"{where} is for task {tmeta.task!r} with other labels; pick the teacher of {task.name!r}")
-    attach, depth = student_depth(tmeta, attach)
-    if not 1 <= layers <= depth:
-        raise UserError(f"student layers l = {layers} must be within 1..{depth} (the teacher's layers above "
-                        f"depth {attach}); choose a smaller --layers")
-    cfg = recipe.distill_for(task)
-    kd = recipe.distill
-    teacher = teacher_stack(bb.cfg, bb.state, load_branch(bb.cfg, teacher_dir, tmeta), attach).to(accelerator.device)
-    set_seed(seed)
-    t0 = time.perf_counter()
-    train_b, dev_b, hit = trunk_batches(bb, task, data, attach, accelerator, use_cache,
-                                        cache_dir or Workspace.of_run(run_dir).cache, progress)
-    by_layer = bool(kd.hidden_weight or kd.attention_weight)
-    teacher_outs = None if by_layer else raw_outputs(teacher, train_b, len(data.train))
-    cache_seconds = time.perf_counter() - t0
-    student = student_from_teacher(bb.cfg, teacher, layers, cfg.dropout)
-    dev = accelerator.device
+    return tmeta
+
+
+def kd_objective(teacher, teacher_outs, task_type: str, kd, device):
+    """fit's loss_of for a student: the KD loss against the teacher's outputs (computed once, `teacher_outs`),
+    or, with layer losses, against the teacher run beside the student on each batch."""
 
     def loss_of(model, idx, hidden, mask, labels):
-        if not by_layer:
-            target = teacher_batch(teacher_outs, idx, task.type, labels.shape[-1] if labels.dim() > 1 else 0, dev)
-            return kd_loss(task.type, model(hidden, mask), target, labels, kd.temperature, kd.alpha)
+        if teacher_outs is not None:
+            target = teacher_batch(teacher_outs, idx, task_type, labels.shape[-1] if labels.dim() > 1 else 0, device)
+            return kd_loss(task_type, model(hidden, mask), target, labels, kd.temperature, kd.alpha)
         with torch.no_grad():
             target, t_states, t_probs = teacher(hidden, mask, with_states=True)
         out, states, probs = model(hidden, mask, with_states=True)
-        if task.type == "tagging":
+        if task_type == "tagging":
             target = target * mask[..., None]  # padding rows are zero, as in the cached outputs
-        return (kd_loss(task.type, out, target.float(), labels, kd.temperature, kd.alpha)
+        return (kd_loss(task_type, out, target.float(), labels, kd.temperature, kd.alpha)
                 + layer_losses(states, probs, t_states, t_probs, mask, kd))
 
-    student, state = fit(student, task, data, cfg, seed, run_dir, accelerator, train_b, dev_b, loss_of, progress,
-                         f"distill {task.name} L={tmeta.layers}->l={layers} s={seed}")
-    result = run_result(state, task, data, accelerator, use_cache, hit, cache_seconds, settings(recipe, task),
-                        layers=layers, labelled_examples=sum(_labelled(y) for y in data.train.labels),
-                        attach=attach, seed=seed, teacher_layers=tmeta.layers, teacher_attach=tmeta.attach,
+    return loss_of
+
+
+def distill_one(setup: Setup, run: Run, teacher_dir, *, attach: int | None = None) -> dict:
+    """Distil the teacher run in `teacher_dir` into the student `run` (run.layers layers at depth `attach`,
+    by default the teacher's); write the run folder."""
+    from accelerate.utils import set_seed
+
+    bb, task, kd, dev = setup.bb, run.task, setup.recipe.distill, setup.accelerator.device
+    teacher_dir = Path(teacher_dir)
+    tmeta = check_teacher(setup, task, run.data, teacher_dir)
+    attach, depth = student_depth(tmeta, attach)
+    if not 1 <= run.layers <= depth:
+        raise UserError(f"student layers l = {run.layers} must be within 1..{depth} (the teacher's layers above "
+                        f"depth {attach}); choose a smaller --layers")
+    teacher = teacher_stack(bb.cfg, bb.state, load_branch(bb.cfg, teacher_dir, tmeta), attach).to(dev)
+    set_seed(run.seed)
+    t0 = time.perf_counter()
+    feats = trunk_features(bb, run.data, attach, setup.accelerator, cache_dir=setup.cache_dir,
+                           progress=setup.progress, name=task.name)
+    by_layer = bool(kd.hidden_weight or kd.attention_weight)
+    teacher_outs = None if by_layer else raw_outputs(teacher, feats.train, len(run.data.train))
+    cache_seconds = time.perf_counter() - t0
+    student = student_from_teacher(bb.cfg, teacher, run.layers, run.cfg.dropout)
+    student, state = fit(student, run, feats, kd_objective(teacher, teacher_outs, task.type, kd, dev), setup)
+    result = run_result(state, run, setup, feats, cache_seconds, layers=run.layers,
+                        labelled_examples=sum(_labelled(y) for y in run.data.train.labels), attach=attach,
+                        seed=run.seed, teacher_layers=tmeta.layers, teacher_attach=tmeta.attach,
                         teacher_dev_metric=tmeta.dev_metric)
     teacher_of = DistilledFrom(str(teacher_dir), tmeta.layers, tmeta.dev_metric, kd.temperature, kd.alpha,
                                tmeta.attach, kd.hidden_weight, kd.attention_weight)
-    config = branch_config(recipe, bb, task, data, attach, layers, result["dev_metric"], seed,
-                           distilled_from=teacher_of)
-    save_run(run_dir, student, config, result, accelerator)
+    save_run(setup, run, student, result, attach=attach, distilled_from=teacher_of)
     return result
 
 
@@ -245,9 +250,8 @@ def settings(recipe, task) -> dict:
     return {**kd, **dataclasses.asdict(recipe.distill_for(task))}
 
 
-def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
+def teacher_dir_for(ws: Workspace, task: str, teacher_layers: int | None) -> Path:
     """The teacher run: the sweep's selection for the task, or its best seed at --teacher-layers."""
-    ws = Workspace(Path(out))
     if teacher_layers is None:
         sel = ws.selected
         if not sel.is_file():
@@ -256,84 +260,81 @@ def teacher_dir_for(out: Path, task: str, teacher_layers: int | None) -> Path:
         if task not in chosen:
             raise UserError(f"task {task!r} has no selected teacher in {sel}; train it first or pass --teacher-layers")
         return ws.root / chosen[task]["run"]
-    runs = sorted(ws.runs_of(task).glob(f"L{teacher_layers}-s*/result.json"))
+    runs = [r for r in ws.seeds_of(task, teacher_layers) if (r / "result.json").is_file()]
     if not runs:
         raise UserError(f"no finished teacher run for task {task!r} with L = {teacher_layers} under {ws.root / 'runs'}; "
                         f"train it with: ctb-mobile train RECIPE -t {task} --layers {teacher_layers}")
-    best = max(runs, key=lambda p: read_json(p)["dev_metric"])
-    return best.parent
+    return max(runs, key=lambda r: read_json(r / "result.json")["dev_metric"])
 
 
-def run_distill(recipe, task_names=None, layers=None, teacher_layers=None, seeds=None, out=None,
-                use_cache=True, force=False, console=None, attach=None) -> dict:
+def run_distill(recipe, ws: Workspace, *, tasks=None, layers=None, teacher_layers=None, seeds=None, attach=None,
+                use_cache=True, force=False, console=None) -> dict:
     """Distil each task's teacher into students of each size in `layers` (default: [distill] layers), at
-    each depth in `attach` (default: [distill] attach) at or below the teacher's
-    (none: the teacher's own); write distill.json."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    each depth in `attach` (default: [distill] attach) at or below the teacher's (none: the teacher's own);
+    write distill.json. Everything is checked before any training."""
     from toolchain import backbone as backbones
-    from toolchain.data import load_task
-    from toolchain.fsutil import locked, write_json_atomic
-    from toolchain.train import for_this_process, make_accelerator
 
-    out = Path(out)
     layers, attach = layers or recipe.distill.layers, attach or recipe.distill.attach
-    tasks = [recipe.task(n) for n in task_names] if task_names else list(recipe.tasks)
+    tasks = [recipe.task(n) for n in tasks] if tasks else list(recipe.tasks)
     seeds = seeds or [recipe.train.seed]
-    teachers = {t.name: teacher_dir_for(out, t.name, teacher_layers) for t in tasks}
+    teachers = {t.name: teacher_dir_for(ws, t.name, teacher_layers) for t in tasks}
     bb = backbones.load(recipe.backbone_spec)
     recipe.check_positions(bb.cfg)
-    tok = bb.tokenizer()
     bad = [n for n in layers if n < 1]
     if bad:
         raise UserError(f"student layers l = {bad[0]} must be at least 1; e.g. --layers 1,2,3")
     tmetas = {t.name: BranchConfig.load(teachers[t.name]) for t in tasks}
     depths = {t.name: attach_depths(tmetas[t.name], attach) for t in tasks}  # fails before any training
-    ws = Workspace(out)
-    summary_path = ws.distilled
-    summary = read_json(summary_path) if summary_path.is_file() else {}
-    accelerator = make_accelerator(recipe.train.mixed_precision)
-    console = for_this_process(console, accelerator)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True) as progress:
-        transfer = recipe.distill.transfer == "recipe"
-        datas = {t.name: load_task(recipe, t, tok) for t in (recipe.tasks if transfer else tasks)}
-        for note in (n for d in datas.values() for n in d.notes):
-            say(progress.console, note)
-        if transfer:  # each task's training rows plus every other task's, unlabelled
-            datas = {t.name: with_transfer_set(t, datas[t.name], [d for n, d in datas.items() if n != t.name],
-                                               recipe.seq_len(t), recipe.distill.transfer_max, recipe.train.seed)
-                     for t in tasks}
+    summary = read_json(ws.distilled) if ws.distilled.is_file() else {}
+    with start(recipe, bb, ws, use_cache=use_cache, console=console) as setup:
+        datas = distill_datas(setup, tasks)
         for t in tasks:
             tdir, tmeta = teachers[t.name], tmetas[t.name]
             entry = summary.setdefault(t.name, {"metric": t.metric, "students": {}})
-            entry["teacher"] = {"run": str(tdir.relative_to(out)) if tdir.is_relative_to(out) else str(tdir),
+            entry["teacher"] = {"run": ws.relative(tdir) if tdir.is_relative_to(ws.root) else str(tdir),
                                 "attach": tmeta.attach, "layers": tmeta.layers, "dev_metric": tmeta.dev_metric}
-            for x in depths[t.name]:
-                depth = student_depth(tmeta, x)[1]  # the most layers a student at x can take from the teacher
-                lower = None if x == tmeta.attach else x
-                for n in layers:
-                    if n > depth:  # deeper than the teacher: nothing to distil
-                        continue
-                    for s in seeds:
-                        run_dir = ws.student(t.name, n, tmeta.layers, s, lower)
-                        res = None if force else finished(run_dir, datas[t.name], settings(recipe, t))
-                        if res is None:
-                            if (force or (run_dir / "result.json").exists()) and accelerator.is_main_process:
-                                replaced(progress.console, run_dir, force)  # forced, or finished on other data
-                            accelerator.wait_for_everyone()
-                            res = distill_one(recipe, bb, t, datas[t.name], tdir, n, s, run_dir, accelerator,
-                                              use_cache, ws.cache, progress, x)
-                        key = f"{x},{n}"
-                        prev = entry["students"].get(key)
-                        if prev is None or res["dev_metric"] >= prev["dev_metric"]:
-                            entry["students"][key] = {"attach": x, "layers": n,
-                                                      "dev_metric": res["dev_metric"],
-                                                      "run": str(run_dir.relative_to(out))}
-    if not accelerator.is_main_process:
-        return summary
-    with locked(summary_path, wait=120):  # keep what other runs on this workspace wrote meanwhile
-        current = read_json(summary_path) if summary_path.is_file() else {}
+            for x, n, s in students(tmeta, depths[t.name], layers, seeds):
+                run = student_run(setup, t, datas[t.name], n, s, teacher_layers=tmeta.layers,
+                                  attach=None if x == tmeta.attach else x)
+                res = run_or_reuse(setup, run, lambda: distill_one(setup, run, tdir, attach=x), force=force)
+                keep_best(entry, x, n, res, ws.relative(run.folder))
+    if setup.accelerator.is_main_process:
+        summary = write_distilled(ws, summary, tasks)
+    return summary
+
+
+def students(tmeta, depths, layers, seeds):
+    """(attach, layers, seed) of every student of a teacher: at each depth, the sizes the teacher's layers
+    above that depth can give (a student deeper than its teacher has nothing to distil)."""
+    for x in depths:
+        depth = student_depth(tmeta, x)[1]
+        yield from ((x, n, s) for n in layers if n <= depth for s in seeds)
+
+
+def distill_datas(setup: Setup, tasks) -> dict:
+    """Each task's data; with [distill] transfer = "recipe", its training rows plus every other task's,
+    unlabelled."""
+    recipe = setup.recipe
+    if recipe.distill.transfer != "recipe":
+        return load_datas(setup, tasks)
+    datas = load_datas(setup, recipe.tasks)
+    return {t.name: with_transfer_set(t, datas[t.name], [d for n, d in datas.items() if n != t.name],
+                                      recipe.seq_len(t), recipe.distill.transfer_max, recipe.train.seed)
+            for t in tasks}
+
+
+def keep_best(entry: dict, attach: int, layers: int, res: dict, run: str) -> None:
+    """distill.json's student of a task at (attach, layers): the best seed so far."""
+    key = f"{attach},{layers}"
+    prev = entry["students"].get(key)
+    if prev is None or res["dev_metric"] >= prev["dev_metric"]:
+        entry["students"][key] = {"attach": attach, "layers": layers, "dev_metric": res["dev_metric"], "run": run}
+
+
+def write_distilled(ws: Workspace, summary: dict, tasks) -> dict:
+    """Merge these tasks' entries into distill.json, keeping what other runs on this workspace wrote meanwhile."""
+    with locked(ws.distilled, wait=120):
+        current = read_json(ws.distilled) if ws.distilled.is_file() else {}
         summary = {**current, **{t.name: summary[t.name] for t in tasks if t.name in summary}}
-        write_json_atomic(summary_path, summary)
+        write_json_atomic(ws.distilled, summary)
     return summary

@@ -57,3 +57,13 @@ def _compute(metric, preds, golds, pos_label):
 
         return 100.0 * f1_score(golds, preds)
     raise ValueError(f"unknown metric {metric!r}")
+
+
+def predictions(task_type: str, outputs) -> list:
+    """A task's predictions from its raw outputs (torch tensors or numpy arrays, one per example): a float
+    (regression), a label id (classification), or a label id per word piece (tagging)."""
+    if task_type == "regression":
+        return [float(o) for o in outputs]
+    if task_type == "classification":
+        return [int(o.argmax()) for o in outputs]
+    return [o.argmax(-1).tolist() for o in outputs]

@@ -24,49 +24,17 @@ from pathlib import Path
 
 from runtime_py.bundle import file_sha256
 from toolchain import UserError, __version__
-from toolchain.branch_config import BranchConfig, check_finite
+from toolchain.branch_config import WEIGHTS, BranchConfig, load_branch, save_branch
 from toolchain.fsutil import (atomic_dir, check_replaceable, child, follow_umask, locked, read_json, reading,
                               recover_tree, remove_tree, write_json_atomic)
 
-SCHEMA = 1
+SCHEMA = 1  # store.json's format version: a newer one asks for a newer ctb-mobile, an older one for a rebuild
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 REBUILD = "rebuild the store with `ctb-mobile merge --force`"
 
 
 # ---------------------------------------------------------------------------------------------
 # One branch folder
-
-
-def load_branch(cfg, branch_dir, meta: BranchConfig | None = None):
-    """Build a Branch and load its weights strictly; corrupt or mismatched files are one-line errors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    from toolchain.model import Branch
-
-    meta = meta or BranchConfig.load(branch_dir)
-    branch = Branch(cfg, meta.attach, meta.layers, meta.type, meta.n_out)
-    try:
-        data = (Path(branch_dir) / "branch.safetensors").read_bytes()  # read once: parsed and hashed
-        weights = load(data)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"branch {branch_dir}: branch.safetensors is unreadable ({str(e)[:80]}); "
-                        "copy it again or retrain the branch") from None
-    check_finite(weights, f"branch {branch_dir}")
-    if not meta.weights_sha256:
-        raise UserError(f"branch {branch_dir}: branch.json lacks weights_sha256, so its weights cannot be checked; "
-                        "if you trust branch.safetensors, record its sha256 with `python -m toolchain.branch_config "
-                        f"{branch_dir}`, else retrain the branch")
-    if hashlib.sha256(data).hexdigest() != meta.weights_sha256:
-        raise UserError(f"branch {branch_dir}: branch.safetensors does not match the sha256 in its branch.json "
-                        "(a damaged or swapped file); copy the branch again or retrain it")
-    try:
-        branch.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise UserError(f"branch {branch_dir}: weights do not fit its branch.json ({first[:100]}); "
-                        "the folder mixes files from different runs") from None
-    return branch.eval()
 
 
 def check_fits(store_meta: dict, meta: BranchConfig, where: str) -> None:
@@ -90,9 +58,11 @@ def _meta(store_dir: Path) -> dict:
         raise UserError(f"store {store_dir} not found (no store.json); build one with `ctb-mobile merge`")
     meta = read_json(f, REBUILD)
     schema = meta.get("schema") if isinstance(meta, dict) else None
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA:
+        raise UserError(f"store {store_dir}: store.json is schema {schema}, written by a newer ctb-mobile (this one "
+                        f"reads {SCHEMA}); upgrade ctb-mobile (pip install -U ctb-mobile)")
     if schema != SCHEMA:
-        raise UserError(f"store {store_dir}: schema {schema!r}, this toolchain reads {SCHEMA}; "
-                        "rebuild it with `ctb-mobile merge`")
+        raise UserError(f"store {store_dir}: schema {schema!r}, this toolchain reads {SCHEMA}; {REBUILD}")
     for key, kind in (("backbone", str), ("backbone_fingerprint", str), ("encoder", dict)):
         if not isinstance(meta.get(key), kind):
             raise UserError(f"store {store_dir}: store.json {key} is {'missing' if key not in meta else 'malformed'}; "
@@ -227,13 +197,13 @@ def _encoder_cfg(store_meta):
 
 
 def _copy_branch(branch_dir, dest, meta: BranchConfig) -> None:
-    """Copy a validated branch; the copy must still match the sha256 its branch.json records."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(branch_dir) / "branch.safetensors", dest / "branch.safetensors")
-    if file_sha256(dest / "branch.safetensors") != meta.weights_sha256:
-        raise UserError(f"branch {branch_dir}: branch.safetensors changed while it was copied (its sha256 no longer "
+    """Copy a validated branch: its weights read once, and still the ones its branch.json records."""
+    data = (Path(branch_dir) / WEIGHTS).read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.weights_sha256:
+        raise UserError(f"branch {branch_dir}: {WEIGHTS} changed while it was copied (its sha256 no longer "
                         "matches branch.json); copy it again when nothing is writing it")
-    meta.save(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    save_branch(dest, data, meta)
 
 
 def create(store_dir, bb, backbone_spec: str, branch_dirs: list, force: bool = False) -> dict:

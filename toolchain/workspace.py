@@ -31,11 +31,6 @@ class Workspace:
             raise UserError(f"{self.root} is a {kind} folder, not a training folder (the --out of train, distill and "
                             "merge, which holds runs/); choose another --out (default: models/<recipe name>/)")
 
-    @classmethod
-    def of_run(cls, run_dir) -> "Workspace":
-        """The workspace holding a run or student folder (<root>/runs/<task>/<run>)."""
-        return cls(Path(run_dir).absolute().parents[2])
-
     @property
     def cache(self) -> Path:
         return self.root / "cache"
@@ -93,6 +88,10 @@ class Workspace:
     def run(self, task: str, layers: int, seed: int) -> Path:
         return self.runs_of(task) / f"L{layers}-s{seed}"
 
+    def seeds_of(self, task: str, layers: int) -> list:
+        """The run folders of a task trained at L = `layers`, one per seed."""
+        return sorted(self.runs_of(task).glob(f"L{layers}-s*"))
+
     def student(self, task: str, layers: int, teacher_layers: int, seed: int, attach: int | None = None) -> Path:
         """A student run; `attach` is given only when it is lower than its teacher's."""
         lower = "" if attach is None else f"a{attach}-"
@@ -100,3 +99,7 @@ class Workspace:
 
     def bundle(self, target: str, layout: str, precision: str) -> Path:
         return self.bundles / f"{target}-{layout}-{precision}"
+
+    def relative(self, path) -> str:
+        """A path inside the workspace as its JSON files record it (selected.json, distill.json, plan.json)."""
+        return Path(path).relative_to(self.root).as_posix()
