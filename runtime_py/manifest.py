@@ -11,11 +11,13 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 
+from runtime_py.targets import TARGETS
+
 SCHEMA_VERSION = 2
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 TASK_TYPES = ("classification", "regression", "tagging")
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-SUFFIXES = {"onnx": (".onnx",), "android": (".pte",), "ios": (".mlpackage", ".mlmodel")}
+SUFFIXES = {t.name: t.suffixes for t in TARGETS.values()}  # the program files each target may name
 
 
 class BundleError(ValueError):

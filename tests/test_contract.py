@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import copy_bundle, reseal
+from conftest import ROOT, copy_bundle, reseal
 
 from runtime_py import BundleError, Predictor
 from runtime_py.bundle import file_sha256
@@ -18,6 +18,25 @@ from toolchain.export import export_bundle
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("executorch")
+
+
+def test_every_registered_target_and_precision_is_one_the_schema_and_both_apps_accept():
+    """A target or precision added to runtime_py/targets.py (int4 was) must reach manifest.schema.json and
+    the Kotlin and Swift manifest readers too, or its bundles are refused there."""
+    import re
+
+    from runtime_py.targets import TARGETS
+
+    def listed(path, name):  # `val NAME = listOf("a", ...)` (Kotlin) or `let name = ["a", ...]` (Swift)
+        return set(re.findall(r'"([^"]+)"', re.search(rf"\b{name} = (.*)", (ROOT / path).read_text()).group(1)))
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    kotlin, swift = "android_demo/core/src/main/kotlin/ctbmobile/core/Manifest.kt", "ios_demo/CTBKit/Sources/CTBKit/Manifest.swift"
+    assert set(TARGETS) == set(schema["properties"]["target"]["enum"]) == listed(kotlin, "TARGETS") \
+        == listed(swift, "targets")
+    precisions = {p for t in TARGETS.values() for p in t.precisions}
+    for accepted in (set(schema["$defs"]["precision"]["enum"]), listed(kotlin, "PRECISIONS"), listed(swift, "precisions")):
+        assert precisions <= accepted, precisions - accepted
 
 
 def schema_validator():
