@@ -10,10 +10,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime_py.manifest import TASK_TYPES  # one list, the runtime's: a bundle's tasks are of these types
 from toolchain import UserError
 from toolchain.fsutil import check_name
 
-TASK_TYPES = ("classification", "regression", "tagging")
 FORMATS = ("tsv", "csv", "jsonl", "seqio", "clinc150", "hf", "conll")
 METRICS = ("accuracy", "f1", "macro_f1", "matthews", "pearson", "spearman", "entity_f1")
 DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "tagging": "entity_f1"}
