@@ -8,6 +8,7 @@ import torch
 from conftest import ROOT, write_recipe
 from safetensors.torch import load_file
 
+from toolchain.branch_config import WEIGHTS
 from toolchain.config import load_recipe
 from toolchain.train import run_sweep
 from toolchain.workspace import Workspace
@@ -64,8 +65,8 @@ def test_two_cpu_processes_split_each_batch_reduce_gradients_and_match_one_proce
         assert r2["rows_per_process"] == [[(rows + 1) // 2] * 2] * 2
         # Same number of optimizer steps, and the global batch's loss at each of them.
         assert len(r1["losses"]) == len(r2["losses"]) == 2 * steps
-        w1 = load_file(str(tmp_path / f"one/runs/{task}/L1-s0/branch.safetensors"))
-        w2 = load_file(str(tmp_path / f"two/runs/{task}/L1-s0/branch.safetensors"))
+        w1 = load_file(str(Workspace(tmp_path / "one").run(task, 1, 0) / WEIGHTS))
+        w2 = load_file(str(Workspace(tmp_path / "two").run(task, 1, 0) / WEIGHTS))
         if task == "intent":
             # Averaged gradients of two half batches are the gradient of the whole batch: the runs agree
             # to float rounding. Without the all-reduce, each process would step on its half batch alone.

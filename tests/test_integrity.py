@@ -14,9 +14,8 @@ from conftest import ROOT, TINY_TASK, write_recipe
 from test_cli import one_line_error
 
 from toolchain import UserError, __version__, backbone, store
-from toolchain.branch_config import BranchConfig, save_branch, weights_bytes
+from toolchain.branch_config import FILE, FORMAT_VERSION, WEIGHTS, BranchConfig, save_branch, weights_bytes
 
-FORMAT_VERSION = 2  # branch.json's format (toolchain.branch_config.FORMAT_VERSION)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +71,9 @@ def test_every_branch_json_written_has_the_format_version_and_the_weights_sha256
     from runtime_py.bundle import file_sha256
 
     for folder in (tmp_path / "runs" / "intent", small_store / "branches" / "intent"):
-        meta = json.loads((folder / "branch.json").read_text())
+        meta = json.loads((folder / FILE).read_text())
         assert meta["format_version"] == FORMAT_VERSION
-        assert meta["weights_sha256"] == file_sha256(folder / "branch.safetensors")
+        assert meta["weights_sha256"] == file_sha256(folder / WEIGHTS)
     with pytest.raises(ValueError, match="the config records weights .*, not these"):  # weights and config go together
         save_branch(tmp_path / "empty", b"other weights", BranchConfig.load(small_store / "branches" / "intent"))
     assert not (tmp_path / "empty").exists()
@@ -83,44 +82,44 @@ def test_every_branch_json_written_has_the_format_version_and_the_weights_sha256
 def test_a_branch_json_without_weights_sha256_is_refused_with_the_command_that_rewrites_it(bb, small_store, tmp_path,
                                                                                            cli):
     run = make_run(bb, tmp_path / "old", task="other")
-    edit_json(run / "branch.json", lambda m: [m.pop("weights_sha256"), m.pop("format_version")])  # an older file
-    flip(run / "branch.safetensors")  # and a damaged weight: nothing can tell, so the file is refused
+    edit_json(run / FILE, lambda m: [m.pop("weights_sha256"), m.pop("format_version")])  # an older file
+    flip(run / WEIGHTS)  # and a damaged weight: nothing can tell, so the file is refused
     before = sorted(p.name for p in (small_store / "branches").iterdir())
     code, _, err = cli("branch", "add", small_store, run)
     one_line_error(code, err, f"lacks 'weights_sha256'")
     assert f"python -m toolchain.branch_config {run}" in err and "retrain" in err
     assert sorted(p.name for p in (small_store / "branches").iterdir()) == before
     for folder in (small_store / "branches" / "intent",):  # a store's branch that lost it: predict refuses too
-        edit_json(folder / "branch.json", lambda m: m.pop("weights_sha256"))
-        flip(folder / "branch.safetensors")
+        edit_json(folder / FILE, lambda m: m.pop("weights_sha256"))
+        flip(folder / WEIGHTS)
         code, _, err = cli("predict", small_store, "play some jazz")
         one_line_error(code, err, "lacks 'weights_sha256'")
     # The fix it names: the file is rewritten at the current format, and the branch then loads.
     done = subprocess.run([sys.executable, "-m", "toolchain.branch_config", str(run)], cwd=ROOT, capture_output=True,
                           text=True)
     assert done.returncode == 0 and "rewritten at format 2" in done.stdout, done.stderr
-    assert json.loads((run / "branch.json").read_text())["format_version"] == 2
+    assert json.loads((run / FILE).read_text())["format_version"] == 2
     code, _, err = cli("branch", "add", small_store, run)
     assert code == 0, err
 
 
 def test_a_branch_json_from_a_newer_toolchain_says_upgrade_not_retrain(bb, tmp_path):
     run = make_run(bb, tmp_path / "new")
-    edit_json(run / "branch.json", lambda m: m.update(format_version=FORMAT_VERSION + 1, lora_rank=8))
+    edit_json(run / FILE, lambda m: m.update(format_version=FORMAT_VERSION + 1, lora_rank=8))
     with pytest.raises(UserError, match="written by a newer ctb-mobile.*upgrade ctb-mobile") as e:
         BranchConfig.load(run)
     assert "retrain" not in str(e.value)
     for bad in ("2", 0, True):
-        edit_json(run / "branch.json", lambda m, v=bad: m.update(format_version=v, lora_rank=None) or m.pop("lora_rank"))
+        edit_json(run / FILE, lambda m, v=bad: m.update(format_version=v, lora_rank=None) or m.pop("lora_rank"))
         with pytest.raises(UserError, match="format_version"):
             BranchConfig.load(run)
 
 
 def test_an_older_branch_json_that_records_its_weights_still_loads(bb, tmp_path):
     run = make_run(bb, tmp_path / "old")
-    edit_json(run / "branch.json", lambda m: m.pop("format_version"))  # format 1, as every run before this
+    edit_json(run / FILE, lambda m: m.pop("format_version"))  # format 1, as every run before this
     assert BranchConfig.load(run).format_version == 1
-    edit_json(run / "branch.json", lambda m: m.update(weights_sha256="not-a-sha"))
+    edit_json(run / FILE, lambda m: m.update(weights_sha256="not-a-sha"))
     with pytest.raises(UserError, match="is not a sha256"):
         BranchConfig.load(run)
 
@@ -202,7 +201,7 @@ def test_a_learning_rate_of_1e30_stops_training_in_one_line_and_writes_no_finish
     one_line_error(code, err, "training diverged")
     assert "step" in err and "learning rate (lr = 1e+30) is likely too high" in err and "bad" in err
     run = tmp_path / "ws" / "runs" / "intent" / "L1-s0"
-    assert not (run / "result.json").exists() and not (run / "branch.json").exists()
+    assert not (run / "result.json").exists() and not (run / FILE).exists()
     assert not (tmp_path / "ws" / "selected.json").exists()
 
 
@@ -216,7 +215,7 @@ def test_non_finite_branch_weights_are_refused_by_merge_add_and_predict(bb, smal
     # A store branch whose weights were replaced by non-finite ones (sha256 updated): predict and export refuse
     poisoned = make_run(bb, tmp_path / "p", poison=float("nan"))
     dest = small_store / "branches" / "intent"
-    for name in ("branch.safetensors", "branch.json"):
+    for name in (WEIGHTS, FILE):
         (dest / name).write_bytes((poisoned / name).read_bytes())
     code, out, err = cli("predict", small_store, "play some jazz")
     one_line_error(code, err, "holds NaN or infinity")

@@ -11,7 +11,7 @@ from conftest import ROOT, write_recipe
 from safetensors.torch import load_file, save_file
 
 from toolchain import UserError, backbone, infer, store
-from toolchain.branch_config import BranchConfig
+from toolchain.branch_config import FILE, WEIGHTS, BranchConfig
 from toolchain.config import load_recipe
 from toolchain.distill import run_distill
 from toolchain.model import TaskModel, build_trunk
@@ -119,9 +119,9 @@ def test_attach_depth_beyond_the_trunk_is_refused(runs, tmp_path):
     sd = make_store(tmp_path, out, bb, ["runs/clinc_domain/L1-s0"])
     bad = tmp_path / "deep"
     shutil.copytree(out / "runs/snips_intent/L1-s0", bad)
-    meta = json.loads((bad / "branch.json").read_text())
+    meta = json.loads((bad / FILE).read_text())
     meta["attach"] = 9
-    (bad / "branch.json").write_text(json.dumps(meta))
+    (bad / FILE).write_text(json.dumps(meta))
     before = digest(sd)
     with pytest.raises(UserError, match="attaches at depth 9 with 1 layers, beyond the 4-layer trunk"):
         store.add(sd, bad)
@@ -146,9 +146,9 @@ def test_branch_json_is_a_typed_config_that_refuses_unknown_missing_or_mistyped_
     assert good.weights_sha256 and good.n_out == len(good.labels)
     bad = tmp_path / "bad"
     shutil.copytree(out / "runs/snips_intent/L1-s0", bad)
-    meta = json.loads((bad / "branch.json").read_text())
+    meta = json.loads((bad / FILE).read_text())
     edit(meta)
-    (bad / "branch.json").write_text(json.dumps(meta))
+    (bad / FILE).write_text(json.dumps(meta))
     with pytest.raises(UserError, match=re.escape(message)):
         BranchConfig.load(bad)
 
@@ -181,14 +181,14 @@ def test_bad_branch_input_leaves_the_store_unchanged(runs, tmp_path, cli, case):
         code, _, err = cli("branch", "remove", sd, "weather")
         one_line(code, err, "'weather' is not in the store; it has: clinc_domain, snips_intent")
     elif case == "corrupted weights":
-        data = (broken / "branch.safetensors").read_bytes()
-        (broken / "branch.safetensors").write_bytes(data[: len(data) // 2])
+        data = (broken / WEIGHTS).read_bytes()
+        (broken / WEIGHTS).write_bytes(data[: len(data) // 2])
         code, _, err = cli("branch", "add", sd, broken)
         one_line(code, err, "branch.safetensors is unreadable")
     else:
-        meta = json.loads((broken / "branch.json").read_text())
+        meta = json.loads((broken / FILE).read_text())
         meta["labels"] = meta["labels"][:-1]
-        (broken / "branch.json").write_text(json.dumps(meta))
+        (broken / FILE).write_text(json.dumps(meta))
         code, _, err = cli("branch", "update", sd, broken)
         one_line(code, err, "weights do not fit its branch.json")
     assert digest(sd) == before
@@ -242,4 +242,4 @@ def test_cli_merge_plan_report_and_predict(runs, tmp_path, cli):
     rows = [json.loads(line) for line in text.splitlines()]
     assert len(rows) == 2 and set(rows[0]) == {"text", "snips_intent", "snips_slots", "clinc_domain"}
     assert rows[0]["snips_intent"]["label"] in json.loads(
-        (out / "runs/snips_intent/L1-s0/branch.json").read_text())["labels"]
+        (out / "runs/snips_intent/L1-s0" / FILE).read_text())["labels"]

@@ -47,13 +47,14 @@ def single_task_sources(base: Path, store_dir, names) -> dict:
     """task -> the run folder under `base` (runs/, distill/) whose branch.safetensors the store's branch
     was copied from, or the store's own copy when that folder is gone."""
     from runtime_py.bundle import file_sha256
+    from toolchain.branch_config import WEIGHTS
     from toolchain.workspace import Workspace
 
     ws, out = Workspace(Path(base)), {}
     for n in names:
         own = Path(store_dir) / "branches" / n
-        digest = file_sha256(own / "branch.safetensors")
-        runs = sorted(ws.runs_of(n).glob("*/branch.safetensors")) + sorted(ws.students_of(n).glob("*/branch.safetensors"))
+        digest = file_sha256(own / WEIGHTS)
+        runs = sorted(ws.runs_of(n).glob(f"*/{WEIGHTS}")) + sorted(ws.students_of(n).glob(f"*/{WEIGHTS}"))
         out[n] = next((p.parent for p in runs if file_sha256(p) == digest), own)
     return out
 

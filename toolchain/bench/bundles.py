@@ -20,8 +20,10 @@ def files_digest(paths) -> str:
 
 
 def branch_files(store_dir, task):
+    from toolchain.branch_config import FILE, WEIGHTS
+
     d = Path(store_dir) / "branches" / task
-    return [d / "branch.json", d / "branch.safetensors"]
+    return [d / FILE, d / WEIGHTS]
 
 
 def single_store(store_dir, task, bb, backbone_spec, dest, log=print) -> Path:
