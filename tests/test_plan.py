@@ -4,8 +4,10 @@ from toolchain import UserError
 from toolchain.plan import make_plan, overhead
 
 
-def c(attach, layers, metric, run=""):
-    return {"attach": attach, "layers": layers, "dev_metric": metric, "metric": "accuracy", "run": run, "kind": ""}
+def c(attach, layers, metric, run="", choice=None):
+    """A candidate; `choice`: the figure it is chosen on when that is not its dev metric."""
+    return {"attach": attach, "layers": layers, "dev_metric": metric, "metric": "accuracy", "run": run, "kind": "",
+            "choice_metric": metric if choice is None else choice}
 
 
 def test_overhead_matches_the_papers_mixed_model():
@@ -74,3 +76,11 @@ def test_cost_picks_attach_depths_and_layers_together_within_the_bound():
         make_plan(cands, 6, "cost", max_cost=0.2)
     with pytest.raises(UserError, match="needs max_cost in"):
         make_plan(cands, 6, "cost", max_cost=0.0)
+
+
+def test_every_criterion_chooses_on_the_choice_metric_not_dev():
+    # dev prefers the 2-layer branch of "a"; the held-out training rows prefer the 1-layer one
+    cands = {"a": [c(4, 1, 80.0, choice=90.0), c(4, 2, 85.0, choice=88.0)], "b": [c(4, 1, 70.0)]}
+    for criterion, kw in (("best", {}), ("mixed", {"threshold": 0.0}), ("cost", {"max_cost": 1.0})):
+        p = make_plan(cands, 6, criterion, **kw)
+        assert p["tasks"]["a"]["layers"] == 1, criterion

@@ -87,14 +87,12 @@ def _distill(b: Build) -> None:
 
 def _plan(b: Build) -> None:
     from toolchain import backbone
-    from toolchain.plan import candidates, make_plan, write_plan
+    from toolchain.plan import plan_recipe, write_plan
 
     cfg = b.recipe.plan
     cfg.check("plan ([plan])")
-    names = {t.name for t in b.recipe.tasks}
-    cands = {t: c for t, c in candidates(b.ws.root).items() if t in names}
     depth = backbone.load(b.recipe.backbone_spec).depth
-    write_plan(b.ws.root, make_plan(cands, depth, cfg.criterion, cfg.threshold, cfg.budget, cfg.max_cost))
+    write_plan(b.ws.root, plan_recipe(b.recipe, b.ws.root, cfg, depth))
 
 
 def _chosen(b: Build) -> dict:

@@ -162,21 +162,20 @@ def plan(
     max_cost: float = typer.Option(None, help="cost: largest overhead, a fraction of separate full models, "
                                    "e.g. 0.3 (recipe \\[plan])"),
 ):
-    """Propose (attach depth, branch layers) per task from the sweep and distillation results."""
+    """Propose (attach depth, branch layers) per task from the sweep and distillation results; report the
+    teacher and the chosen branch on dev and on each task's test split, side by side."""
     from toolchain import backbone
     from toolchain.config import load_recipe
-    from toolchain.plan import candidates, make_plan, plan_markdown, write_plan
+    from toolchain.plan import plan_markdown, plan_recipe, write_plan
 
     recipe = load_recipe(recipe_path)
     ws = _workspace(recipe, out)
     depth = backbone.load(recipe.backbone_spec).depth
-    names = {t.name for t in recipe.tasks}
     cfg = dataclasses.replace(recipe.plan, **{k: v for k, v in (("criterion", criterion), ("threshold", threshold),
                                                                  ("budget", budget), ("max_cost", max_cost))
                                               if v is not None})
     cfg.check("plan (--criterion/--threshold/--budget/--max-cost or [plan])")
-    cands = {t: c for t, c in candidates(ws.root).items() if t in names}
-    p = make_plan(cands, depth, cfg.criterion, cfg.threshold, cfg.budget, cfg.max_cost)
+    p = plan_recipe(recipe, ws.root, cfg, depth, heldout=True)
     write_plan(ws.root, p)
     typer.echo(plan_markdown(p) + f"written: {ws.plan}")
 
@@ -488,7 +487,7 @@ def check(recipe_path: Path = typer.Argument(..., metavar="RECIPE")):
     """Validate a recipe and its data files without training."""
     from toolchain import backbone
     from toolchain.config import load_recipe
-    from toolchain.data import load_task
+    from toolchain.data import load_task, read_examples
     from toolchain.quiet import terminal
 
     recipe = load_recipe(recipe_path)
@@ -503,7 +502,8 @@ def check(recipe_path: Path = typer.Argument(..., metavar="RECIPE")):
         d = load_task(recipe, t, tok)
         for note in d.notes:
             typer.echo(note, file=terminal())
-        typer.echo(f"{t.name}: {t.type}, {len(d.train)} train / {len(d.dev)} dev, "
+        test = f" / {len(read_examples(recipe, t, 'test'))} test" if t.test else ""  # held out: read by `plan`
+        typer.echo(f"{t.name}: {t.type}, {len(d.train)} train / {len(d.dev)} dev{test}, "
                    f"{len(d.labels) or 'regression'} labels, metric {t.metric}")
     typer.echo(f"ok: {recipe_path} (backbone {recipe.backbone}, {bb.depth} layers)")
 

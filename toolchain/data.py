@@ -265,7 +265,8 @@ def _read_conll(path, task, split, where):
 
 
 def _read_clinc(path, task, split, where):
-    name = {"train": task.train_split or "train", "dev": task.dev_split or "val", "test": task.test_split or "test"}[split]
+    name = {"train": task.train_split or "train", "dev": task.dev_split or "val",
+            "test": task.test_split or "test"}[split]
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

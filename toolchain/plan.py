@@ -4,6 +4,10 @@ Candidates are every finished run under <out>: partial fine-tuning teachers (run
 students (distill/), each an "(x, y)" model in the paper's notation (x frozen layers, y task layers)
 with its dev metric.
 
+Candidates are chosen on their dev metric, or, with [plan] choose_on = "train-split", on the training rows
+held out of every run (`choice_metric`; toolchain.heldout scores them). `plan` also reports the teacher and
+the chosen branch on the test split beside dev (toolchain.heldout.report).
+
 Overhead is the paper's measure (section 4.1): transformer layers needed to run every task. A merged
 model runs the trunk once up to the deepest attach point, then each branch: max(x) + sum(y),
 against N x (number of tasks) for separate full models.
@@ -18,18 +22,23 @@ from toolchain.fsutil import read_json, write_json_atomic, write_text_atomic
 from toolchain.workspace import Workspace
 
 
-def candidates(out) -> dict:
-    """task -> list of {attach, layers, dev_metric, metric, run, kind} from finished runs (best seed kept)."""
+def candidates(out, tasks=None, choose=None) -> dict:
+    """task -> list of {attach, layers, dev_metric, choice_metric, metric, run, kind} from finished runs of
+    `tasks` (None: all), the best seed kept. `choose(run)` gives the figure a run is chosen on (default:
+    its dev metric)."""
     out = Path(out)
     found = {}
     for kind, pattern in (("teacher", "runs/*/*/result.json"), ("student", "distill/*/*/result.json")):
         for res_file in sorted(out.glob(pattern)):
             meta = BranchConfig.load(res_file.parent)
-            key = (meta.attach, meta.layers)
+            if tasks is not None and meta.task not in tasks:
+                continue
+            key, run = (meta.attach, meta.layers), str(res_file.parent.relative_to(out))
             c = {"attach": meta.attach, "layers": meta.layers, "dev_metric": meta.dev_metric,
-                 "metric": meta.metric, "run": str(res_file.parent.relative_to(out)), "kind": kind}
+                 "choice_metric": choose(run) if choose else meta.dev_metric,
+                 "metric": meta.metric, "run": run, "kind": kind}
             per_task = found.setdefault(meta.task, {})
-            if key not in per_task or c["dev_metric"] > per_task[key]["dev_metric"]:
+            if key not in per_task or c["choice_metric"] > per_task[key]["choice_metric"]:
                 per_task[key] = c
     return {t: sorted(v.values(), key=lambda c: (c["layers"], c["attach"])) for t, v in found.items()}
 
@@ -37,7 +46,7 @@ def candidates(out) -> dict:
 def _best_by_size(cands) -> dict:
     best = {}
     for c in cands:
-        if c["layers"] not in best or c["dev_metric"] > best[c["layers"]]["dev_metric"]:
+        if c["layers"] not in best or c["choice_metric"] > best[c["layers"]]["choice_metric"]:
             best[c["layers"]] = c
     return best
 
@@ -51,7 +60,7 @@ def overhead(choice: dict, depth: int) -> dict:
 
 
 def best_within_cost(cands: dict, depth: int, max_cost: float) -> dict:
-    """The (attach, layers) per task with the highest summed dev metric whose overhead, max(attach) +
+    """The (attach, layers) per task with the highest summed choice metric whose overhead, max(attach) +
     sum(layers) over depth x tasks, is at most max_cost; ties go to fewer layers. Exact: for each
     trunk depth, a multiple-choice knapsack over branch layers."""
     allowed = int(max_cost * depth * len(cands) + 1e-9)
@@ -64,8 +73,8 @@ def best_within_cost(cands: dict, depth: int, max_cost: float) -> dict:
             for used, (total, choice) in table.items():
                 for c in options:
                     n = used + c["layers"]
-                    if trunk + n <= allowed and (n not in nxt or total + c["dev_metric"] > nxt[n][0]):
-                        nxt[n] = (total + c["dev_metric"], {**choice, task: c})
+                    if trunk + n <= allowed and (n not in nxt or total + c["choice_metric"] > nxt[n][0]):
+                        nxt[n] = (total + c["choice_metric"], {**choice, task: c})
             table = nxt
         for used, (total, choice) in table.items():
             key = (round(total, 9), -(trunk + used))
@@ -82,7 +91,8 @@ def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=
     """mixed: every task starts at its smallest branch; a task gets more layers only while the added
     layers gain >= threshold points each (on average), largest gain first, within the budget (0: none).
     best: each task's best candidate, whatever its size.
-    cost: the best summed dev metric whose overhead (trunk and branches) is at most max_cost of
+    Every criterion reads a candidate's `choice_metric` (its dev metric unless [plan] choose_on says otherwise).
+    cost: the best summed metric whose overhead (trunk and branches) is at most max_cost of
     separate full models, choosing attach depths and branch layers together."""
     if criterion not in PLAN_CRITERIA:
         raise UserError(f"criterion {criterion!r} is not valid; use one of: {', '.join(PLAN_CRITERIA)}")
@@ -93,7 +103,7 @@ def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=
             raise UserError(f"criterion cost needs max_cost in (0, 1], got {max_cost}; e.g. --max-cost 0.3")
         choice = best_within_cost(cands, depth, max_cost)
     elif criterion == "best":
-        choice = {t: max(c, key=lambda x: (x["dev_metric"], -x["layers"])) for t, c in cands.items()}
+        choice = {t: max(c, key=lambda x: (x["choice_metric"], -x["layers"])) for t, c in cands.items()}
     else:
         by_size = {t: _best_by_size(c) for t, c in cands.items()}
         choice = {t: b[min(b)] for t, b in by_size.items()}
@@ -108,7 +118,7 @@ def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=
                 for size in (s for s in b if s > cur["layers"]):
                     # gain per added layer; looking past the next size up lets one noisy size not
                     # hide a deeper branch that pays for every layer it adds
-                    gain = (b[size]["dev_metric"] - cur["dev_metric"]) / (size - cur["layers"])
+                    gain = (b[size]["choice_metric"] - cur["choice_metric"]) / (size - cur["layers"])
                     if gain >= threshold and gain > 0 and (not budget or used + size - cur["layers"] <= budget):
                         steps.append((gain, -size, t, b[size]))
             if not steps:
@@ -119,10 +129,37 @@ def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=
             "tasks": choice, "overhead": overhead(choice, depth)}
 
 
+def plan_recipe(recipe, root, cfg, depth: int, heldout: bool = False) -> dict:
+    """The plan for the recipe's tasks from the finished runs under `root`, by `cfg` (a checked PlanConfig),
+    every candidate scored on cfg.choose_on; with `heldout`, plan["heldout"] is the dev / test report."""
+    from toolchain import heldout as held
+
+    scorer = held.Scorer(recipe, root)
+    choose = (lambda run: _choice_metric(scorer, run)) if cfg.choose_on == "train-split" else None
+    cands = candidates(root, {t.name for t in recipe.tasks}, choose)
+    plan = make_plan(cands, depth, cfg.criterion, cfg.threshold, cfg.budget, cfg.max_cost)
+    plan["choose_on"] = cfg.choose_on if cfg.choose_on == "dev" else f"{cfg.choose_on} {cfg.split_fraction:g}"
+    if heldout:
+        plan["heldout"] = held.report(recipe, root, plan, scorer)
+    return plan
+
+
+def _choice_metric(scorer, run) -> float:
+    got = scorer.score(run, "choice")
+    if got["value"] is None:
+        raise UserError(f"run {run}: none of the {got['dropped']} training rows held out to choose on has a label "
+                        "it learned; raise [plan] split_fraction")
+    return got["value"]
+
+
 def plan_markdown(plan: dict) -> str:
-    lines = ["| task | (x, y) | expected dev | metric | from |", "|---|---|---|---|---|"]
+    split = plan.get("choose_on", "dev") != "dev"  # chosen on held-out training rows: show that figure too
+    lines = ["| task | (x, y) | expected dev |" + (" chosen on |" if split else "") + " metric | from |",
+             "|---|---|---|---|---|" + ("---|" if split else "")]
     for t, c in plan["tasks"].items():
-        lines.append(f"| {t} | ({c['attach']},{c['layers']}) | {c['dev_metric']:.2f} | {c['metric']} | {c['run']} |")
+        on = f" {c['choice_metric']:.2f} |" if split else ""
+        lines.append(f"| {t} | ({c['attach']},{c['layers']}) | {c['dev_metric']:.2f} |{on} {c['metric']} | "
+                     f"{c['run']} |")
     o = plan["overhead"]
     lines += ["", f"Overhead: {o['trunk_layers']} + {o['branch_layers']} = {o['total_layers']} transformer layers "
               f"for {len(plan['tasks'])} tasks, {o['fraction']:.1%} of {o['separate_full_models']} "
@@ -130,6 +167,14 @@ def plan_markdown(plan: dict) -> str:
               + (f", threshold {plan['threshold']}" if plan["criterion"] == "mixed" else "")
               + (f", max cost {plan['max_cost']:.0%}" if plan["criterion"] == "cost" else "")
               + (f", budget {plan['budget']}" if plan["budget"] else "") + "."]
+    if split:
+        lines.append(f"Chosen on {plan['choose_on'].split()[1]} of each task's training rows, held out of every run "
+                     "([plan] choose_on); the dev set is only reported.")
+    if plan.get("heldout"):
+        from toolchain.heldout import markdown
+
+        lines += ["", "Dev and test (held out: never trained or chosen on), teacher and chosen branch:", "",
+                  markdown(plan["heldout"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
