@@ -11,6 +11,7 @@ threads at once; ExecuTorch calls are serialised by one lock, since its thread p
 import json
 import platform
 import threading
+import weakref
 from pathlib import Path
 
 from runtime_py.targets import TARGETS, Target
@@ -56,38 +57,54 @@ class OnnxProgram:
 
 
 _EXECUTORCH = threading.Lock()  # ExecuTorch's (XNNPACK's) thread pool is one per process: one call at a time
+_OPEN = weakref.WeakSet()  # the ExecuTorch programs whose methods are loaded on that pool
 
 
-def _executorch_pool(threads: int) -> int:
-    """Resize ExecuTorch's thread pool to `threads` (0: leave it) and return its size. Call under _EXECUTORCH:
-    resizing while a method runs is unsafe."""
+def _executorch_pool(threads: int) -> None:
+    """Size ExecuTorch's process-wide thread pool to `threads` (0: leave it). An XNNPACK method keeps the pool
+    it was loaded with, and a resize destroys that pool, so the programs already open are released first and
+    loaded again on the new one: from then on they run on `threads` too. Call under _EXECUTORCH."""
     from executorch.extension.pybindings import portable_lib
 
-    if threads and portable_lib._threadpool_get_thread_count() != threads:
-        portable_lib._unsafe_reset_threadpool(threads)
-    return portable_lib._threadpool_get_thread_count()
+    if not threads or portable_lib._threadpool_get_thread_count() == threads:
+        return
+    programs = list(_OPEN)
+    for p in programs:
+        p.program = p.method = None
+    portable_lib._unsafe_reset_threadpool(threads)
+    for p in programs:
+        p.load()
 
 
 class ExecuTorchProgram:
-    """`threads`: the size of ExecuTorch's thread pool while this program runs (0: as it is, one per core
-    unless another program pinned it)."""
+    """`threads`: ExecuTorch's thread pool, one per process, is sized to it before the program loads (0: as
+    it is, one per core unless a program opened before set it). The `threads` attribute is the pool's size
+    now, which the last program opened with threads > 0 decides for all of them."""
 
     def __init__(self, path: Path, inputs: list, threads: int = 0):
+        self.path, self.inputs = Path(path), list(inputs)
+        with _EXECUTORCH:
+            _executorch_pool(threads)
+            self.load()
+            _OPEN.add(self)
+
+    def load(self) -> None:
         from executorch.runtime import Runtime
 
-        self.program = Runtime.get().load_program(str(path))
+        self.program = Runtime.get().load_program(str(self.path))
         self.method = self.program.load_method("forward")
-        self.inputs = list(inputs)
-        self.pinned = threads
-        with _EXECUTORCH:
-            self.threads = _executorch_pool(threads)
+
+    @property
+    def threads(self) -> int:
+        from executorch.extension.pybindings import portable_lib
+
+        return portable_lib._threadpool_get_thread_count()
 
     def run(self, feeds: dict) -> list:
         import torch
 
         args = [torch.from_numpy(feeds[k]) for k in self.inputs]
         with _EXECUTORCH:
-            self.threads = _executorch_pool(self.pinned)
             return [o.numpy().copy() for o in self.method.execute(args)]
 
     def metadata(self) -> dict:

@@ -308,8 +308,10 @@ def test_pair_tasks_need_pairs_and_single_text_tasks_refuse_them(bundles, tmp_pa
 
 
 def test_every_runtime_runs_on_the_threads_it_is_opened_with(tmp_path):
-    """open_program(threads=N) pins ONNX Runtime's intra-op threads and ExecuTorch's (process-wide)
-    thread pool, and each program says what it runs on: bench's --threads 1 once ran ExecuTorch on 2."""
+    """open_program(threads=N) pins ONNX Runtime's intra-op threads and ExecuTorch's thread pool, and each
+    program says what it runs on (bench's --threads 1 once ran ExecuTorch on 2). ExecuTorch has one pool per
+    process, which an XNNPACK method holds from its load: a program opened with other threads resizes it
+    for every open program, and those still compute the same (they are loaded again on the new pool)."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -322,12 +324,14 @@ def test_every_runtime_runs_on_the_threads_it_is_opened_with(tmp_path):
     ep = torch.export.export(module, (x,))
     (tmp_path / "m.pte").write_bytes(to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
                                      .to_executorch().buffer)
-    feeds = {"x": x.numpy()}
+    feeds, want = {"x": x.numpy()}, module(x).detach().numpy()
     onnx_one = open_program("onnx", tmp_path / "m.onnx", ["x"], [], threads=1)
     assert onnx_one.threads == 1 and open_program("onnx", tmp_path / "m.onnx", ["x"], []).threads is None
     et_one = open_program("android", tmp_path / "m.pte", ["x"], [], threads=1)
+    assert et_one.threads == 1 == portable_lib._threadpool_get_thread_count()
+    assert np.allclose(et_one.run(feeds)[0], want, atol=1e-5)
     et_two = open_program("android", tmp_path / "m.pte", ["x"], [], threads=2)
-    assert et_two.threads == 2
-    got = et_one.run(feeds)[0]  # the pool is one per process: the program pins it again for its own calls
-    assert et_one.threads == 1 and portable_lib._threadpool_get_thread_count() == 1
-    assert np.allclose(got, onnx_one.run(feeds)[0], atol=1e-5)
+    assert et_one.threads == et_two.threads == 2
+    for program in (et_one, et_two, open_program("android", tmp_path / "m.pte", ["x"], [], threads=1)):
+        assert np.allclose(program.run(feeds)[0], want, atol=1e-5)
+    assert et_one.threads == et_two.threads == 1
