@@ -1,9 +1,10 @@
 import json
+import shutil
 
 import pytest
 import torch
 from conftest import TINY_TASK, write_recipe
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import toolchain.model
 from toolchain import UserError, backbone
@@ -101,7 +102,7 @@ def files(folder) -> dict:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
 
 
-def test_a_finished_run_is_reused_untouched_and_a_damaged_one_is_trained_again_to_the_same_bytes(tmp_path, capsys):
+def test_a_finished_run_is_reused_untouched_and_a_damaged_or_stale_one_is_trained_again(tmp_path, capsys):
     recipe = load_recipe(write_recipe(tmp_path, TINY_TASK))
     ws = Workspace(tmp_path / "out")
     first = run_sweep(recipe, ws, layers=[1], force=True)  # --force on a fresh workspace: nothing to replace
@@ -120,6 +121,16 @@ def test_a_finished_run_is_reused_untouched_and_a_damaged_one_is_trained_again_t
     assert f"replacing {run} (its {WEIGHTS} does not match the sha256 in its {FILE}" in capsys.readouterr().out
     assert (run / WEIGHTS).read_bytes() == before[WEIGHTS][0]  # trained again: the same weights, bit for bit
     assert (run / FILE).read_bytes() == before[FILE][0]
+
+    other = tmp_path / "other-bert"  # the same tokenizer, so the same token ids: only the backbone differs
+    shutil.copytree(backbone.resolve("tiny-random"), other)
+    w = load_file(str(other / "model.safetensors"))
+    w["encoder.layer.0.attention.self.query.bias"] += 0.01
+    save_file(w, str(other / "model.safetensors"))
+    capsys.readouterr()
+    run_sweep(load_recipe(write_recipe(tmp_path, TINY_TASK.replace('"tiny-random"', f'"{other}"'), "o.toml")), ws,
+              layers=[1])
+    assert f"replacing {run} (it was trained on another backbone" in capsys.readouterr().out
 
     meta = json.loads((run / FILE).read_text())
     (run / FILE).write_text(json.dumps({**meta, "format_version": FORMAT_VERSION + 1}))

@@ -161,10 +161,10 @@ def finished(run: Run, backbone_fingerprint: str) -> tuple[dict | None, str]:
     """(result, "") when the run's folder holds a finished run on this backbone, exactly this data (same token
     ids) and these settings, with its branch files intact; else (None, why not). A branch.json from a newer
     ctb-mobile is refused (NewerFormat: upgrade), never replaced."""
+    if not (run.folder / RESULT).is_file():
+        return None, "it did not finish"
     res = _read_result(run.folder)
     if res is None:
-        return None, "it did not finish"
-    if not isinstance(res, dict):
         return None, f"its {RESULT} is unreadable"
     same = res["data_fingerprint"] == data_fingerprint(run.data) if "data_fingerprint" in res \
         else res.get("train_examples") == len(run.data.train)  # runs written before fingerprints were recorded
@@ -183,15 +183,13 @@ def finished(run: Run, backbone_fingerprint: str) -> tuple[dict | None, str]:
     return res, ""
 
 
-def _read_result(run_dir: Path):
-    """result.json's content; None when there is none, "" when it is not a JSON object."""
-    if not (run_dir / RESULT).is_file():
-        return None
+def _read_result(run_dir: Path) -> dict | None:
+    """result.json's content; None when there is none or it is not a JSON object."""
     try:
         res = read_json(run_dir / RESULT)
     except UserError:
-        return ""
-    return res if isinstance(res, dict) else ""
+        return None
+    return res if isinstance(res, dict) else None
 
 
 def replaced(console, run_dir: Path, why: str) -> None:
