@@ -280,9 +280,9 @@ def summarize(recipe, ws: Workspace, tasks, layers, seeds, results: dict) -> dic
 
 def _selected(ws: Workspace, task, L: int, seeds, results: dict) -> dict:
     """selected.json's entry of a task trained at L: its best seed's run."""
-    best_seed = max(seeds, key=lambda s: results[(task.name, L, s)]["dev_metric"])
-    return {"layers": L, "seed": best_seed, "metric": task.metric,
-            "dev_metric": results[(task.name, L, best_seed)]["dev_metric"], "run": ws.relative(ws.run(task.name, L, best_seed))}
+    best = max(seeds, key=lambda s: results[(task.name, L, s)]["dev_metric"])
+    return {"layers": L, "seed": best, "metric": task.metric, "dev_metric": results[(task.name, L, best)]["dev_metric"],
+            "run": ws.relative(ws.run(task.name, L, best))}
 
 
 def sweep_markdown(summary: dict) -> str:
