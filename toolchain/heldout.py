@@ -186,8 +186,8 @@ def markdown(rep: dict) -> str:
         dev = f"{num(d['teacher'])} | {num(d['chosen'])} | {pct(d['ratio'])}"
         lines.append(f"| {name} | {r['metric']} | {dev} | {test} |")
         if t and t["dropped"]:
-            notes.append(f"- {name}: {t['dropped']} of {t['rows'] + t['dropped']} test rows carry a label the runs "
-                         "never learned and are not scored")
+            notes.append(f"- {name}: {t['dropped']} of {t['rows'] + t['dropped']} test rows are not scored: their "
+                         "labels are ones the runs never learned")
     lines.append(f"| average | | | | {pct(rep['dev_average'])} | | | {pct(rep['test_average'])} |")
     verdict = {True: "holds", False: "does not hold", None: "cannot be judged: a task has no test figure"}
     lines += ["", f"Test split, the first tier (every task >= {BAR['per_task']:.0%} of its teacher, the average >= "
