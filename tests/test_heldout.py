@@ -215,3 +215,23 @@ def test_students_are_chosen_on_the_held_out_training_rows(tmp_path, cli):
     for name, c in plan["tasks"].items():
         got = scorer.score(c["run"], "choice")
         assert c["choice_metric"] == got["value"] and got["rows"] + got["dropped"] == 1308, name
+
+
+def test_a_training_set_too_small_to_split_is_a_one_line_error(tmp_path):
+    from toolchain.data import load_task
+
+    (tmp_path / "one.jsonl").write_text('{"text": "play jazz", "label": "music"}\n')
+    recipe = load_recipe(write_recipe(tmp_path, f"""
+name = "one"
+backbone = "tiny-random"
+{SPLIT}
+[[tasks]]
+name = "t"
+type = "classification"
+format = "jsonl"
+train = "one.jsonl"
+dev = "one.jsonl"
+columns = {{ text = "text", label = "label" }}
+"""))
+    with pytest.raises(UserError, match="task 't': its 1 training row\\(s\\) are all held out to choose on"):
+        load_task(recipe, recipe.task("t"), tok())

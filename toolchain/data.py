@@ -354,7 +354,10 @@ def load_task(recipe, task, tokenizer) -> TaskData:
     rows it chooses on are left out of train first (then the train cap applies)."""
     full = read_examples(recipe, task, "train", cap=False)
     if recipe.plan.choose_on == "train-split":
-        full = choice_split(full, recipe.plan.split_fraction, recipe.train.seed)[0]
+        full, held = choice_split(full, recipe.plan.split_fraction, recipe.train.seed)
+        if not full:
+            raise UserError(f"task {task.name!r}: its {len(held)} training row(s) are all held out to choose on "
+                            "([plan] choose_on = \"train-split\"); add training rows or set choose_on = \"dev\"")
     train = _cap(full, task.max_train_examples)
     dev = read_examples(recipe, task, "dev")
     labels = label_names(task, train)
