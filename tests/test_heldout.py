@@ -211,7 +211,7 @@ def test_students_are_chosen_on_the_held_out_training_rows(tmp_path, cli):
     assert "Chosen on 0.1 of each task's training rows" in stdout
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["choose_on"] == "train-split 0.1"
-    scorer = Scorer(recipe, tmp_path)
+    scorer = Scorer(recipe, Workspace(tmp_path))
     for name, c in plan["tasks"].items():
         got = scorer.score(c["run"], "choice")
         assert c["choice_metric"] == got["value"] and got["rows"] + got["dropped"] == 1308, name

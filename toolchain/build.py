@@ -92,7 +92,7 @@ def _plan(b: Build) -> None:
     cfg = b.recipe.plan
     cfg.check("plan ([plan])")
     depth = backbone.load(b.recipe.backbone_spec).depth
-    write_plan(b.ws.root, plan_recipe(b.recipe, b.ws.root, cfg, depth))
+    write_plan(b.ws, plan_recipe(b.recipe, b.ws, cfg, depth))
 
 
 def _chosen(b: Build) -> dict:

@@ -175,8 +175,8 @@ def plan(
                                                                  ("budget", budget), ("max_cost", max_cost))
                                               if v is not None})
     cfg.check("plan (--criterion/--threshold/--budget/--max-cost or [plan])")
-    p = plan_recipe(recipe, ws.root, cfg, depth, heldout=True)
-    write_plan(ws.root, p)
+    p = plan_recipe(recipe, ws, cfg, depth, heldout=True)
+    write_plan(ws, p)
     typer.echo(plan_markdown(p) + f"written: {ws.plan}")
 
 
@@ -192,8 +192,8 @@ def report(
 
     recipe = load_recipe(recipe_path)
     ws = _workspace(recipe, out)
-    t2 = table2(ws.root, backbone.load(recipe.backbone_spec).depth, [t.name for t in recipe.tasks])
-    write_table2(ws.root, t2)
+    t2 = table2(ws, backbone.load(recipe.backbone_spec).depth, [t.name for t in recipe.tasks])
+    write_table2(ws, t2)
     typer.echo(table2_markdown(t2) + f"written: {ws.table2_table}")
 
 

@@ -51,8 +51,8 @@ class Scorer:
     """Scores run folders of one recipe's tasks on a split; loads the backbone, the data and each
     trunk depth once."""
 
-    def __init__(self, recipe, root):
-        self.recipe, self.ws = recipe, Workspace(Path(root))
+    def __init__(self, recipe, ws: Workspace):
+        self.recipe, self.ws = recipe, ws
         self._examples, self._trunks = {}, {}
 
     @cached_property
@@ -130,13 +130,12 @@ def _file_sha(run_dir: Path) -> str:
 # The dev / test report
 
 
-def report(recipe, root, plan: dict, scorer: Scorer | None = None) -> dict:
+def report(recipe, ws: Workspace, plan: dict, scorer: Scorer | None = None) -> dict:
     """Per task: the teacher's and the chosen branch's dev metric (from their runs) and test metric
     (computed, cached in the runs), the chosen/teacher ratio of each, their averages over tasks, and
     whether issue 26's bar holds on the test split (every task >= 99 % of its teacher, average >= 99.5 %)."""
-    ws = Workspace(Path(root))
     teachers = read_json(ws.selected, "rerun `ctb-mobile train`") if ws.selected.is_file() else {}
-    scorer = scorer or Scorer(recipe, ws.root)
+    scorer = scorer or Scorer(recipe, ws)
     tasks = {}
     for name, chosen in plan["tasks"].items():
         task = recipe.task(name)

@@ -13,27 +13,25 @@ model runs the trunk once up to the deepest attach point, then each branch: max(
 against N x (number of tasks) for separate full models.
 """
 
-from pathlib import Path
-
 from toolchain import UserError
 from toolchain.branch_config import BranchConfig
 from toolchain.config import PLAN_CRITERIA
 from toolchain.fsutil import read_json, write_json_atomic, write_text_atomic
+from toolchain.runs import RESULT
 from toolchain.workspace import Workspace
 
 
-def candidates(out, tasks=None, choose=None) -> dict:
+def candidates(ws: Workspace, tasks=None, choose=None) -> dict:
     """task -> list of {attach, layers, dev_metric, choice_metric, metric, run, kind} from finished runs of
     `tasks` (None: all), the best seed kept. `choose(run)` gives the figure a run is chosen on (default:
     its dev metric)."""
-    out = Path(out)
     found = {}
-    for kind, pattern in (("teacher", "runs/*/*/result.json"), ("student", "distill/*/*/result.json")):
-        for res_file in sorted(out.glob(pattern)):
-            meta = BranchConfig.load(res_file.parent)
+    for kind, folders in (("teacher", ws.all_runs()), ("student", ws.all_students())):
+        for folder in (f for f in folders if (f / RESULT).is_file()):
+            meta = BranchConfig.load(folder)
             if tasks is not None and meta.task not in tasks:
                 continue
-            key, run = (meta.attach, meta.layers), str(res_file.parent.relative_to(out))
+            key, run = (meta.attach, meta.layers), ws.relative(folder)
             c = {"attach": meta.attach, "layers": meta.layers, "dev_metric": meta.dev_metric,
                  "choice_metric": choose(run) if choose else meta.dev_metric,
                  "metric": meta.metric, "run": run, "kind": kind}
@@ -129,18 +127,18 @@ def make_plan(cands: dict, depth: int, criterion="mixed", threshold=1.2, budget=
             "tasks": choice, "overhead": overhead(choice, depth)}
 
 
-def plan_recipe(recipe, root, cfg, depth: int, heldout: bool = False) -> dict:
-    """The plan for the recipe's tasks from the finished runs under `root`, by `cfg` (a checked PlanConfig),
+def plan_recipe(recipe, ws: Workspace, cfg, depth: int, heldout: bool = False) -> dict:
+    """The plan for the recipe's tasks from the finished runs in `ws`, by `cfg` (a checked PlanConfig),
     every candidate scored on cfg.choose_on; with `heldout`, plan["heldout"] is the dev / test report."""
     from toolchain import heldout as held
 
-    scorer = held.Scorer(recipe, root)
+    scorer = held.Scorer(recipe, ws)
     choose = (lambda run: _choice_metric(scorer, run)) if cfg.choose_on == "train-split" else None
-    cands = candidates(root, {t.name for t in recipe.tasks}, choose)
+    cands = candidates(ws, {t.name for t in recipe.tasks}, choose)
     plan = make_plan(cands, depth, cfg.criterion, cfg.threshold, cfg.budget, cfg.max_cost)
     plan["choose_on"] = cfg.choose_on if cfg.choose_on == "dev" else f"{cfg.choose_on} {cfg.split_fraction:g}"
     if heldout:
-        plan["heldout"] = held.report(recipe, root, plan, scorer)
+        plan["heldout"] = held.report(recipe, ws, plan, scorer)
     return plan
 
 
@@ -178,8 +176,7 @@ def plan_markdown(plan: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plan(out, plan) -> None:
-    ws = Workspace(Path(out))
+def write_plan(ws: Workspace, plan) -> None:
     write_json_atomic(ws.plan, plan)
     write_text_atomic(ws.plan_table, plan_markdown(plan))
 
@@ -188,10 +185,9 @@ def write_plan(out, plan) -> None:
 # Table 2 analog
 
 
-def table2(out, depth: int, tasks: list) -> dict:
+def table2(ws: Workspace, depth: int, tasks: list) -> dict:
     """Rows: full fine-tune (L = N), teacher (selected L), KD-1/2/3 from that teacher, planned mixed."""
-    ws = Workspace(Path(out))
-    cands = candidates(ws.root)
+    cands = candidates(ws)
     selected = read_json(ws.selected) if ws.selected.is_file() else {}
     plan = read_json(ws.plan) if ws.plan.is_file() else None
     rows = {}
@@ -240,7 +236,6 @@ def table2_markdown(t2: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table2(out, t2) -> None:
-    ws = Workspace(Path(out))
+def write_table2(ws: Workspace, t2) -> None:
     write_json_atomic(ws.table2, t2)
     write_text_atomic(ws.table2_table, table2_markdown(t2))

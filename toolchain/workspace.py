@@ -85,6 +85,14 @@ class Workspace:
     def students_of(self, task: str) -> Path:
         return child(self.root / "distill", task, "task")
 
+    def all_runs(self) -> list:
+        """Every task's run folders (teachers), finished or not, by task then name."""
+        return sorted((self.root / "runs").glob("*/*"))
+
+    def all_students(self) -> list:
+        """Every task's student folders, finished or not, by task then name."""
+        return sorted((self.root / "distill").glob("*/*"))
+
     def run(self, task: str, layers: int, seed: int) -> Path:
         return self.runs_of(task) / f"L{layers}-s{seed}"
 
