@@ -188,7 +188,7 @@ def markdown(rep: dict) -> str:
             notes.append(f"- {name}: {t['dropped']} of {t['rows'] + t['dropped']} test rows are not scored: their "
                          "labels are ones the runs never learned")
     lines.append(f"| average | | | | {pct(rep['dev_average'])} | | | {pct(rep['test_average'])} |")
-    verdict = {True: "holds", False: "does not hold", None: "cannot be judged: a task has no test figure"}
+    said = {True: "holds", False: "does not hold", None: "cannot be judged: a task has no test figure"}
     lines += ["", f"Test split, the first tier (every task >= {BAR['per_task']:.0%} of its teacher, the average >= "
-              f"{BAR['average']:.1%}): {verdict[rep['holds']]}. Teacher: the sweep's selected run; chosen: the plan's."]
+              f"{BAR['average']:.1%}): {said[rep['holds']]}. Teacher: the sweep's selected run; chosen: the plan's."]
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
