@@ -61,12 +61,12 @@ def get(name: str) -> Target:
         raise KeyError(f"unknown target {name!r}; use one of: {', '.join(TARGETS)}") from None
 
 
-register(Target("android", package="executorch", extra="executorch", precisions=("fp32", "int8"),
+register(Target("android", package="executorch", extra="executorch", precisions=("fp32", "int8", "int4"),
                 default_precision="int8", suffixes=(".pte",), metadata_key="manifest",
                 exporter="toolchain.export.executorch"))
-register(Target("ios", package="coremltools", extra="coreml", precisions=("fp16", "int8", "fp32"),
+register(Target("ios", package="coremltools", extra="coreml", precisions=("fp16", "int8", "int4", "fp32"),
                 default_precision="fp16", suffixes=(".mlpackage", ".mlmodel"), metadata_key=METADATA_KEY,
                 exporter="toolchain.export.coreml", systems=("Darwin",)))
-register(Target("onnx", package="onnxruntime", extra="onnx", precisions=("fp32", "int8", "int8-static"),
+register(Target("onnx", package="onnxruntime", extra="onnx", precisions=("fp32", "int8", "int8-static", "int4"),
                 default_precision="int8", suffixes=(".onnx",), metadata_key=METADATA_KEY,
                 exporter="toolchain.export.onnx"))

@@ -206,20 +206,42 @@ def test_the_model_card_lists_what_the_guard_kept_in_fp32():
     assert "Kept in fp32" not in model_card({**manifest, "quantization": None}, files, None)
 
 
-@pytest.mark.parametrize("program, kept, precision", [
-    ("model", ["clinc_domain", "trunk.embeddings", "trunk.layers.1"], "int8"),  # fused: branches, then trunk parts
-    ("trunk", ["trunk.embeddings", "trunk.layers.1"], "int8"),
-    ("branch_clinc_domain", [], "fp32"),  # a split branch kept in fp32 is all fp32
-    ("branch_snips_intent", [], "int8"),
+KEPT = ["clinc_domain", "trunk.embeddings", "trunk.layers.1"]
+
+
+@pytest.mark.parametrize("export, weights, program, fp32, int8, precision", [
+    ("int8", "int8", "model", KEPT, [], "int8"),  # fused: branches, then trunk parts
+    ("int8", "int8", "trunk", KEPT[1:], [], "int8"),
+    ("int8", "int8", "branch_clinc_domain", [], [], "fp32"),  # a split branch kept in fp32 is all fp32
+    ("int8", "int8", "branch_snips_intent", [], [], "int8"),
+    ("int4", "int4", "model", [], KEPT, "int4"),  # int4: the kept parts go to int8
+    ("int4", "int4", "trunk", [], KEPT[1:], "int4"),
+    ("int4", "int4", "branch_clinc_domain", [], [], "int8"),
+    ("int4", "int4", "branch_snips_intent", [], [], "int4"),
+    ("int4", "int8", "model", KEPT, [], "int8"),  # int4 given up: the int8 guard's programs
+    ("int4", "int8", "branch_snips_intent", [], [], "int8"),
 ])
-def test_each_program_gets_the_attempts_parts(program, kept, precision):
+def test_each_program_gets_the_attempts_parts(export, weights, program, fp32, int8, precision):
     import dataclasses
 
     from toolchain.export.bundle import Staging
 
-    staging = Staging(**{f.name: None for f in dataclasses.fields(Staging)} | {"precision": "int8"})
-    attempt = Attempt(branches=("clinc_domain",), trunk_layers=(1,), embeddings=True)
-    assert staging._precision(program, attempt) == (kept, precision)
+    staging = Staging(**{f.name: None for f in dataclasses.fields(Staging)} | {"precision": export})
+    attempt = Attempt(branches=("clinc_domain",), trunk_layers=(1,), embeddings=True, weights=weights,
+                      kept_at="int8" if weights == "int4" else "fp32", group=32 if weights == "int4" else 0)
+    assert staging._precision(program, attempt) == (fp32, int8, precision)
+
+
+def test_part_schemes_name_each_part_and_the_int4_group():
+    from toolchain.export.bundle import part_schemes
+
+    a = Attempt(branches=("b",), trunk_layers=(1,), weights="int4", kept_at="int8", group=64)
+    assert part_schemes(a, {"a": None, "b": None}, 2, "int4") == {
+        "trunk.embeddings": {"precision": "int4", "group": 64}, "trunk.layers.0": {"precision": "int4", "group": 64},
+        "trunk.layers.1": {"precision": "int8"}, "a": {"precision": "int4", "group": 64}, "b": {"precision": "int8"}}
+    assert part_schemes(Attempt(branches=("b",)), {"a": None, "b": None}, 1, "int8") == {
+        "trunk.embeddings": {"precision": "int8"}, "trunk.layers.0": {"precision": "int8"}, "a": {"precision": "int8"},
+        "b": {"precision": "fp32"}}
 
 
 # int4 (guard.first_attempt("int4")): groups of 64, then 32; then parts kept at int8 in the int8 order; then

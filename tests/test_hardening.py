@@ -330,8 +330,9 @@ def test_the_export_cache_reuses_identical_graphs_only(bb, tmp_path, monkeypatch
 
     class Backend:
         @staticmethod
-        def export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep, symmetric=False):
-            calls.append(graph.name + ("-sym" if symmetric else ""))
+        def export(graph, out_dir, precision, max_seq_len, metadata, *, calibration, keep_fp32, symmetric=False,
+                   keep_int8=(), group=0):
+            calls.append(graph.name + ("-sym" if symmetric else "") + (f"-g{group}" if group else ""))
             (out_dir / f"{graph.name}.bin").write_bytes(str(graph.module.weight.sum().item()).encode())
             return [f"{graph.name}.bin"]
 
@@ -349,10 +350,15 @@ def test_the_export_cache_reuses_identical_graphs_only(bb, tmp_path, monkeypatch
     cache.export(Backend, args[0], g, tmp_path / "o2", "fp32", 32, {"program": "model"})  # another precision
     cache.export(Backend, args[0], g, tmp_path / "o2", "fp32", 32, {"program": "model", "v": 2})  # other metadata
     assert calls == ["model"] * 4
-    sym = (args[0], g, tmp_path / "o2", "fp32", 32, {"program": "model"}, (), (), {"symmetric": True})
-    cache.export(Backend, *sym)  # another option for the target: exported afresh, then from the cache
-    cache.export(Backend, *sym)
+    sym = (args[0], g, tmp_path / "o2", "fp32", 32, {"program": "model"})
+    cache.export(Backend, *sym, options={"symmetric": True})  # another option: exported afresh, then from the cache
+    cache.export(Backend, *sym, options={"symmetric": True})
     assert calls == ["model"] * 4 + ["model-sym"]
+    int4 = (args[0], g, tmp_path / "o2", "int4", 32, {"program": "model"})
+    for group, int8 in ((64, ()), (32, ()), (32, ("trunk.layers.0",)), (32, ("trunk.layers.0",))):
+        cache.export(Backend, *int4, options={"keep_int8": int8, "group": group})  # int4's group and int8 parts
+    assert calls[-3:] == ["model-g64", "model-g32", "model-g32"] and len(calls) == 8
+    del calls[-3:]
     monkeypatch.setenv("CTB_EXPORT_CACHE", "0")
     cache.export(Backend, args[0], g, tmp_path / "o2", "fp32", 32, {"program": "model"})
     assert len(calls) == 6 and math.isfinite(float((tmp_path / "o2/model.bin").read_text()))
@@ -408,7 +414,7 @@ def test_the_weight_digest_is_reused_until_a_weight_changes(monkeypatch):
     g = Graph("model", torch.nn.Linear(4, 2), ("x",), ("y",), (torch.ones(1, 4),))
 
     def keys():
-        return cache.key("onnx", g, "int8", 32, {}, (), ()), cache.key("onnx-trace", g, "fp32", 32, {}, (), ())
+        return cache.key("onnx", g, "int8", 32, {}), cache.key("onnx-trace", g, "fp32", 32, {})
 
     first = keys()
     weights_hashed = len([s for s in hashed if s != (1, 4)])

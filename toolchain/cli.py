@@ -318,7 +318,7 @@ def predict(
 def export(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="the recipe (dev sets for the guard, max_seq_len)"),
     target: str = typer.Option(..., help="android (ExecuTorch), ios (CoreML), onnx, or all"),
-    precision: str = typer.Option(None, help="android: fp32|int8; ios: fp16|int8|fp32; onnx: fp32|int8|int8-static"),
+    precision: str = typer.Option(None, help="android: fp32|int8|int4; ios: fp16|int8|int4|fp32; onnx: fp32|int8|int8-static|int4"),
     layout: str = typer.Option("fused", help="fused (one program) or split (trunk + one program per branch)"),
     store: Path = typer.Option(None, help="merged store (default: <out>/store)"),
     out: Out = None,
@@ -347,7 +347,7 @@ def export(
         else:  # one target: that folder; --target all: one folder per target inside it
             dest = out_dir if len(targets) == 1 else out_dir / f"{t}-{layout}-{p}"
         with console.status(f"exporting {t} ({layout}, {p})"):
-            manifest = export_bundle(recipe, store or ws.store, t, p, layout, dest, max_drop,
+            manifest = export_bundle(recipe, store or ws.store, t, p, layout, dest, max_drop=max_drop,
                                      log=lambda m: console.log(m))
         for f, info in manifest["files"].items():
             prog = next((pr for pr in manifest["programs"] if f in pr["files"]), None)

@@ -82,13 +82,13 @@ def dev_sets(recipe, tok, metas, limit: int):
     return out
 
 
-def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out_dir=None, max_drop=None,
+def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out_dir=None, *, max_drop=None,
                   guard_examples=JUDGED_ROWS, log=print, min_agreement=None) -> dict:
     """Export the store for one target into `out_dir` (default: the recipe's workspace bundle folder);
     returns the manifest. See the module docstring."""
     from toolchain.export import check, guard
     from toolchain.export import tokenizer as tokfiles
-    from toolchain.export.bundle import Staging, inputs, quantization
+    from toolchain.export.bundle import Staging, inputs, part_schemes, quantization
     from toolchain.fsutil import atomic_dir, check_replaceable
     from toolchain.store import check_recipe, load_merged, read_store
 
@@ -104,8 +104,9 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
     limits = guard.Limits(cfg.max_metric_drop, check.limits(target, precision, cfg).get("agreement", 0.0),
                           model.trunk.depth)
     skipped = _guard_skipped(target, precision, log)
+    quantized = precision.startswith("int")  # int8, int8-static, int4
     refs = {name: check.outputs_on(dev, check.torch_runner(model)) for name, (_, _, dev, _) in devs.items()} \
-        if precision.startswith("int8") and not skipped else None  # PyTorch fp32, to judge int8 against
+        if quantized and not skipped else None  # PyTorch fp32, to judge the quantized bundle against
     scheme = cfg.onnx_int8 if (target, precision) == ("onnx", "int8") else None  # per-token activations
     with atomic_dir(out_dir, kind="bundle", protect=(store_dir, recipe.path)) as tmp:
         example, calibration = inputs(devs, tok, max_seq_len, precision)
@@ -113,7 +114,7 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                           metas=metas, store_meta=store_meta, example=example, calibration=calibration, scheme=scheme,
                           tok_spec=tokfiles.write(tok, Path(store_dir) / "tokenizer", tmp, max_seq_len),
                           max_seq_len=max_seq_len, where=out_dir, log=log)
-        attempt = guard.Attempt()
+        attempt = guard.first_attempt(precision, guarded=refs is not None)
         while True:  # export -> judge -> next_attempt, until the guard gives its verdict
             if attempt.why:
                 log(attempt.why)
@@ -129,12 +130,13 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
             attempt = verdict
         if not verdict.ok:
             raise UserError(verdict.message)
-        if verdict.attempt.fp32 != attempt.fp32:  # a trial in int8 failed: the bundle that passed (export cache)
+        if verdict.attempt.exported != attempt.exported:  # a trial failed: the bundle that passed (export cache)
             manifest = staging.export(verdict.attempt)
         for line in guard.near_limit(verdict.report or {}, limits.min_agreement):
             log(line)
-        record = quantization(scheme, verdict.attempt, verdict.report, skipped, limits.max_drop, limits.min_agreement)
-        return staging.finish(manifest, record if precision.startswith("int8") else None, verdict.report)
+        parts = part_schemes(verdict.attempt, metas, model.trunk.depth, precision)
+        record = quantization(verdict, limits, scheme=scheme, skipped=skipped, parts=parts) if quantized else None
+        return staging.finish(manifest, record, verdict.report)
 
 
 def _guard_config(export_cfg, max_drop, min_agreement):
@@ -169,7 +171,7 @@ def _writable(out_dir) -> Path:
 
 def _guard_skipped(target, precision, log) -> str | None:
     """Why the guard cannot judge a quantized bundle here (None if it can, or the bundle is not quantized)."""
-    if not precision.startswith("int8") or TARGETS[target].runs_here():
+    if not precision.startswith("int") or TARGETS[target].runs_here():
         return None
     why = (f"{target} programs cannot run on this machine (CoreML prediction needs macOS); compare its outputs "
            "with the PyTorch original on a Mac before shipping")

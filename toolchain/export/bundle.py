@@ -42,17 +42,19 @@ def program_spec(target, graph, files, precision, metas, hidden_size, max_seq_le
     return Program(graph.name, files[0], tuple(files), precision, inputs, tuple(outputs))
 
 
-def manifest_for(target, precision, layout, metas, store_meta, max_seq_len, programs, task_precision,
-                 tokenizer: dict):
-    from runtime_py.manifest import Manifest, Task, TokenizerSpec
+def manifest_for(target, precision, layout, metas, store_meta, tokenizer, *, programs=(), task_precision=None):
+    """The Manifest (files not yet hashed); `tokenizer`: a TokenizerSpec, whose max_seq_len is the bundle's;
+    `task_precision`: task -> the precision of its branch where it is not `precision`."""
+    from runtime_py.manifest import Manifest, Task
 
+    task_precision, max_seq_len = task_precision or {}, tokenizer.max_seq_len
     tasks = tuple(Task(n, m.type, "model" if layout == "fused" else f"branch_{n}", n, tuple(m.labels),
                        m.attach, m.layers, m.pair, task_precision.get(n, precision),
                        m.metric, m.dev_metric) for n, m in metas.items())
     return Manifest(target=target, layout=layout, precision=precision, toolchain_version=__version__,
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), backbone=store_meta["backbone"],
                     trunk_fingerprint=store_meta["backbone_fingerprint"], max_seq_len=max_seq_len,
-                    tokenizer=TokenizerSpec(max_seq_len=max_seq_len, **tokenizer), programs=tuple(programs),
+                    tokenizer=tokenizer, programs=tuple(programs),
                     tasks=tasks)
 
 
@@ -67,11 +69,27 @@ def write_manifest(manifest, folder: Path, where) -> dict:
     return out
 
 
-def quantization(scheme, attempt, report, skipped, max_drop, min_agreement) -> dict:
-    """The manifest's `quantization` record: the guard's figures and what it kept in fp32."""
-    return {"onnx_int8": scheme, "guard": report, "guard_skipped": skipped, "max_metric_drop": max_drop,
-            "min_agreement": min_agreement, "fp32_branches": list(attempt.branches),
-            "fp32_trunk_layers": list(attempt.trunk_layers), "fp32_embeddings": attempt.embeddings}
+def quantization(verdict, limits, *, scheme=None, skipped=None, parts=None) -> dict:
+    """The manifest's `quantization` record: the guard's figures (`verdict`: guard.Verdict, `limits`:
+    guard.Limits), what it kept in fp32, and the scheme of each part (`parts`: part_schemes)."""
+    attempt, fp32 = verdict.attempt, verdict.attempt.keep_fp32
+    return {"onnx_int8": scheme, "guard": verdict.report, "guard_skipped": skipped, "max_metric_drop": limits.max_drop,
+            "min_agreement": limits.min_agreement, "parts": parts, "fp32_branches": [b for b in attempt.branches if b in fp32],
+            "fp32_trunk_layers": [i for i in attempt.trunk_layers if f"trunk.layers.{i}" in fp32],
+            "fp32_embeddings": attempt.embeddings and "trunk.embeddings" in fp32}
+
+
+def part_schemes(attempt, metas, depth: int, precision: str) -> dict:
+    """keep name (a task's branch, "trunk.layers.<i>", "trunk.embeddings") -> {"precision", "group"}: what
+    each part of the exported programs holds; int4 parts name their group size."""
+    from toolchain.export.guard import trunk_parts
+
+    base = attempt.weights if precision == "int4" else precision
+    out = {}
+    for part in (*trunk_parts(depth), *metas):
+        p = "fp32" if part in attempt.keep_fp32 else "int8" if part in attempt.keep_int8 else base
+        out[part] = {"precision": p, **({"group": attempt.group} if p == "int4" else {})}
+    return out
 
 
 def inputs(devs, tok, max_seq_len, precision) -> tuple:
@@ -111,6 +129,7 @@ class Staging:
     def export(self, attempt):
         """Export every program of the layout with `attempt`'s parts in fp32 and write the manifest, so
         that the staged folder is a bundle Predictor can run; returns the Manifest."""
+        from runtime_py.manifest import TokenizerSpec
         from toolchain.export import cache
         from toolchain.export.graph import calibration_for, graphs
 
@@ -118,24 +137,28 @@ class Staging:
         for f in self.folder.iterdir():
             if f.name not in keep_names:
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
-        options = {"symmetric": True} if self.scheme == "symmetric" else {}
         hidden_size = self.store_meta["encoder"]["hidden_size"]
         programs = []
         for g in graphs(self.model, self.metas, self.layout, self.example):
-            keep, p = self._precision(g.name, attempt)
+            keep, int8, p = self._precision(g.name, attempt)
             self.log(f"exporting {g.name} ({self.target}, {p}{f' {self.scheme}' if self.scheme and p == self.precision else ''}"
-                     f"{', fp32: ' + ', '.join(keep) if keep else ''})")
+                     f"{f' in groups of {attempt.group}' if p == 'int4' else ''}{', fp32: ' + ', '.join(keep) if keep else ''}"
+                     f"{', int8: ' + ', '.join(int8) if int8 else ''})")
             embedded = {"target": self.target, "program": g.name,
                         "trunk_fingerprint": self.store_meta["backbone_fingerprint"],
                         "tokenizer_fingerprint": self.tok_spec["fingerprint"], "outputs": list(g.outputs),
                         "tasks": [t for t in g.outputs if t in self.metas],
                         "labels_sha256": labels_sha256({t: self.metas[t].labels for t in g.outputs if t in self.metas})}
+            options = {"keep_int8": int8, "group": attempt.group} if p == "int4" else \
+                {"symmetric": True} if self.scheme == "symmetric" and p == self.precision else {}
             files = cache.export(self.mod, self.target, g, self.folder, p, self.max_seq_len, embedded,
-                                 calibration_for(g, self.model, self.calibration), keep,
-                                 options if p == self.precision else {})
+                                 calibration=calibration_for(g, self.model, self.calibration), keep_fp32=keep,
+                                 options=options)
             programs.append(program_spec(self.target, g, files, p, self.metas, hidden_size, self.max_seq_len))
+        schemes = part_schemes(attempt, self.metas, self.model.trunk.depth, self.precision)
         manifest = manifest_for(self.target, self.precision, self.layout, self.metas, self.store_meta,
-                                self.max_seq_len, programs, {t: "fp32" for t in attempt.branches}, self.tok_spec)
+                                TokenizerSpec(max_seq_len=self.max_seq_len, **self.tok_spec), programs=programs,
+                                task_precision={t: schemes[t]["precision"] for t in self.metas})
         write_manifest(manifest, self.folder, self.where)
         return manifest
 
@@ -148,13 +171,17 @@ class Staging:
         return out
 
     def _precision(self, program, attempt) -> tuple:
-        """(keep_fp32 entries, precision) of one program: the fused model keeps branches and trunk parts;
-        a split trunk its parts; a split branch kept in fp32 is all fp32."""
+        """(keep_fp32 entries, keep_int8 entries, precision) of one program: the fused model keeps branches
+        and trunk parts; a split trunk its parts; a split branch kept is all at the kept precision. An int4
+        export's programs are int8 once the guard gave int4 up (attempt.weights)."""
+        base = attempt.weights if self.precision == "int4" else self.precision
+        fp32, int8 = attempt.keep_fp32, attempt.keep_int8
         if program == "model":
-            return [*attempt.branches, *attempt.trunk], self.precision
+            return fp32, int8, base
         if program == "trunk":
-            return list(attempt.trunk), self.precision
-        return [], "fp32" if program.removeprefix("branch_") in attempt.branches else self.precision
+            return [k for k in fp32 if k in attempt.trunk], [k for k in int8 if k in attempt.trunk], base
+        task = program.removeprefix("branch_")
+        return [], [], "fp32" if task in fp32 else "int8" if task in int8 else base
 
 
 def model_card(manifest: dict, files: dict, guard: dict | None) -> str:

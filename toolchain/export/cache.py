@@ -4,7 +4,8 @@ bench) copies the files instead of tracing and lowering again.
 
 The key covers everything the files depend on: the graph (its module's structure, every weight, its
 input and output names, the example tensors), the export arguments (target, precision,
-max_seq_len, embedded metadata, calibration batches, what is kept in fp32, the target's options), the versions of torch
+max_seq_len, embedded metadata, calibration batches, what is kept in fp32, the target's options: int4's parts
+kept at int8 and its group size), the versions of torch
 and of the backend packages, and the source of the code that builds and exports graphs. Entries live
 under `<cache>/exports/`; the newest KEEP stay. CTB_EXPORT_CACHE=0 turns the cache off.
 
@@ -49,7 +50,7 @@ def _tensor_bytes(t) -> bytes:
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
-def key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32, options=None,
+def key(target, graph, precision, max_seq_len, metadata, *, calibration=(), keep_fp32=(), options=None,
         example_values=True) -> str:
     """`example_values=False`: the example tensors count by shape and dtype only (a trace: the
     exporters see the examples as symbolic shapes, never their values)."""
@@ -98,16 +99,20 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst) if src.is_dir() else shutil.copyfile(src, dst)
 
 
-def export(mod, target, graph, out_dir: Path, precision, max_seq_len, metadata, calibration=(), keep_fp32=(),
+def export(mod, target, graph, out_dir: Path, precision, max_seq_len, metadata, *, calibration=(), keep_fp32=(),
            options=None) -> list:
     """`mod.export(...)` through the cache; returns the file names written into `out_dir`. `options`:
-    the target's own keyword arguments (onnx: symmetric)."""
+    the target's own keyword arguments (onnx: symmetric; int4: keep_int8 and group), part of the key."""
     options = options or {}
+
+    def make():
+        return mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration=calibration,
+                          keep_fp32=keep_fp32, **options)
     if not _enabled():
-        return mod.export(graph, out_dir, precision, max_seq_len, metadata, calibration, keep_fp32, **options)
-    entry = _base() / key(target, graph, precision, max_seq_len, metadata, calibration, keep_fp32, options)
-    return _through(entry, Path(out_dir), None, lambda: mod.export(graph, out_dir, precision, max_seq_len, metadata,
-                                                                   calibration, keep_fp32, **options))
+        return make()
+    entry = _base() / key(target, graph, precision, max_seq_len, metadata, calibration=calibration,
+                          keep_fp32=keep_fp32, options=options)
+    return _through(entry, Path(out_dir), None, make)
 
 
 def traced(target, graph, max_seq_len, dst: Path, make) -> None:
@@ -117,7 +122,7 @@ def traced(target, graph, max_seq_len, dst: Path, make) -> None:
     dst = Path(dst)
     if not _enabled():
         return make(dst)
-    entry = _base() / key(f"{target}-trace", graph, "fp32", max_seq_len, {}, (), (), example_values=False)
+    entry = _base() / key(f"{target}-trace", graph, "fp32", max_seq_len, {}, example_values=False)
 
     def made():
         make(dst)

@@ -1,7 +1,9 @@
-"""iOS: a CoreML ML program (.mlpackage, iOS 17+), converted from torch.export.
+"""iOS: a CoreML ML program (.mlpackage, iOS 17+; int4: iOS 18+), converted from torch.export.
 
 Precisions: fp16 (default: fp16 compute and weights) | int8 (fp16 compute, int8 per-channel
-linear-symmetric weights through coremltools.optimize) | fp32. Sequence length is a range
+linear-symmetric weights through coremltools.optimize) | int4 (fp16 compute, int4 linear-symmetric
+weights per block of `group` input values, iOS 18's per-block scales; no guard on Linux, so in the
+smaller group) | fp32. Sequence length is a range
 (1..max_seq_len), not enumerated shapes: every length in between is valid, which matches dynamic
 text; batch is 1 (CoreML apps run one request at a time). Outputs are float32 whatever the compute
 precision, as the manifest says (an fp16 program casts its last values up). The manifest is stored in the model's
@@ -17,8 +19,9 @@ TARGET = _target("ios")  # precisions, suffix and metadata key: runtime_py/targe
 SUFFIX = TARGET.suffix
 
 
-def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
-           keep_fp32=()) -> list:
+def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, *, calibration=(),
+           keep_fp32=(), keep_int8=(), group: int = 32) -> list:
+    """`keep_fp32` and `keep_int8` are not applied: the guard cannot judge CoreML programs on Linux."""
     import coremltools as ct
     import numpy as np
     import torch
@@ -26,13 +29,14 @@ def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dic
     example = tuple(t[:1] for t in graph.example)
     ep = torch.export.export(graph.module, example, dynamic_shapes=graph.dynamic_shapes(max_seq_len, batch=False))
     ml = ct.convert(ep.run_decompositions({}), outputs=[ct.TensorType(name=n, dtype=np.float32) for n in graph.outputs],
-                    minimum_deployment_target=ct.target.iOS17, convert_to="mlprogram",
+                    minimum_deployment_target=ct.target.iOS18 if precision == "int4" else ct.target.iOS17,
+                    convert_to="mlprogram",
                     compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16)
-    if precision == "int8":
+    if precision in ("int8", "int4"):
         from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
-        cfg = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
-                                      weight_threshold=2048)
+        per = {"granularity": "per_channel"} if precision == "int8" else {"granularity": "per_block", "block_size": group}
+        cfg = OpLinearQuantizerConfig(mode="linear_symmetric", dtype=precision, weight_threshold=2048, **per)
         ml = linear_quantize_weights(ml, config=OptimizationConfig(global_config=cfg))
     ml.user_defined_metadata[TARGET.metadata_key] = json.dumps(metadata, sort_keys=True)
     name = f"{graph.name}{SUFFIX}"

@@ -6,6 +6,7 @@ split: a trunk program (-> hidden state at every attach depth) plus one program 
 Output names: the task name (fused, branch programs) and `hidden_<depth>` (trunk program).
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -86,13 +87,14 @@ def graphs(model, metas: dict, layout: str, example) -> list:
     return out
 
 
-def for_xnnpack(module: nn.Module, int8_embeddings: bool = False) -> nn.Module:
+def for_xnnpack(module: nn.Module, int8_embeddings: bool = False, int4_embeddings: int = 0) -> nn.Module:
     """A copy of `module` (the original is untouched) whose attention is written as explicit
     softmax(q k^T + mask) v. The fused kernel's decomposition adds mask handling (eq, any, logical_not,
     where, full_like) that XNNPACK does not take, so every layer left the delegate for it; two MiniLM
     layers in int8 ran 1.25x faster at seq 16 and 1.57x at seq 64 without it
     (benchmarks/xnnpack_layer_variants.py --time). Same result to float rounding. `int8_embeddings`:
-    the word embeddings become Int8Embedding too (int8 programs)."""
+    the word embeddings become Int8Embedding too (int8 programs); `int4_embeddings`: Int4Embedding in groups of
+    that many values (int4 programs)."""
     import copy
 
     from toolchain.model import Embeddings, Layer
@@ -103,6 +105,8 @@ def for_xnnpack(module: nn.Module, int8_embeddings: bool = False) -> nn.Module:
             m.fused_attention = False
         if int8_embeddings and isinstance(m, Embeddings):
             m.word = Int8Embedding(m.word.weight.detach())
+        if int4_embeddings and isinstance(m, Embeddings):
+            m.word = Int4Embedding(m.word.weight.detach(), int4_embeddings)
     return module
 
 
@@ -133,3 +137,29 @@ class Int8Embedding(nn.Module):
 
     def forward(self, ids):
         return nn.functional.embedding(ids, self.q).to(torch.float32) * nn.functional.embedding(ids, self.scale)
+
+
+class Int4Embedding(nn.Module):
+    """A word-embedding table in 4 bits: each row in groups of `group` values with one fp16 scale per group
+    (symmetric, -8..7), two values a byte. Only the looked-up rows are unpacked, with float arithmetic
+    (XNNPACK and every runtime take it): half the bytes of Int8Embedding."""
+
+    def __init__(self, weight: torch.Tensor, group: int):
+        super().__init__()
+        rows, dim = weight.shape
+        group = math.gcd(group, dim)  # a table narrower than the group (a tiny model): a divisor of its width
+        if group % 2:
+            raise ValueError(f"embedding width {dim} has no even int4 group")
+        w = weight.float().reshape(rows, dim // group, group)
+        scale = (w.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 7.0).half()
+        q = (torch.round(w / scale.float()).clamp(-8, 7) + 8).to(torch.uint8).reshape(rows, dim)
+        self.group = group
+        self.register_buffer("packed", q[:, 0::2] | (q[:, 1::2] << 4))  # value 2j in the low nibble
+        self.register_buffer("scale", scale.reshape(rows, dim // group))
+
+    def forward(self, ids):
+        b = nn.functional.embedding(ids, self.packed).to(torch.float32)
+        high = torch.floor(b / 16.0)
+        q = torch.stack((b - 16.0 * high, high), -1).flatten(-2) - 8.0
+        scale = nn.functional.embedding(ids, self.scale).to(torch.float32)
+        return (q.unflatten(-1, (-1, self.group)) * scale.unsqueeze(-1)).flatten(-2)

@@ -3,7 +3,8 @@ with onnxruntime (dynamic, or static QDQ calibrated on real dev text), and the .
 
 Precisions: fp32 | int8 (dynamic: int8 weights per output channel, activations quantized to uint8
 per token at run time, like XNNPACK's dynamic int8 on Android; word embeddings int8) | int8-static
-(QDQ, activation ranges from calibration batches).
+(QDQ, activation ranges from calibration batches) | int4 (MatMulNBits: 4-bit weights in blocks of 32 or
+64, int8 activation compute; embedding tables as 4-bit blocks, GatherBlockQuantized; see _int4).
 
 ONNX Runtime's own dynamic quantizer gives a whole tensor one activation scale, set by BERT's
 outlier dimensions; on CLINC150 intents that kept 98 % of fp32's predictions. So the int8 MatMuls
@@ -22,11 +23,12 @@ SUFFIX = TARGET.suffix
 OPSET = 18
 
 
-def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, calibration=(),
-           keep_fp32=(), symmetric: bool = False) -> list:
+def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, *, calibration=(),
+           keep_fp32=(), symmetric: bool = False, keep_int8=(), group: int = 0) -> list:
     """Write <name>.onnx and <name>.ort; returns the file names. `keep_fp32`: what the quantization
     guard keeps in fp32: tasks (their branch, fused layout) and trunk layers ("trunk.layers.<i>").
-    `symmetric`: int8 only, the symmetric per-token activation scheme."""
+    `symmetric`: int8 only, the symmetric per-token activation scheme. int4 only: `keep_int8`, the
+    parts the guard keeps at int8, and `group`, the weights per 4-bit block."""
     import onnx
 
     from toolchain.export import cache
@@ -38,7 +40,8 @@ def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dic
     if precision == "fp32":
         fp32.rename(final)
     else:
-        _quantize(fp32, final, precision, graph, calibration, keep_fp32, symmetric)
+        _quantize(fp32, final, precision, graph, calibration=calibration, keep_fp32=keep_fp32, symmetric=symmetric,
+                  keep_int8=keep_int8, group=group)
         fp32.unlink()
     model = onnx.load(str(final))
     onnx.helper.set_model_props(model, {TARGET.metadata_key: json.dumps(metadata, sort_keys=True)})
@@ -68,7 +71,8 @@ def _excluded_nodes(model, keep_fp32):
             or any(m.search(i + ".") for i in n.input for m in marks)]
 
 
-def _quantize(src, dst, precision, graph, calibration, keep_fp32, symmetric: bool = False):
+def _quantize(src, dst, precision, graph, *, calibration=(), keep_fp32=(), symmetric: bool = False, keep_int8=(),
+              group: int = 0):
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -80,6 +84,8 @@ def _quantize(src, dst, precision, graph, calibration, keep_fp32, symmetric: boo
 
     model = onnx.load(str(src))
     exclude = _excluded_nodes(model, keep_fp32)
+    if precision == "int4":
+        return _int4(model, dst, exclude, _excluded_nodes(model, keep_int8), group)
     if precision == "int8":
         _per_token_matmuls(model.graph, set(exclude), symmetric)
         if symmetric and not any(o.domain == "com.microsoft" for o in model.opset_import):
@@ -98,6 +104,31 @@ def _quantize(src, dst, precision, graph, calibration, keep_fp32, symmetric: boo
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                     op_types_to_quantize=["MatMul", "Gemm", "Gather"])
+
+
+def _int4(model, dst, fp32_nodes, int8_nodes, group):
+    """int4: ONNX Runtime's MatMulNBits (4-bit symmetric weights in blocks of `group` along the input axis,
+    accuracy_level 4: activations quantized to int8 per block at run time where the CPU has int8 kernels)
+    and GatherBlockQuantized for the embedding tables; the parts in int8_nodes as the int8 path
+    quantizes them (per-token MatMulInteger, U8U8; int8 rows for a Gather); fp32_nodes untouched."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    int8 = set(int8_nodes) - set(fp32_nodes)
+    _per_token_matmuls(model.graph, {n.name for n in model.graph.node if n.name not in int8})
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=group, is_symmetric=True, accuracy_level=4,
+                                     nodes_to_exclude=[*fp32_nodes, *int8], op_types_to_quantize=("MatMul", "Gather"))
+    quantizer.process()
+    model = quantizer.model.model
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    gathers = [n.name for n in model.graph.node if n.op_type == "Gather" and n.name in int8]
+    if gathers:  # the word embeddings kept at int8 rows
+        quantize_dynamic(model, str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
+                         nodes_to_exclude=[n.name for n in model.graph.node if n.name not in gathers])
+    else:
+        onnx.save(model, str(dst))
 
 
 def weight_matmuls(graph):
@@ -126,69 +157,87 @@ def _per_token_matmuls(graph, exclude, symmetric: bool = False):
     - symmetric: x ~ s_x * (q - 128), s_x = max |x| / 127, q = QuantizeLinear(x / s_x) (uint8, zero
       point 128). Then x @ W ~ s_x * MatMulIntegerToFloat(q, Wq, b_scale s_w, a_zero_point 128):
       two nodes per MatMul instead of six, and no offset term, at one bit less for one-sided x."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     _, weights = weight_matmuls(graph)
-    consts = {"ctbq_axis": np.array([-1], np.int64), "ctbq_eps": np.array(1e-8, np.float32),
-              "ctbq_hi": np.array(255.0, np.float32), "ctbq_lo": np.array(0.0, np.float32),
-              "ctbq_wzp": np.array(W_ZERO_POINT, np.uint8)}
-    if symmetric:
-        consts = {"ctbq_axis": np.array([-1], np.int64), "ctbq_eps": np.array(1e-8, np.float32),
-                  "ctbq_127": np.array(127.0, np.float32), "ctbq_one": np.array(1.0, np.float32),
-                  "ctbq_zp": np.array(128, np.uint8), "ctbq_wzp": np.array(W_ZERO_POINT, np.uint8)}
-    nodes, quantized = [], {}
-
-    def node(op, inputs, output, **attrs):
-        nodes.append(helper.make_node(op, inputs, [output], **attrs))
-        return output
-
+    rewrite = _PerToken(symmetric)
     for n in graph.node:
         w = weights.get(n.input[1]) if n.op_type == "MatMul" else None
         if w is None or n.name in exclude:
-            nodes.append(n)
-            continue
-        x = n.input[0]
-        if symmetric:
-            if x not in quantized:
-                amax = node("ReduceMax", [node("Abs", [x], f"{x}/abs"), "ctbq_axis"], f"{x}/amax", keepdims=1)
-                scale = node("Div", [node("Max", [amax, "ctbq_eps"], f"{x}/amax1"), "ctbq_127"], f"{x}/scale")
-                q = node("QuantizeLinear", [node("Div", [x, scale], f"{x}/scaled"), "ctbq_one", "ctbq_zp"], f"{x}/q")
-                quantized[x] = (q, scale)
-            q, scale = quantized[x]
-            W = numpy_helper.to_array(w)
-            w_scale = np.maximum(np.abs(W).max(0), 1e-12) / 127.0
-            consts[f"{w.name}/q"] = _as_u8(np.clip(np.round(W / w_scale), -127, 127))
-            consts[f"{w.name}/scale"] = w_scale.astype(np.float32)
-            y = n.output[0]
-            acc = node("MatMulIntegerToFloat", [q, f"{w.name}/q", "ctbq_one", f"{w.name}/scale", "ctbq_zp",
-                                                "ctbq_wzp"], f"{y}/f32", name=n.name, domain="com.microsoft")
+            rewrite.nodes.append(n)
+        else:
+            rewrite.matmul(n, w.name, numpy_helper.to_array(w))
+    needed = {i for m in rewrite.nodes for i in m.input}  # fp32 weights and constants only where used
+    inits = list(graph.initializer) + [numpy_helper.from_array(v, k) for k, v in rewrite.consts.items()]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(rewrite.nodes)
+    graph.initializer.extend(i for i in inits if i.name in needed)
+
+
+class _PerToken:
+    """The nodes and constants of _per_token_matmuls' rewrite, one MatMul at a time."""
+
+    def __init__(self, symmetric: bool):
+        import numpy as np
+
+        self.symmetric, self.nodes, self.quantized = symmetric, [], {}  # quantized: x -> its q and scale (and low)
+        self.consts = {"ctbq_axis": np.array([-1], np.int64), "ctbq_eps": np.array(1e-8, np.float32),
+                       "ctbq_wzp": np.array(W_ZERO_POINT, np.uint8)}
+        self.consts.update({"ctbq_127": np.array(127.0, np.float32), "ctbq_one": np.array(1.0, np.float32),
+                            "ctbq_zp": np.array(128, np.uint8)} if symmetric else
+                           {"ctbq_hi": np.array(255.0, np.float32), "ctbq_lo": np.array(0.0, np.float32)})
+
+    def node(self, op, inputs, output, **attrs):
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [output], **attrs))
+        return output
+
+    def matmul(self, n, name, W):
+        """Replace MatMul `n` (x @ W, W the initializer `name`) by its int8 form."""
+        import numpy as np
+
+        w_scale = np.maximum(np.abs(W).max(0), 1e-12) / 127.0
+        w_q = np.clip(np.round(W / w_scale), -127, 127)
+        self.consts[f"{name}/q"] = _as_u8(w_q)
+        self.consts[f"{name}/scale"] = w_scale.astype(np.float32)
+        x, y, node = n.input[0], n.output[0], self.node
+        if self.symmetric:
+            q, scale = self._symmetric(x)
+            acc = node("MatMulIntegerToFloat", [q, f"{name}/q", "ctbq_one", f"{name}/scale", "ctbq_zp", "ctbq_wzp"],
+                       f"{y}/f32", name=n.name, domain="com.microsoft")
             node("Mul", [acc, scale], y)
-            continue
-        if x not in quantized:  # x ~ scale * q + low, q in 0..255, per token
+            return
+        from onnx import TensorProto
+
+        q, scale, low = self._asymmetric(x)
+        self.consts[f"{name}/colsum"] = (w_q.astype(np.float32) * w_scale).sum(0).astype(np.float32)
+        acc = node("MatMulInteger", [q, f"{name}/q", "", "ctbq_wzp"], f"{y}/i32", name=n.name)
+        acc = node("Mul", [node("Cast", [acc], f"{y}/f32", to=TensorProto.FLOAT), scale], f"{y}/x_scaled")
+        acc = node("Mul", [acc, f"{name}/scale"], f"{y}/scaled")
+        node("Add", [acc, node("Mul", [low, f"{name}/colsum"], f"{y}/offset")], y)
+
+    def _symmetric(self, x):
+        if x not in self.quantized:
+            node = self.node
+            amax = node("ReduceMax", [node("Abs", [x], f"{x}/abs"), "ctbq_axis"], f"{x}/amax", keepdims=1)
+            scale = node("Div", [node("Max", [amax, "ctbq_eps"], f"{x}/amax1"), "ctbq_127"], f"{x}/scale")
+            q = node("QuantizeLinear", [node("Div", [x, scale], f"{x}/scaled"), "ctbq_one", "ctbq_zp"], f"{x}/q")
+            self.quantized[x] = (q, scale)
+        return self.quantized[x]
+
+    def _asymmetric(self, x):  # x ~ scale * q + low, q in 0..255, per token
+        if x not in self.quantized:
+            from onnx import TensorProto
+
+            node = self.node
             low = node("ReduceMin", [x, "ctbq_axis"], f"{x}/min", keepdims=1)
             span = node("Sub", [node("ReduceMax", [x, "ctbq_axis"], f"{x}/max", keepdims=1), low], f"{x}/span")
             scale = node("Div", [node("Max", [span, "ctbq_eps"], f"{x}/span1"), "ctbq_hi"], f"{x}/scale")
             q = node("Round", [node("Div", [node("Sub", [x, low], f"{x}/shifted"), scale], f"{x}/scaled")], f"{x}/round")
             q = node("Cast", [node("Clip", [q, "ctbq_lo", "ctbq_hi"], f"{x}/clip")], f"{x}/q", to=TensorProto.UINT8)
-            quantized[x] = (q, scale, low)
-        q, scale, low = quantized[x]
-        W = numpy_helper.to_array(w)
-        w_scale = np.maximum(np.abs(W).max(0), 1e-12) / 127.0
-        w_q = np.clip(np.round(W / w_scale), -127, 127)
-        consts[f"{w.name}/q"] = _as_u8(w_q)
-        consts[f"{w.name}/scale"] = w_scale.astype(np.float32)
-        consts[f"{w.name}/colsum"] = (w_q.astype(np.float32) * w_scale).sum(0).astype(np.float32)
-        y = n.output[0]
-        acc = node("MatMulInteger", [q, f"{w.name}/q", "", "ctbq_wzp"], f"{y}/i32", name=n.name)
-        acc = node("Mul", [node("Cast", [acc], f"{y}/f32", to=TensorProto.FLOAT), scale], f"{y}/x_scaled")
-        acc = node("Mul", [acc, f"{w.name}/scale"], f"{y}/scaled")
-        node("Add", [acc, node("Mul", [low, f"{w.name}/colsum"], f"{y}/offset")], y)
-    needed = {i for m in nodes for i in m.input}  # fp32 weights and constants only where used
-    inits = list(graph.initializer) + [numpy_helper.from_array(v, k) for k, v in consts.items()]
-    del graph.node[:], graph.initializer[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(i for i in inits if i.name in needed)
+            self.quantized[x] = (q, scale, low)
+        return self.quantized[x]
 
 
 def _as_u8(w_q):
