@@ -233,6 +233,16 @@ def check_consistency(m: Manifest, where: str) -> None:
     def fail(field_, why):
         raise BundleError(f"{where}: field {field_}: {why}; export the bundle again")
 
+    _check_names(m, fail)
+    _check_programs(m, fail)
+    _check_tasks(m, fail)
+    unlisted = [f for f in m.needed_files() if f not in m.files]
+    if unlisted:
+        fail("files", f"{unlisted[0]} is used but has no checksum")
+
+
+def _check_names(m: Manifest, fail) -> None:
+    """Unique program, task and output names; outputs indexed in order; the layout's programs."""
     names = [p.name for p in m.programs]
     if len(set(names)) != len(names):
         fail("programs", "two programs share a name")
@@ -252,6 +262,10 @@ def check_consistency(m: Manifest, where: str) -> None:
         fail("programs", "a split bundle needs a 'trunk' program")
     if m.tokenizer.max_seq_len != m.max_seq_len:
         fail("tokenizer/max_seq_len", f"{m.tokenizer.max_seq_len} differs from max_seq_len {m.max_seq_len}")
+
+
+def _check_programs(m: Manifest, fail) -> None:
+    """Each program's file kind, its files apart from the tokenizer's, its dims and its token inputs."""
     tok_files = {m.tokenizer.file, m.tokenizer.vocab, m.tokenizer.tables}
     for i, p in enumerate(m.programs):
         if not p.file.endswith(SUFFIXES[m.target]):
@@ -275,6 +289,11 @@ def check_consistency(m: Manifest, where: str) -> None:
                 if limit is not None and m.max_seq_len > limit:
                     fail("max_seq_len", f"{m.max_seq_len} is above the {limit} positions program {p.name!r} "
                          f"takes (programs/{i}/inputs/{j}/dims/1)")
+
+
+def _check_tasks(m: Manifest, fail) -> None:
+    """Each task's program, attach depth, output, output rank and label count."""
+    names = [p.name for p in m.programs]
     depths = {o.depth for p in m.programs if p.name == "trunk" for o in p.outputs if o.depth is not None}
     for i, t in enumerate(m.tasks):
         if t.program not in names:
@@ -299,6 +318,3 @@ def check_consistency(m: Manifest, where: str) -> None:
             fail(f"tasks/{i}/labels", "empty")
         if o.dims[-1].size != len(t.labels):
             fail(f"tasks/{i}/labels", f"{len(t.labels)} labels but output {o.name!r} has {o.dims[-1]} values per row")
-    unlisted = [f for f in m.needed_files() if f not in m.files]
-    if unlisted:
-        fail("files", f"{unlisted[0]} is used but has no checksum")

@@ -110,7 +110,7 @@ public struct Manifest: Codable, Equatable {
 
     static let targets = ["android", "ios", "onnx"]
     static let layouts = ["fused", "split"]
-    static let precisions = ["fp32", "fp16", "int8", "int8-static"]
+    static let precisions = ["fp32", "fp16", "int8", "int8-static", "int4"]
     static let dtypes = ["int64", "int32", "float32", "float16"]
     static let tokenInputs = ["input_ids", "attention_mask", "token_type_ids"]
     static let branchInputs = ["hidden", "attention_mask"]

@@ -75,7 +75,7 @@ data class Manifest(
         const val FILE = "manifest.json"
         private val TARGETS = listOf("android", "ios", "onnx")
         private val LAYOUTS = listOf("fused", "split")
-        private val PRECISIONS = listOf("fp32", "fp16", "int8", "int8-static")
+        private val PRECISIONS = listOf("fp32", "fp16", "int8", "int8-static", "int4")
         private val DTYPES = listOf("int64", "int32", "float32", "float16")
         private val TASK_NAME = Regex("^[A-Za-z0-9_][A-Za-z0-9_-]*$")
         private val HEX64 = Regex("^[0-9a-f]{64}$")
