@@ -1,13 +1,15 @@
 """`ctb-mobile bench` on a tiny store: merged vs single-task models and the optimum peer, in one run."""
 
-import json
+import dataclasses
+import types
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, write_recipe
 
 from toolchain import UserError, backbone, bench, store
-from toolchain.bench import bundles, flops, timing
+from toolchain.bench import BenchRequest, bundles, flops, gemm, report, timing
 from toolchain.bench.peer import HF_ATOL, ConversionMismatch, check_hf, hf_model
 from toolchain.config import load_recipe
 
@@ -20,11 +22,12 @@ BRANCHES = [("snips_intent", 2, 2), ("snips_slots", 3, 1), ("clinc_domain", 3, 1
 
 def make_branch(recipe, bb, tok, run_dir, name, attach, layers, seed):
     """A branch run folder without training: backbone layers, a seeded random head."""
-    from safetensors.torch import save_file
+    import hashlib
 
+    from toolchain import __version__
+    from toolchain.branch_config import BranchConfig, save_branch, weights_bytes
     from toolchain.data import load_task
     from toolchain.model import build_branch
-    from toolchain.train import branch_config
 
     task = recipe.task(name)
     data = load_task(recipe, task, tok)
@@ -35,8 +38,12 @@ def make_branch(recipe, bb, tok, run_dir, name, attach, layers, seed):
         for p in branch.head.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.5)
     run_dir.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in branch.state_dict().items()}, str(run_dir / "branch.safetensors"))
-    branch_config(recipe, bb, task, data, attach, layers, 0.0, seed).save(run_dir)
+    weights = weights_bytes(branch)
+    save_branch(run_dir, weights, BranchConfig(
+        task=name, type=task.type, labels=list(data.labels), attach=attach, layers=layers, metric=task.metric,
+        backbone_fingerprint=bb.fingerprint, dev_metric=0.0, seed=seed, max_seq_len=recipe.seq_len(task),
+        pair=False, hidden_size=bb.cfg.hidden_size, backbone=recipe.backbone, toolchain_version=__version__,
+        weights_sha256=hashlib.sha256(weights).hexdigest()))
     return run_dir
 
 
@@ -57,63 +64,77 @@ def tiny(tmp_path_factory):
 def result(tiny):
     out, recipe, _ = tiny
     lines = []
-    r = bench.run_bench(recipe, out / "store", out / "bench", targets=("onnx",), precisions=("fp32",),
-                        lengths=(8, 16, 64), repeats=3, peer=True, guard_examples=24, threads=1,
+    r = bench.run_bench(BenchRequest(recipe, out / "store", out / "bench", targets=("onnx",), precisions=("fp32",),
+                                     lengths=(8, 16, 64), repeats=3, peer=True, guard_examples=24, threads=1),
                         log=lines.append)
     return r, out / "bench", lines
 
 
 @pytest.mark.slow
-def test_writes_report_json_and_plot(result):
+def test_the_report_says_the_cpu_the_threads_and_the_measured_ratios(result):
     r, out, lines = result
-    assert json.loads((out / "bench.json").read_text()) == json.loads(json.dumps(r))
     md = (out / "bench.md").read_text()
     assert "## Headline" in md and "| onnx/fp32 | 8 |" in md
+    # the CPU line is printed first and written to both reports; the threads are the requested one
+    assert lines[0] == r["machine"]["cpu_line"] and lines[0].startswith("CPU: ")
+    assert all(f"{flag} " in lines[0] for flag in ("avx2", "avx512_vnni", "amx_int8"))
+    assert r["machine"]["threads"] == {"pytorch": 1, "onnxruntime": 1}
+    assert "threads: pytorch 1, onnxruntime 1" in lines and f"Machine: {lines[0]};" in md
+    assert "threads: pytorch 1, onnxruntime 1;" in md
     peer = md.split("## The peer", 1)[1]  # the peer ran: its table row at seq 8 with the measured ratio
     ratio = next(v for k, v in r["summary"]["merged_vs_peer_p50"]["peer/fp32"].items() if str(k) == "8")
     assert "Not run" not in peer and "| fp32 | 8 | " in peer and f"| {ratio:.3f} |" in peer
+    head = md.split("## Headline", 1)[1]
+    assert f"| onnx/fp32 | 8 | {r['summary']['ratio_p50']['onnx/fp32']['8']:.3f} |" in head
     ext = r["machine"]["vector_extensions"]
     assert f"vector extensions: {', '.join(ext)}" in md if ext else "vector extensions: " in md
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("timing seq 8" in x for x in lines)
+    assert set(r["latency"]) == {"onnx/fp32", "eager/fp32", "peer/fp32"}
+    assert all(set(by_len) == {"8", "16"} for by_len in r["latency"].values())
+    assert r["bytes"]["onnx/fp32"]["ratio"] < 1  # the merged program shares its trunk
+    assert r["memory_mb"]["onnx/fp32"]["merged"] > 0 and r["memory_mb"]["peer/fp32"]["single_sum"] > 0
     for t, _, _ in BRANCHES:
         assert (out / "bundles" / f"single-{t}-onnx-fp32" / "manifest.json").is_file()
         assert store.branch_names(out / "single_stores" / t) == [t]
 
 
-@pytest.mark.slow
-def test_ratios_are_merged_over_the_sum_of_single_task_models(result):
-    r, _, _ = result
-    tasks = [t for t, _, _ in BRANCHES]
-    assert set(r["latency"]) == {"onnx/fp32", "eager/fp32", "peer/fp32"}
-    for group, by_len in r["latency"].items():
-        assert set(by_len) == {"8", "16"}
-        for k, row in by_len.items():
-            members = row["members"]
-            total = sum(members[t]["p50_ms"] for t in tasks)
-            assert row["single_sum"]["p50_ms"] == pytest.approx(total, rel=1e-12)
-            assert all(0 < m["p50_ms"] <= m["p90_ms"] for m in members.values())
-            if group != "peer/fp32":
-                assert row["ratio_p50"] == pytest.approx(members["merged"]["p50_ms"] / total, rel=1e-12)
-                assert r["summary"]["ratio_p50"][group][k] == row["ratio_p50"]
-    peer = r["summary"]["merged_vs_peer_p50"]["peer/fp32"]
-    for k, v in peer.items():
-        assert v == pytest.approx(r["latency"]["onnx/fp32"][k]["members"]["merged"]["p50_ms"]
-                                  / r["latency"]["peer/fp32"][k]["single_sum"]["p50_ms"], rel=1e-12)
-    b = r["bytes"]["onnx/fp32"]
-    assert b["ratio"] == pytest.approx(b["merged"] / b["single_sum"]) and b["ratio"] < 1
-    assert r["memory_mb"]["onnx/fp32"]["merged"] > 0 and r["memory_mb"]["peer/fp32"]["single_sum"] > 0
+def test_ratios_and_speed_ups_on_hand_made_timings():
+    """Two tasks a and b: merged 2 ms against 1 + 3 ms single-task (0.5), eager merged 10 ms (5x), the peer
+    4 + 4 ms (0.25); 2 MFLOP in 2 ms is 1 GFLOP/s, a quarter of a 4 GFLOP/s peak."""
+    ms = lambda p50, p90: {"p50_ms": p50, "p90_ms": p90}
+    latency = {"onnx/int8": {"8": {"merged": ms(2, 3), "a": ms(1, 2), "b": ms(3, 5)}},
+               "eager/fp32": {"8": {"merged": ms(10, 11), "a": ms(6, 7), "b": ms(8, 9)}},
+               "peer/int8": {"8": {"a": ms(4, 5), "b": ms(4, 6)}}}
+    flops_ = {"merged": {"8": 2e6}, "single_sum": {"8": 3e6}}
+    lat = report.summarize_latency(latency, ["a", "b"], flops_, peak=4.0)
+    row = lat["onnx/int8"]["8"]
+    assert row["single_sum"]["p50_ms"] == 4 and row["single_sum"]["p90_ms"] == 7
+    assert row["ratio_p50"] == pytest.approx(0.5) and row["merged_speedup_vs_eager_fp32"] == pytest.approx(5)
+    assert row["merged_gflops"] == pytest.approx(1.0) and row["merged_peak_fraction"] == pytest.approx(0.25)
+    assert row["single_sum"]["gflops"] == pytest.approx(0.75)
+    assert lat["eager/fp32"]["8"]["ratio_p50"] == pytest.approx(10 / 14)
+    assert "ratio_p50" not in lat["peer/int8"]["8"]
+    sizes = report.summarize_members({"onnx/int8": {"merged": 30, "a": 20, "b": 40}, "peer/int8": {"a": 5, "b": 6}},
+                                     ["a", "b"])
+    assert sizes["onnx/int8"]["ratio"] == pytest.approx(0.5) and sizes["peer/int8"] == {
+        "single": {"a": 5, "b": 6}, "single_sum": 11}
+    s = report.summary({"tasks": [{"name": "a"}, {"name": "b"}], "latency": lat, "gemm": {"peak_gflops": 4.0}})
+    assert s["merged_vs_peer_p50"] == {"peer/int8": {"8": pytest.approx(0.25)}}
+    assert s["ratio_p50"]["onnx/int8"]["8"] == pytest.approx(0.5) and s["goal_met"] is None  # fewer than 4 tasks
+    four = report.summary({"tasks": [{}] * 4, "latency": lat, "gemm": {"peak_gflops": 4.0}})
+    assert four["goal_met"] == {"onnx/int8": False, "eager/fp32": False}  # 0.5 and 0.71 are above 0.35
 
 
 def test_the_gemm_peak_is_the_best_engine_at_every_shape():
     shapes = [(8, 32, 64), (16, 32, 32)]
-    g = flops.gemm_peak(shapes, 3, threads=1, engines=("torch", "onnxruntime"))
-    x = flops.gemm_peak(shapes[:1], 3, engines=("xnnpack",))  # one lowering: ExecuTorch export is slow
+    g = gemm.gemm_peak(shapes, 3, threads=1, engines=("torch", "onnxruntime"))
+    x = gemm.gemm_peak(shapes[:1], 3, engines=("xnnpack",))  # one lowering: ExecuTorch export is slow
     assert set(x["engines"]) == {"xnnpack"} and x["peak_gflops"] == x["shapes"][0]["gflops"] > 0
     kept = list((backbone.cache_root() / "gemm").glob("xnnpack-8-32-64-*.pte"))
     assert len(kept) == 1  # the lowered program is kept: the next bench run loads it instead of lowering again
     stamp = kept[0].stat().st_mtime_ns
-    assert flops.gemm_peak(shapes[:1], 3, engines=("xnnpack",))["peak_gflops"] > 0
+    assert gemm.gemm_peak(shapes[:1], 3, engines=("xnnpack",))["peak_gflops"] > 0
     assert kept[0].stat().st_mtime_ns == stamp
     engines = [e for e in ("torch", "onnxruntime") if e not in g["skipped"]]
     assert engines[0] == "torch" and [(r["engine"], r["m"], r["k"], r["n"]) for r in g["shapes"]] == \
@@ -176,22 +197,20 @@ def test_peer_dev_metric_and_conversion(result):
 
 @pytest.mark.parametrize("task_type", ["classification", "tagging", "regression"])
 def test_hf_conversion_matches_the_task_model_and_catches_a_corrupt_weight(tiny, task_type):
-    from toolchain.branch_config import BranchConfig
     from toolchain.infer import encode
     from toolchain.model import MultiTaskModel, build_branch, build_trunk
 
     _, _, bb = tiny
     attach, layers = 2, 2
-    meta = BranchConfig("t", task_type, [] if task_type == "regression" else ["a", "b", "c"], attach, layers,
-                        "accuracy", bb.fingerprint)
+    meta = types.SimpleNamespace(type=task_type, labels=[] if task_type == "regression" else ["a", "b", "c"],
+                                 attach=attach, layers=layers)  # what the conversion reads of a branch's config
     branch = build_branch(bb.cfg, bb.state, attach, layers, task_type, 1 if task_type == "regression" else 3, 0.0)
     with torch.no_grad():
         for p in branch.head.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
     model = MultiTaskModel(build_trunk(bb.cfg, bb.state, attach), {"t": branch.eval()}).eval()
-    _, (ids, tt, mask) = encode(bb.tokenizer(), ["wake me up at seven", "play some jazz in the kitchen please"],
-                                max_len=32)
-    batches = [(ids.numpy(), mask.numpy(), tt.numpy())]  # padded: tagging compares valid positions only
+    _, batch = encode(bb.tokenizer(), ["wake me up at seven", "play some jazz in the kitchen please"], max_len=32)
+    batches = [batch.feeds()]  # padded: tagging compares valid positions only
     hf = hf_model(bb, branch, meta)
     assert hf.config.num_hidden_layers == attach + layers
     assert check_hf(hf, model, "t", meta, batches) <= HF_ATOL
@@ -206,7 +225,7 @@ def test_hf_conversion_matches_the_task_model_and_catches_a_corrupt_weight(tiny,
 @pytest.mark.parametrize("kwargs, needle", [
     ({"targets": ("windows",)}, "unknown target 'windows'"),
     ({"targets": ("ios",)}, "CoreML programs run only on Apple devices"),
-    ({"precisions": ("int4",)}, "precision 'int4' is not supported for onnx"),
+    ({"precisions": ("fp16",)}, "precision 'fp16' is not supported for onnx"),
     ({"lengths": (16, 0)}, "sequence length 0 is not valid"),
     ({"lengths": (16, "64")}, "sequence length '64' is not valid"),
     ({"lengths": ()}, "no sequence length given"),
@@ -220,7 +239,7 @@ def test_bad_requests_are_one_line_user_errors(tiny, tmp_path, kwargs, needle):
     args = {"targets": ("onnx",), "precisions": ("fp32",), "lengths": (8,), **kwargs}
     store_dir = args.pop("store", out / "store")
     with pytest.raises(UserError) as e:
-        bench.run_bench(recipe, store_dir, tmp_path / "b", log=lambda m: None, **args)
+        bench.run_bench(BenchRequest(recipe, store_dir, tmp_path / "b", **args), log=lambda m: None)
     assert needle in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "b").exists()
 
@@ -229,7 +248,7 @@ def test_bench_cli_rejects_bad_requests_in_one_line(tiny, cli):
     out, recipe, _ = tiny
     for args, needle in ((["--targets", "ios"], "target 'ios' cannot be benchmarked"),
                          (["--lengths", "16,x"], "--lengths '16,x' is not a comma-separated list"),
-                         (["--precisions", "int4"], "int4")):
+                         (["--precisions", "fp16"], "fp16")):
         code, _, err = cli("bench", recipe.path, "--store", out / "store", "--out-dir", out / "cli-bench", *args)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (out / "cli-bench").exists()
@@ -242,18 +261,16 @@ def test_single_task_models_can_come_from_another_store(tiny, tmp_path):
     tok = bb.tokenizer()
     runs = [make_branch(recipe, bb, tok, tmp_path / "runs" / n, n, 0, 4, i) for i, (n, _, _) in enumerate(BRANCHES)]
     store.create(tmp_path / "full", bb, "tiny-random", runs)
-    r = bench.run_bench(recipe, out / "store", tmp_path / "b", targets=("onnx",), precisions=("fp32",), lengths=(8,),
-                        repeats=2, peer=False, guard_examples=8, threads=1, log=lambda m: None,
-                        singles_from=tmp_path / "full")
+    req = BenchRequest(recipe, out / "store", tmp_path / "b", targets=("onnx",), precisions=("fp32",), lengths=(8,),
+                       repeats=2, peer=False, guard_examples=8, threads=1, singles_from=tmp_path / "full")
+    r = bench.run_bench(req, log=lambda m: None)
     assert [t["single"] for t in r["tasks"]] == [[0, 4]] * 3 and r["singles_from"] == str(tmp_path / "full")
     heads = sum(flops.head_flops(m, 8, 32) for m in store.list_branches(tmp_path / "full"))
     assert r["flops"]["single_sum"]["8"] == 12 * flops.layer_flops(8, 32, 64) + heads
     assert "/ (0, 4)" in (tmp_path / "b" / "bench.md").read_text()
     store.remove(tmp_path / "full", "snips_slots")
     with pytest.raises(UserError, match="must hold the same tasks"):
-        bench.run_bench(recipe, out / "store", tmp_path / "c", targets=("onnx",), precisions=("fp32",), lengths=(8,),
-                        repeats=2, peer=False, guard_examples=8, threads=1, log=lambda m: None,
-                        singles_from=tmp_path / "full")
+        bench.run_bench(dataclasses.replace(req, out_dir=tmp_path / "c"), log=lambda m: None)
 
 
 X86 = """processor\t: 0
@@ -276,6 +293,33 @@ OLD_X86 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx fma avx2\n"
 ])
 def test_bench_names_the_cpus_vector_extensions(info, expected):
     assert timing.vector_extensions(info) == expected
+
+
+def test_the_cpu_line_says_which_int8_kernels_the_cpu_can_take():
+    assert timing.cpu_line(timing.cpu(X86)) == \
+        "CPU: Intel(R) Xeon(R) Platinum 8480+; avx2 yes, avx512_vnni yes, amx_int8 yes"
+    assert timing.cpu_line(timing.cpu(OLD_X86)).endswith("; avx2 yes, avx512_vnni no, amx_int8 no")
+    assert timing.cpu(ARM)["int8_flags"] == {"avx2": False, "avx512_vnni": False, "amx_int8": False}
+
+
+@pytest.mark.slow
+def test_every_runtime_runs_on_the_requested_threads(tiny, result):
+    """Issue 26: `bench --threads 1` ran ExecuTorch on 2 threads. Every bundle bench times runs on the
+    threads asked for, and what bench reports is what the opened programs run on."""
+    pytest.importorskip("executorch")
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
+
+    out, recipe, _ = tiny
+    android = result[1] / "bundles" / "merged-android-fp32"
+    bundles.bundle(recipe, out / "store", "android", "fp32", android, log=lambda m: None)
+    opened = [("android", timing.open_bundle(android, threads=1)),
+              ("onnx", timing.open_bundle(result[1] / "bundles" / "merged-onnx-fp32", threads=1))]
+    feeds = {"input_ids": [[2, 5, 3]], "attention_mask": [[1, 1, 1]], "token_type_ids": [[0, 0, 0]]}
+    opened[0][1].run(**{k: np.asarray(v, dtype=np.int64) for k, v in feeds.items()})
+    assert _threadpool_get_thread_count() == 1
+    assert timing.threads_used(opened) == {"pytorch": torch.get_num_threads(), "executorch": 1, "onnxruntime": 1}
+    assert timing.threads_line(timing.threads_used(opened[1:], False)).endswith("onnxruntime 1")
+    assert timing.threads_used([], None) == {"pytorch": torch.get_num_threads(), "onnxruntime": None}
 
 
 def test_smoothquant_in_the_int8_variants_benchmark_leaves_the_fp32_function_unchanged():

@@ -148,10 +148,11 @@ def test_a_verify_report_or_bench_folder_of_another_kind_is_refused(tmp_path, tw
     with pytest.raises(UserError, match="is the input"):
         verify(two, recipe, two, two, runs_dir=tmp_path, log=lambda m: None)
     pytest.importorskip("matplotlib")
-    from toolchain.bench.request import check_request
+    from toolchain.bench.request import BenchRequest, check_request
 
     with pytest.raises(UserError, match="is not a bench folder"):
-        check_request(recipe, two, p, ["onnx"], ["fp32"], [16], 1, False, 8, None, None)
+        check_request(BenchRequest(recipe, two, p, targets=("onnx",), precisions=("fp32",), lengths=(16,), repeats=1,
+                                   peer=False, guard_examples=8))
     assert (p / "thesis.txt").is_file()
 
 

@@ -409,6 +409,7 @@ def embed(
 @app.command()
 def bench(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="the recipe (dev text, max_seq_len)"),
+    *,
     store: Path = typer.Option(None, help="merged store (default: <out>/store)"),
     out: Out = None,
     out_dir: Path = typer.Option(None, help="benchmark folder (default: <out>/bench)"),
@@ -418,22 +419,25 @@ def bench(
     repeats: int = typer.Option(20, help="timed calls per configuration and length"),
     peer: bool = typer.Option(True, help="include optimum-onnx single-task models quantized with its ORT quantizer"),
     guard_examples: int = typer.Option(200, help="dev examples per task for the dev-metric comparison"),
-    threads: int = typer.Option(None, help="threads for PyTorch, the GEMM peak and ONNX Runtime (default: all cores)"),
+    threads: int = typer.Option(None, help="threads for every runtime timed: PyTorch, ONNX Runtime, ExecuTorch and "
+                                "the GEMM peak (default: each runtime's own)"),
     singles_from: Path = typer.Option(None, help="store whose branches are the single-task models, e.g. the "
                                       "teachers for a distilled store (default: the merged store's own)"),
 ):
     """Merged model vs the same tasks as single-task models (and the optimum peer): latency, memory, bytes."""
 
-    from toolchain.bench import run_bench
+    from toolchain.bench import BenchRequest, run_bench
     from toolchain.config import load_recipe
 
     recipe = load_recipe(recipe_path)
     ws = _workspace(recipe, out)
     console = _console(stderr=True)
-    dest = out_dir or ws.bench
-    run_bench(recipe, store or ws.store, dest, _words(targets), _words(precisions), _ints(lengths, "lengths"),
-              repeats, peer, guard_examples, threads, log=lambda m: console.log(m), singles_from=singles_from)
-    print((dest / "bench.md").read_text())
+    req = BenchRequest(recipe, store or ws.store, out_dir or ws.bench, targets=tuple(_words(targets)),
+                       precisions=tuple(_words(precisions)), lengths=tuple(_ints(lengths, "lengths")),
+                       repeats=repeats, peer=peer, guard_examples=guard_examples, threads=threads,
+                       singles_from=singles_from)
+    run_bench(req, log=lambda m: console.log(m))
+    print((req.out_dir / "bench.md").read_text())
 
 
 branch_app = typer.Typer(no_args_is_help=True, help="Change one branch of a store; the others stay byte-identical.")

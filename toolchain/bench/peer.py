@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolchain import UserError, __version__
 from toolchain.bench.bundles import branch_files, files_digest
-from toolchain.bench.request import dev_batch
+from toolchain.bench.inputs import dev_feeds
 from toolchain.fsutil import write_json_atomic
 
 HF_ATOL = 1e-4
@@ -62,21 +62,21 @@ def hf_model(bb, branch, meta):
 
 
 def check_hf(model, task_model, task, meta, batches, atol=HF_ATOL) -> float:
-    """Max |HF logits − our task model's output| over real-text batches (valid positions); raises
-    ConversionMismatch beyond `atol`."""
+    """Max |HF logits − our task model's output| over real-text batches (feeds by input name; valid
+    positions); raises ConversionMismatch beyond `atol`."""
     import torch
 
     worst = 0.0
     with torch.no_grad():
-        for ids, mask, tt in batches:
-            ids, mask, tt = (torch.as_tensor(x) for x in (ids, mask, tt))
-            ours = task_model(ids, tt, mask)[task]
-            theirs = model(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits
+        for feeds in batches:
+            x = {k: torch.as_tensor(v) for k, v in feeds.items()}
+            ours = task_model(**x)[task]
+            theirs = model(**x).logits
             if meta.type == "regression":
                 theirs = theirs.squeeze(-1)
             diff = (ours - theirs).abs()
             if meta.type == "tagging":
-                diff = diff[mask.bool()]
+                diff = diff[x["attention_mask"].bool()]
             worst = max(worst, float(diff.max()))
     if not worst <= atol:
         raise ConversionMismatch(f"task {task}: the Hugging Face model differs from our task model by {worst:.3g} "
@@ -149,15 +149,16 @@ def peer_runner(session, task, task_type):
     return run_batch
 
 
-def prepare_peer(peer, targets, precisions, bb, singles, devs, feeds, out_dir, log):
-    """(peer_info, task -> peer_model(...) with "precisions") or a reason why the peer is not run."""
+def prepare_peer(req, bb, singles, devs, feeds, log):
+    """(peer_info, task -> peer_model(...) with "precisions") or a reason why the peer is not run.
+    `req`: the BenchRequest; `singles`: task -> single-task store; `feeds`: length -> timed inputs."""
     import importlib.util
 
-    precisions = [p for p in precisions if p in ("fp32", "int8")]
+    precisions = [p for p in req.precisions if p in ("fp32", "int8")]
     reason = None
-    if not peer:
+    if not req.peer:
         reason = "not asked for"
-    elif "onnx" not in targets or not precisions:
+    elif "onnx" not in req.targets or not precisions:
         reason = "the peer is an ONNX Runtime model: it needs target onnx with precision fp32 or int8"
     elif importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.exporters.onnx") is None:
         reason = "optimum-onnx is not installed: pip install 'ctb-mobile[onnx]'"
@@ -168,8 +169,8 @@ def prepare_peer(peer, targets, precisions, bb, singles, devs, feeds, out_dir, l
         return {"run": False, "reason": reason}, {}
     info, peers = {"run": True, "exporter": "optimum.exporters.onnx.main_export", "tasks": {}}, {}
     for t, single_dir in singles.items():
-        batches = list(feeds.values()) + ([dev_batch(devs[t][2], 16)] if t in devs else [])
-        peers[t] = {**peer_model(bb, single_dir, t, batches, out_dir / "peer" / t, log), "precisions": precisions}
+        batches = list(feeds.values()) + ([dev_feeds(devs[t][2], 16)] if t in devs else [])
+        peers[t] = {**peer_model(bb, single_dir, t, batches, req.out_dir / "peer" / t, log), "precisions": precisions}
         info["quantizer"] = peers[t]["quantizer"]
         info["tasks"][t] = {"hf_max_abs": peers[t]["hf_max_abs"]}
     return info, peers

@@ -1,6 +1,7 @@
-"""Checking a bench request, and the inputs it times: dev-text word pieces cut to each sequence length.
-The bundles it measures are built by bench/bundles.py."""
+"""A bench run's options, typed in one place (`BenchRequest`: the CLI builds it, bench reads it), and
+their validation before any work."""
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,30 +11,34 @@ BENCH_TARGETS = ("onnx", "android")  # the targets whose programs run on this ma
 
 
 @dataclass(frozen=True)
-class Request:
-    """One bench run's validated arguments (see run_bench)."""
+class BenchRequest:
+    """What to benchmark. `threads`: threads for every runtime bench times (PyTorch eager, the GEMM
+    peak, ONNX Runtime and ExecuTorch, ours and the peer's); None: each runtime's own default.
+    `singles_from`: another store (same trunk and tasks) whose branches are the single-task models,
+    e.g. the full-depth teachers when the merged store holds distilled branches; None: the merged
+    store's own branches."""
 
     recipe: object
     store_dir: Path
     out_dir: Path
-    targets: tuple
-    precisions: tuple
-    lengths: list  # sorted, without duplicates
-    repeats: int
-    peer: bool
-    guard_examples: int
-    threads: int | None
-    singles_from: Path
+    targets: tuple = ("onnx", "android")
+    precisions: tuple = ("fp32", "int8")
+    lengths: tuple = (16, 64, 128)  # checked: sorted, without duplicates
+    repeats: int = 20
+    peer: bool = True
+    guard_examples: int = 200
+    threads: int | None = None
+    singles_from: Path | None = None  # checked: the merged store when None
 
 
-def check_request(recipe, store_dir, out_dir, targets, precisions, lengths, repeats, peer, guard_examples,
-                  threads, singles_from) -> Request:
-    """Validate everything before any work."""
+def _positive(value, what: str, example: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{what} {value!r} must be a positive integer, e.g. {example}")
+
+
+def _check_targets(targets, precisions) -> None:
     from toolchain.export import check_request as check_export
-    from toolchain.fsutil import check_replaceable
-    from toolchain.store import read_store
 
-    targets, precisions = tuple(targets), tuple(precisions)
     if not targets:
         raise UserError(f"no target to benchmark; use one or more of: {', '.join(BENCH_TARGETS)}")
     for t in targets:
@@ -47,59 +52,39 @@ def check_request(recipe, store_dir, out_dir, targets, precisions, lengths, repe
     for t in targets:
         for p in precisions:
             check_export(t, p, "fused")  # one-line errors for unknown or unsupported precisions
+
+
+def _check_lengths(lengths, max_seq_len: int) -> None:
     if not lengths:
         raise UserError("no sequence length given; give positive integers, e.g. 16,64,128")
     bad = [x for x in lengths if isinstance(x, bool) or not isinstance(x, int) or x < 1]
     if bad:
         raise UserError(f"sequence length {bad[0]!r} is not valid: lengths must be positive integers, e.g. 16,64,128")
-    max_seq_len = max(recipe.seq_len(t) for t in recipe.tasks)
     if min(lengths) > max_seq_len:
         raise UserError(f"every length ({', '.join(map(str, lengths))}) is above the recipe's max_seq_len "
                         f"{max_seq_len}; give lengths up to {max_seq_len}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise UserError(f"repeats {repeats!r} must be a positive integer, e.g. 20")
-    if isinstance(guard_examples, bool) or not isinstance(guard_examples, int) or guard_examples < 1:
-        raise UserError(f"guard_examples {guard_examples!r} must be a positive integer, e.g. 200")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UserError(f"threads {threads!r} must be a positive integer, e.g. 2")
-    read_store(store_dir)  # "store ... not found; build one with `ctb-mobile merge`"
-    check_replaceable(out_dir, "bench", (store_dir, singles_from, recipe.path))  # not a folder of another kind
+
+
+def check_request(req: BenchRequest) -> BenchRequest:
+    """Validate everything before any work; returns the request with tuples, sorted lengths, paths and
+    `singles_from` filled in."""
+    from toolchain.fsutil import check_replaceable
+    from toolchain.store import read_store
+
+    targets, precisions = tuple(req.targets), tuple(req.precisions)
+    _check_targets(targets, precisions)
+    _check_lengths(req.lengths, max(req.recipe.seq_len(t) for t in req.recipe.tasks))
+    _positive(req.repeats, "repeats", 20)
+    _positive(req.guard_examples, "guard_examples", 200)
+    if req.threads is not None:
+        _positive(req.threads, "threads", 2)
+    read_store(req.store_dir)  # "store ... not found; build one with `ctb-mobile merge`"
+    # not a folder of another kind
+    check_replaceable(req.out_dir, "bench", (req.store_dir, req.singles_from, req.recipe.path))
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UserError("bench draws its plot with matplotlib; run: pip install 'ctb-mobile[bench]'") from None
-    return Request(recipe, Path(store_dir), Path(out_dir), targets, precisions, sorted(set(lengths)), repeats,
-                   bool(peer), guard_examples, threads, Path(singles_from or store_dir))
-
-
-def token_pool(devs, tok) -> list:
-    """Word-piece ids (no [CLS]/[SEP]) of the recipe's dev sets, in order: real text to cut inputs from."""
-    pool = []
-    for _, _, dev, _ in devs.values():
-        for ids in dev.input_ids:
-            pool.extend(ids[1:-1])
-    if not pool:
-        pool = tok.encode("set an alarm for seven thirty tomorrow morning", add_special_tokens=False).ids
-    return pool
-
-
-def dev_batch(encoded, n):
-    """The first n dev examples as one padded batch (ids, mask, token types) of numpy arrays."""
-    from toolchain.batch import pad_batch
-
-    b = pad_batch(encoded.input_ids[:n], encoded.type_ids[:n], "cpu")
-    return b.input_ids.numpy(), b.attention_mask.numpy(), b.token_type_ids.numpy()
-
-
-def inputs_of_length(pool, tok, n):
-    """(ids, mask, token types) of exactly n tokens: [CLS] + real dev word pieces + [SEP], batch 1."""
-    import numpy as np
-
-    specials = tok.encode("a").ids  # the tokenizer's own template: [CLS] a [SEP] (or <s> a </s>)
-    cls, sep = specials[0], specials[-1]
-    body = list(pool)
-    while len(body) < n:
-        body += pool
-    ids = ([cls] + body[: max(n - 2, 0)] + [sep])[:n]
-    ids = np.asarray([ids], dtype=np.int64)
-    return ids, np.ones_like(ids), np.zeros_like(ids)
+    return dataclasses.replace(req, store_dir=Path(req.store_dir), out_dir=Path(req.out_dir), targets=targets,
+                               precisions=precisions, lengths=tuple(sorted(set(req.lengths))),
+                               peer=bool(req.peer), singles_from=Path(req.singles_from or req.store_dir))
