@@ -13,6 +13,7 @@ from test_cli import one_line_error, tree_digest
 from test_hardening import fake_run
 
 from toolchain import UserError, backbone, store
+from toolchain.branch_config import FILE, WEIGHTS
 from toolchain.fsutil import atomic_dir
 
 KINDS = ["bench", "branch", "bundle", "golden", "run", "store", "verify report"]
@@ -311,11 +312,11 @@ def bb_tokenizer_files():
 
 
 def test_a_store_branch_without_weights_sha256_is_refused(two, cli):
-    bj = two / "branches" / "intent" / "branch.json"
+    bj = two / "branches" / "intent" / FILE
     meta = json.loads(bj.read_text())
     del meta["weights_sha256"]
     bj.write_text(json.dumps(meta))
-    w = two / "branches" / "intent" / "branch.safetensors"
+    w = two / "branches" / "intent" / WEIGHTS
     data = bytearray(w.read_bytes())
     data[-3] ^= 0x01  # a flipped weight byte: loaded silently when nothing records the sha256
     w.write_bytes(bytes(data))

@@ -4,6 +4,7 @@ partially fine-tuned branch must actually learn, far above chance."""
 import pytest
 from conftest import ROOT
 
+from toolchain.branch_config import FILE
 from toolchain.config import load_recipe
 from toolchain.train import run_sweep
 from toolchain.workspace import Workspace
@@ -53,4 +54,4 @@ def test_minilm_distil_merge_and_branch_lifecycle(tmp_path):
         store.add(sd, tmp_path / "runs/clinc_domain/L2-s0")
         after = store.load_merged(sd)[0](**b._asdict())
     assert torch.equal(after["snips_intent"], before) and set(after) == {"snips_intent", "clinc_domain"}
-    assert json.loads((student / "branch.json").read_text())["distilled_from"]["layers"] == 2
+    assert json.loads((student / FILE).read_text())["distilled_from"]["layers"] == 2
