@@ -125,10 +125,11 @@ def _export_verify(b: Build, target: str) -> None:
     from toolchain.export import check_request, export_bundle
     from toolchain.fsutil import read_json, write_json_atomic
     from toolchain.verify import verify
+    from toolchain.workspace import report_of
 
     _, precision = check_request(target, QUICK["precision"] if b.quick else None, "fused")
     dest = b.ws.bundle(target, "fused", precision)
-    report_dir = dest.with_name(dest.name + ".verify")
+    report_dir = report_of(dest)
     stamp_path = b.ws.root / STAMP
     stamps = read_json(stamp_path) if stamp_path.is_file() else {}
     digest = file_sha256(b.ws.store)

@@ -316,6 +316,7 @@ def predict(
 
 @app.command()
 def export(
+    *,
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="the recipe (dev sets for the guard, max_seq_len)"),
     target: str = typer.Option(..., help="android (ExecuTorch), ios (CoreML), onnx, or all"),
     precision: str = typer.Option(None, help="android: fp32|int8|int4; ios: fp16|int8|int4|fp32; onnx: fp32|int8|int8-static|int4"),
@@ -357,6 +358,7 @@ def export(
 
 @app.command()
 def verify(
+    *,
     bundle: Path = typer.Argument(..., metavar="BUNDLE", help="an exported bundle folder"),
     recipe_path: Path = typer.Option(..., "--recipe", help="the recipe the model was trained from (dev sets)"),
     store: Path = typer.Option(None, help="merged store the bundle was exported from (default: <out>/store)"),
@@ -371,11 +373,12 @@ def verify(
 
     from toolchain.config import load_recipe
     from toolchain.verify import verify as run_verify
+    from toolchain.workspace import report_of
 
     if not bundle.is_dir():
         raise UserError(f"bundle {bundle} not found; give the folder `ctb-mobile export` wrote")
     recipe = load_recipe(recipe_path)
-    report_dir = report or bundle.with_name(bundle.name + ".verify")
+    report_dir = report or report_of(bundle)
     console = _console(stderr=True)
     ws = _workspace(recipe, out)
     result = run_verify(bundle, recipe, store or ws.store, report_dir, runs_dir=ws.root, limit=limit, golden=golden,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from toolchain import UserError
 from toolchain.fsutil import atomic_dirs, reading
+from toolchain.workspace import report_of
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN_FILES = ("golden.json", "golden_tokenizer.json", "golden_spans.json", "verify.json")
@@ -49,7 +50,7 @@ def embed(bundle_dir, app: str, app_dir=None, report_dir=None) -> dict:
     spec = APPS[app]
     bundle_dir = Path(bundle_dir)
     app_dir = Path(app_dir) if app_dir else REPO / app
-    report_dir = Path(report_dir) if report_dir else bundle_dir.with_name(bundle_dir.name + ".verify")
+    report_dir = Path(report_dir) if report_dir else report_of(bundle_dir)
     if not app_dir.is_dir():
         raise UserError(f"app folder {app_dir} not found; pass --app-dir pointing at your {app} checkout")
     with reading(bundle_dir):  # an export replacing it finishes first; one cut short by a kill is repaired

@@ -111,3 +111,9 @@ class Workspace:
     def relative(self, path) -> str:
         """A path inside the workspace as its JSON files record it (selected.json, distill.json, plan.json)."""
         return Path(path).relative_to(self.root).as_posix()
+
+
+def report_of(bundle) -> Path:
+    """A bundle's verify report folder, beside it: <bundle>.verify/ (verify writes it, embed reads it)."""
+    bundle = Path(bundle)
+    return bundle.with_name(bundle.name + ".verify")
