@@ -171,7 +171,7 @@ def test_a_damaged_export_cache_entry_is_dropped_and_exported_again(tmp_path, mo
 
 
 def test_flipped_bytes_in_the_trunk_feature_cache_are_computed_again(bb, tmp_path):
-    from toolchain import cache
+    from toolchain import feature_cache as cache
     from toolchain.data import Encoded
     from toolchain.model import build_trunk
 

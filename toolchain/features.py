@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from toolchain import cache as feature_cache
+from toolchain import feature_cache
 from toolchain.batch import by_length, pad_batch
 from toolchain.data import IGNORE
 from toolchain.metrics import predictions

@@ -107,7 +107,7 @@ class Scorer:
         return entry
 
     def _metric(self, run_dir, meta, task, enc) -> float:
-        from toolchain import cache as feature_cache
+        from toolchain import feature_cache
         from toolchain.features import TrunkFeatures, predict
         from toolchain.metrics import score
         from toolchain.model import build_trunk
