@@ -198,7 +198,7 @@ def test_a_store_from_a_newer_toolchain_says_upgrade_and_an_older_one_says_rebui
     out, _, bb = runs
     sd = make_store(tmp_path, out, bb, ["runs/clinc_domain/L1-s0"])
     meta = json.loads((sd / "store.json").read_text())
-    for schema, advice in ((store.SCHEMA + 1, "written by a newer ctb-mobile (this one reads 1); upgrade ctb-mobile"),
+    for schema, advice in ((store.STORE_FORMAT + 1, "written by a newer ctb-mobile (this one reads 1); upgrade ctb-mobile"),
                            (0, "schema 0, this toolchain reads 1; rebuild the store with `ctb-mobile merge --force`")):
         (sd / "store.json").write_text(json.dumps({**meta, "schema": schema}))
         code, _, err = cli("predict", sd, "play some jazz")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from toolchain import UserError
 
-SCHEMA = 1
+GOLDEN_FORMAT = 1
 DATA = Path(__file__).resolve().parent.parent / "models" / "data"
 SPAN_CASES = Path(__file__).with_name("span_cases.json")
 MIN_TEXTS = 2000
@@ -126,7 +126,7 @@ def tokenizer_golden(tok, fingerprint: str, max_seq_len: int) -> dict:
     rows += [_row(g, a, b, e) for (g, a, b), e in zip(pairs, tok.encode_batch([(a, b) for _, a, b in pairs]))]
     if len(rows) < MIN_TEXTS:
         raise UserError(f"only {len(rows)} tokenizer golden texts (models/data incomplete?); restore models/data")
-    return {"schema_version": SCHEMA, "tokenizers_version": tokenizers.__version__, "tokenizer_fingerprint": fingerprint,
+    return {"schema_version": GOLDEN_FORMAT, "tokenizers_version": tokenizers.__version__, "tokenizer_fingerprint": fingerprint,
             "max_seq_len": max_seq_len, "offsets": "code points of the text the token came from; template tokens [0, 0]",
             "cases": rows}
 
@@ -156,7 +156,7 @@ def span_golden(tok, breaks: frozenset, max_seq_len: int) -> dict:
                             f"fix the decoder or the case in {SPAN_CASES.name}")
         out.append({"name": case["name"], "text": case["text"], "max_seq_len": n, "ids": enc.ids,
                     "offsets": [list(o) for o in enc.offsets], "label_ids": label_ids, "spans": case["spans"]})
-    return {"schema_version": SCHEMA, "labels": labels, "cases": out}
+    return {"schema_version": GOLDEN_FORMAT, "labels": labels, "cases": out}
 
 
 def write_all(bundle_dir, out_dir) -> dict:

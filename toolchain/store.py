@@ -28,7 +28,7 @@ from toolchain.branch_config import WEIGHTS, BranchConfig, load_branch, save_bra
 from toolchain.fsutil import (atomic_dir, check_replaceable, child, follow_umask, locked, read_json, reading,
                               recover_tree, remove_tree, write_json_atomic)
 
-SCHEMA = 1  # store.json's format version: a newer one asks for a newer ctb-mobile, an older one for a rebuild
+STORE_FORMAT = 1  # store.json's format version: a newer one asks for a newer ctb-mobile, an older one for a rebuild
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 REBUILD = "rebuild the store with `ctb-mobile merge --force`"
 
@@ -58,11 +58,11 @@ def _meta(store_dir: Path) -> dict:
         raise UserError(f"store {store_dir} not found (no store.json); build one with `ctb-mobile merge`")
     meta = read_json(f, REBUILD)
     schema = meta.get("schema") if isinstance(meta, dict) else None
-    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA:
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema > STORE_FORMAT:
         raise UserError(f"store {store_dir}: store.json is schema {schema}, written by a newer ctb-mobile (this one "
-                        f"reads {SCHEMA}); upgrade ctb-mobile (pip install -U ctb-mobile)")
-    if schema != SCHEMA:
-        raise UserError(f"store {store_dir}: schema {schema!r}, this toolchain reads {SCHEMA}; {REBUILD}")
+                        f"reads {STORE_FORMAT}); upgrade ctb-mobile (pip install -U ctb-mobile)")
+    if schema != STORE_FORMAT:
+        raise UserError(f"store {store_dir}: schema {schema!r}, this toolchain reads {STORE_FORMAT}; {REBUILD}")
     for key, kind in (("backbone", str), ("backbone_fingerprint", str), ("encoder", dict)):
         if not isinstance(meta.get(key), kind):
             raise UserError(f"store {store_dir}: store.json {key} is {'missing' if key not in meta else 'malformed'}; "
@@ -211,7 +211,7 @@ def create(store_dir, bb, backbone_spec: str, branch_dirs: list, force: bool = F
     from safetensors.torch import save_file
 
     store_dir = Path(store_dir)
-    store_meta = {"schema": SCHEMA, "backbone": backbone_spec, "backbone_fingerprint": bb.fingerprint,
+    store_meta = {"schema": STORE_FORMAT, "backbone": backbone_spec, "backbone_fingerprint": bb.fingerprint,
                   "encoder": bb.cfg.to_dict(), "toolchain_version": __version__}
     cfg = _encoder_cfg(store_meta)
     protect = [*branch_dirs, bb.path]

@@ -55,7 +55,7 @@ from toolchain.fsutil import write_bytes_atomic, write_json_atomic, write_text_a
 
 __all__ = ["BenchRequest", "run_bench"]
 
-SCHEMA = 1
+REPORT_FORMAT = 1
 
 
 @dataclass
@@ -125,7 +125,7 @@ def measure(req: BenchRequest, log) -> dict:
     memory = measure_memory(memory_programs(req, s), s.feeds[run_lengths[-1]]["input_ids"][0].tolist(),
                             req.threads, log)
     result = {
-        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "schema": REPORT_FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "toolchain_version": __version__, "recipe": str(req.recipe.path), "store": str(req.store_dir),
         "singles_from": str(req.singles_from), "trunk_fingerprint": s.store_meta["backbone_fingerprint"],
         "backbone": s.store_meta["backbone"], "machine": machine(the_cpu, threads, load_start),
