@@ -8,7 +8,7 @@ import torch
 
 from toolchain.batch import by_length, pad_batch
 from toolchain.export.guard import JUDGED_ROWS  # noqa: F401  (the rows export and verify judge)
-from toolchain.metrics import IGNORE, score
+from toolchain.metrics import IGNORE, predictions, score
 
 # One tolerance table keyed by (target, precision): fp32 outputs must match PyTorch within max_abs;
 # quantized ones are judged on predictions (agreement) and on the dev metric (drop in points).
@@ -85,14 +85,6 @@ def torch_runner(model):
         return {k: v.numpy() for k, v in model(**b._asdict()).items()}
 
     return run_batch
-
-
-def predictions(task_type, outs):
-    if task_type == "regression":
-        return [float(o) for o in outs]
-    if task_type == "classification":
-        return [int(np.argmax(o)) for o in outs]
-    return [np.argmax(o, -1).tolist() for o in outs]
 
 
 def compare(task, labels, encoded, ref_rows, got_rows, got_labels=None, valid=None) -> dict:
