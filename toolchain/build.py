@@ -47,6 +47,15 @@ class Build:
     log: object = print
     done: dict = field(default_factory=dict)  # what each stage left, for the summary
 
+    @classmethod
+    def of(cls, recipe, targets: list, out: Path | None = None, quick: bool = False, log=print) -> "Build":
+        """The build `ctb-mobile build` runs: with `quick`, the quick recipe into <recipe name>-quick/
+        (unless `out` names the folder), else the recipe into <recipe name>/."""
+        from toolchain.workspace import Workspace
+
+        ws = Workspace.of_recipe(recipe, out, suffix="-quick" if quick else "")
+        return cls(quick_recipe(recipe) if quick else recipe, ws, targets, quick, log=log)
+
 
 def stages(b: Build) -> list:
     """(name, function) in order: the recipe's tables decide whether distill and plan run."""
@@ -97,11 +106,8 @@ def _plan(b: Build) -> None:
 
 def _chosen(b: Build) -> dict:
     """task -> {"run", "dev_metric", ...}: the plan's choice when there is a plan, else the teachers."""
-    from toolchain.fsutil import read_json
-
-    if b.ws.plan.is_file() and any(name == "plan" for name, _ in stages(b)):
-        return read_json(b.ws.plan)["tasks"]
-    return read_json(b.ws.selected, "rerun `ctb-mobile train`")
+    planned = b.ws.plan.is_file() and any(name == "plan" for name, _ in stages(b))
+    return b.ws.chosen("plan" if planned else "selected")
 
 
 def _merge(b: Build) -> None:

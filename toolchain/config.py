@@ -155,6 +155,14 @@ class PlanConfig:
             raise UserError(f"{where}: split_fraction = {self.split_fraction} must be in (0, 0.5], the share of each "
                             "task's training rows held out to choose on, e.g. split_fraction = 0.1")
 
+    def override(self, criterion: str | None = None, threshold: float | None = None, budget: int | None = None,
+                 max_cost: float | None = None) -> "PlanConfig":
+        """A checked copy with the command line's values (`plan --criterion ...`) in place of the recipe's."""
+        given = {"criterion": criterion, "threshold": threshold, "budget": budget, "max_cost": max_cost}
+        cfg = dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+        cfg.check("plan (--criterion/--threshold/--budget/--max-cost or [plan])")
+        return cfg
+
 
 ONNX_INT8 = ("asymmetric", "symmetric")
 

@@ -7,6 +7,7 @@ This is "the original" that exported bundles are checked against.
 import torch
 
 from runtime_py.predictor import decode
+from toolchain import UserError
 from toolchain.batch import pad_batch
 
 
@@ -26,3 +27,17 @@ def predict(model, tok, metas, texts, pairs=None, max_len=128) -> list:
     breaks = breaks_of(tok)
     return [{name: decode(metas[name], outs[name][i].float().numpy(), encs[i], texts[i], breaks) for name in outs}
             for i in range(len(texts))]
+
+
+def predict_store(store_dir, texts, pairs=None, tasks=None, max_len: int | None = None) -> list:
+    """`predict` on a merged store: its branches (all, or `tasks`) on texts, truncated at `max_len`, which
+    must fit the trunk's positions (default: the length the branches were trained at)."""
+    from toolchain.store import load_merged
+
+    model, tok, metas = load_merged(store_dir, tasks)
+    trained = max(m.max_seq_len or 128 for m in metas.values())  # 128: a branch that does not say
+    limit = model.trunk.cfg.max_position - model.trunk.cfg.position_offset
+    if max_len is not None and not 2 <= max_len <= limit:
+        raise UserError(f"--max-len {max_len} must be between 2 and {limit} (the trunk's positions); "
+                        f"the branches were trained at {trained}")
+    return predict(model, tok, metas, texts, pairs, max_len or trained)

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain import UserError
-from toolchain.fsutil import child, kind_of
+from toolchain.fsutil import child, kind_of, read_json
+
+# `merge --from`: the file that names each task's chosen run, and the command that writes it.
+CHOSEN_BY = {"plan": "plan", "selected": "train"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,11 @@ class Workspace:
         if kind is not None:
             raise UserError(f"{self.root} is a {kind} folder, not a training folder (the --out of train, distill and "
                             "merge, which holds runs/); choose another --out (default: models/<recipe name>/)")
+
+    @classmethod
+    def of_recipe(cls, recipe, out: Path | None = None, suffix: str = "") -> "Workspace":
+        """`out` (the commands' --out), else models/<recipe name><suffix>/ beside the recipe."""
+        return cls(Path(out) if out is not None else recipe.root / (recipe.name + suffix))
 
     @property
     def cache(self) -> Path:
@@ -105,8 +113,34 @@ class Workspace:
         lower = "" if attach is None else f"a{attach}-"
         return self.students_of(task) / f"{lower}l{layers}-from-L{teacher_layers}-s{seed}"
 
-    def bundle(self, target: str, layout: str, precision: str) -> Path:
-        return self.bundles / f"{target}-{layout}-{precision}"
+    def bundle(self, target: str, layout: str, precision: str, out_dir: Path | None = None,
+               several: bool = False) -> Path:
+        """bundles/<target>-<layout>-<precision>/; with `out_dir` (export --out-dir): that folder for one
+        target, and one such folder per target inside it when `several` targets are exported."""
+        name = f"{target}-{layout}-{precision}"
+        if out_dir is None:
+            return self.bundles / name
+        return Path(out_dir) / name if several else Path(out_dir)
+
+    def chosen(self, source: str) -> dict:
+        """task -> {"run": <path in the workspace>, ...}: the planner's choice (`source` "plan", plan.json)
+        or the sweep's teachers ("selected", selected.json), checked, with one-line errors."""
+        if source not in CHOSEN_BY:
+            raise UserError(f"--from {source!r} is not valid; use plan or selected")
+        path, command = (self.plan if source == "plan" else self.selected), CHOSEN_BY[source]
+        if not path.is_file():
+            raise UserError(f"{path} not found; run `ctb-mobile {command}` first")
+        chosen = read_json(path, f"rerun `ctb-mobile {command}`")
+        chosen = chosen.get("tasks") if source == "plan" and isinstance(chosen, dict) else chosen
+        if not isinstance(chosen, dict) or not all(isinstance(c, dict) and isinstance(c.get("run"), str)
+                                                   for c in chosen.values()):
+            raise UserError(f"{path} does not map each task to its run ({{\"task\": {{\"run\": ...}}}}); "
+                            f"rerun `ctb-mobile {command}`")
+        return chosen
+
+    def chosen_runs(self, source: str) -> list:
+        """The run folders `chosen(source)` names, in its task order."""
+        return [self.root / c["run"] for c in self.chosen(source).values()]
 
     def relative(self, path) -> str:
         """A path inside the workspace as its JSON files record it (selected.json, distill.json, plan.json)."""
