@@ -1,10 +1,15 @@
 """The `ctb-mobile` command line: thin commands over library functions.
 
+Each command checks its options, builds a request or calls a library function, and prints. What it
+prints follows one rule: its results (tables, JSON lines, reports, paths) go to stdout through `_out`,
+and its notes and the library's progress and log lines go to the terminal (toolchain.quiet.terminal(),
+the stderr the log routing leaves to the user): notes through `_out(..., err=True)`, progress through
+the stderr console `_console(stderr=True)`.
+
 Errors the user can fix are printed as one line (`error: ...`) with exit code 2; set
 CTB_DEBUG=1 to see the full traceback instead.
 """
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -13,7 +18,7 @@ from typing import Annotated
 import typer
 
 from toolchain import UserError, __version__
-from toolchain.fsutil import read_json
+from toolchain.workspace import Workspace
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ctb-mobile: many BERT tasks on a phone for the price of little more than one.")
@@ -71,10 +76,27 @@ def _console(stderr: bool = False):
     return Console(width=None if sys.stdout.isatty() else 100_000)
 
 
-def _workspace(recipe, out: Path | None):
-    from toolchain.workspace import Workspace
+def _out(*results, err: bool = False) -> None:
+    """Print results on stdout, or with `err` notes on the terminal: a str as it is, one line each;
+    a rich renderable (a table) through `_console`."""
+    from toolchain.quiet import terminal
 
-    return Workspace(out if out is not None else recipe.root / recipe.name)
+    for r in results:
+        if isinstance(r, str):
+            typer.echo(r, file=terminal() if err else None)
+        else:
+            _console(stderr=err).print(r)
+
+
+def _table(title: str, columns, rows):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 @app.command()
@@ -92,27 +114,21 @@ def train(
     epochs: Epochs = None,
 ):
     """Partially fine-tune each task's top L layers; with --layers, sweep L and select one per task."""
-    from rich.table import Table
-
     from toolchain.config import load_recipe
     from toolchain.runs import is_main_process
     from toolchain.train import run_sweep
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
-    ws = _workspace(recipe, out)
+    ws = Workspace.of_recipe(recipe, out)
     summary = run_sweep(recipe, ws, tasks=task, layers=_ints(layers, "layers"), seeds=_seeds(seeds),
                         use_cache=cache, force=force, console=_console(stderr=True))
     if not is_main_process():  # under torchrun, the other processes print nothing
         return
-    table = Table(title=f"{recipe.name}: selected L ({summary['rule']})")
-    for col in ("task", "L", "attach depth", "metric", "dev", "run"):
-        table.add_column(col)
     depth = summary.get("depth")
-    for name, s in summary["selected"].items():
-        table.add_row(name, str(s["layers"]), str(depth - s["layers"]) if depth else "-", s["metric"],
-                      f"{s['dev_metric']:.2f}", s["run"])
-    _console().print(table)
-    _console().print(f"results: {ws.sweep}")
+    rows = [(name, str(s["layers"]), str(depth - s["layers"]) if depth else "-", s["metric"], f"{s['dev_metric']:.2f}",
+             s["run"]) for name, s in summary["selected"].items()]
+    _out(_table(f"{recipe.name}: selected L ({summary['rule']})", ("task", "L", "attach depth", "metric", "dev", "run"),
+                rows), f"results: {ws.sweep}")
 
 
 @app.command()
@@ -140,15 +156,15 @@ def distill(
     from toolchain.runs import is_main_process
 
     recipe = load_recipe(recipe_path).override(max_train, max_dev, epochs)
-    summary = run_distill(recipe, _workspace(recipe, out), tasks=task, layers=_ints(layers, "layers"),
+    summary = run_distill(recipe, Workspace.of_recipe(recipe, out), tasks=task, layers=_ints(layers, "layers"),
                           teacher_layers=teacher_layers, seeds=_seeds(seeds), attach=_ints(attach, "attach"),
                           use_cache=cache, force=force, console=_console(stderr=True))
     if not is_main_process():
         return
     for name, e in summary.items():
         students = ", ".join(f"({k}) {v['dev_metric']:.2f}" for k, v in sorted(e["students"].items()))
-        typer.echo(f"{name}: teacher ({e['teacher']['attach']},{e['teacher']['layers']}) "
-                   f"{e['teacher']['dev_metric']:.2f} {e['metric']}; students {students}")
+        _out(f"{name}: teacher ({e['teacher']['attach']},{e['teacher']['layers']}) "
+             f"{e['teacher']['dev_metric']:.2f} {e['metric']}; students {students}")
 
 
 @app.command()
@@ -169,15 +185,11 @@ def plan(
     from toolchain.plan import plan_markdown, plan_recipe, write_plan
 
     recipe = load_recipe(recipe_path)
-    ws = _workspace(recipe, out)
-    depth = backbone.load(recipe.backbone_spec).depth
-    cfg = dataclasses.replace(recipe.plan, **{k: v for k, v in (("criterion", criterion), ("threshold", threshold),
-                                                                 ("budget", budget), ("max_cost", max_cost))
-                                              if v is not None})
-    cfg.check("plan (--criterion/--threshold/--budget/--max-cost or [plan])")
-    p = plan_recipe(recipe, ws, cfg, depth, heldout=True)
+    ws = Workspace.of_recipe(recipe, out)
+    cfg = recipe.plan.override(criterion, threshold, budget, max_cost)
+    p = plan_recipe(recipe, ws, cfg, backbone.load(recipe.backbone_spec).depth, heldout=True)
     write_plan(ws, p)
-    typer.echo(plan_markdown(p) + f"written: {ws.plan}")
+    _out(plan_markdown(p) + f"written: {ws.plan}")
 
 
 @app.command()
@@ -191,10 +203,10 @@ def report(
     from toolchain.plan import table2, table2_markdown, write_table2
 
     recipe = load_recipe(recipe_path)
-    ws = _workspace(recipe, out)
+    ws = Workspace.of_recipe(recipe, out)
     t2 = table2(ws, backbone.load(recipe.backbone_spec).depth, [t.name for t in recipe.tasks])
     write_table2(ws, t2)
-    typer.echo(table2_markdown(t2) + f"written: {ws.table2_table}")
+    _out(table2_markdown(t2) + f"written: {ws.table2_table}")
 
 
 @app.command()
@@ -212,23 +224,13 @@ def merge(
     from toolchain.store import create
 
     recipe = load_recipe(recipe_path)
-    ws = _workspace(recipe, out)
-    files = {"plan": ws.plan, "selected": ws.selected}
-    if source not in files:
-        raise UserError(f"--from {source!r} is not valid; use plan or selected")
-    if not files[source].is_file():
-        raise UserError(f"{files[source]} not found; run `ctb-mobile {'plan' if source == 'plan' else 'train'}` first")
-    chosen = read_json(files[source], f"rerun `ctb-mobile {'plan' if source == 'plan' else 'train'}`")
-    chosen = chosen.get("tasks") if source == "plan" and isinstance(chosen, dict) else chosen
-    if not isinstance(chosen, dict) or not all(isinstance(c, dict) and isinstance(c.get("run"), str)
-                                               for c in chosen.values()):
-        raise UserError(f"{files[source]} does not map each task to its run ({{\"task\": {{\"run\": ...}}}}); "
-                        f"rerun `ctb-mobile {'plan' if source == 'plan' else 'train'}`")
+    ws = Workspace.of_recipe(recipe, out)
+    runs = ws.chosen_runs(source)
     bb = backbone.load(recipe.backbone_spec)
     store_dir = store or ws.store
-    create(store_dir, bb, recipe.backbone, [ws.root / c["run"] for c in chosen.values()], force=force)
-    typer.echo(f"store {store_dir}: {len(chosen)} branches on a {bb.depth}-layer trunk")
-    _print_branches(store_dir)
+    create(store_dir, bb, recipe.backbone, runs, force=force)
+    _out(f"store {store_dir}: {len(runs)} branches on a {bb.depth}-layer trunk")
+    _out(*_branch_lines(store_dir))
 
 
 @app.command()
@@ -241,34 +243,24 @@ def build(
 ):
     """Every stage from recipe to verified bundle: train, distill and plan (when the recipe has \\[distill] /
     \\[plan]), merge, export, verify. Each resumes from what already finished; the stages stay commands."""
-    from rich.table import Table
-
-    from toolchain.build import Build, check_targets, quick_recipe, run
+    from toolchain.build import Build, check_targets, run
     from toolchain.config import load_recipe
-    from toolchain.workspace import Workspace
 
     targets = check_targets(target)
-    recipe = load_recipe(recipe_path)
-    if quick:
-        recipe = quick_recipe(recipe)
-    ws = Workspace(out) if out is not None else Workspace(recipe.root / (recipe.name + ("-quick" if quick else "")))
     console = _console(stderr=True)
-    result = run(Build(recipe, ws, targets, quick, log=lambda m: console.log(m)), console)
-    tasks = Table(title=f"{recipe.name}: {len(result['tasks'])} tasks, cost {result['cost']['total_layers']} of "
-                  f"{result['cost']['separate_full_models']} layers ({result['cost']['fraction']:.0%} of separate models)")
-    for col in ("task", "(attach, layers)", "metric", "dev", "teacher", "of teacher"):
-        tasks.add_column(col)
-    for name, t in result["tasks"].items():
-        tasks.add_row(name, f"({t['branch'][0]}, {t['branch'][1]})", t["metric"], f"{t['dev']:.2f}",
-                      f"{t['teacher']:.2f}", f"{t['of_teacher']:.1%}" if t["of_teacher"] else "-")
-    bundles = Table(title=f"bundles (build took {result['seconds']:.0f} s)")
-    for col in ("target", "bundle", "MB", "verify", "try it"):
-        bundles.add_column(col)
-    for t, bnd in result["bundles"].items():
-        bundles.add_row(t, bnd["path"], f"{bnd['bytes'] / 1e6:.1f}", bnd["verify"],
-                        f'ctb-mobile predict {bnd["path"]} "wake me up at 7 am tomorrow"')
-    _console().print(tasks)
-    _console().print(bundles)
+    b = Build.of(load_recipe(recipe_path), targets, out=out, quick=quick, log=console.log)
+    result = run(b, console)
+    cost = result["cost"]
+    tasks = [(name, f"({t['branch'][0]}, {t['branch'][1]})", t["metric"], f"{t['dev']:.2f}", f"{t['teacher']:.2f}",
+              f"{t['of_teacher']:.1%}" if t["of_teacher"] else "-") for name, t in result["tasks"].items()]
+    bundles = [(t, bnd["path"], f"{bnd['bytes'] / 1e6:.1f}", bnd["verify"],
+                f'ctb-mobile predict {bnd["path"]} "wake me up at 7 am tomorrow"')
+               for t, bnd in result["bundles"].items()]
+    _out(_table(f"{b.recipe.name}: {len(result['tasks'])} tasks, cost {cost['total_layers']} of "
+                f"{cost['separate_full_models']} layers ({cost['fraction']:.0%} of separate models)",
+                ("task", "(attach, layers)", "metric", "dev", "teacher", "of teacher"), tasks),
+         _table(f"bundles (build took {result['seconds']:.0f} s)", ("target", "bundle", "MB", "verify", "try it"),
+                bundles))
     if any(bnd["verify"] == "FAIL" for bnd in result["bundles"].values()):
         raise typer.Exit(1)
 
@@ -295,23 +287,16 @@ def predict(
             raise UserError(f"--max-len is for stores; bundle {path} truncates at the max_seq_len it was exported with")
         results = Predictor(path, tasks=task or None).predict(texts, pair or None, batch_size=1)
     else:
-        from toolchain import infer
-        from toolchain.store import load_merged
+        from toolchain.infer import predict_store
 
-        model, tok, metas = load_merged(path, task)
-        trained = max(m.max_seq_len or 128 for m in metas.values())
-        limit = model.trunk.cfg.max_position - model.trunk.cfg.position_offset
-        if max_len is not None and not 2 <= max_len <= limit:
-            raise UserError(f"--max-len {max_len} must be between 2 and {limit} (the trunk's positions); "
-                            f"the branches were trained at {trained}")
-        results = infer.predict(model, tok, metas, texts, pair or None, max_len or trained)
+        results = predict_store(path, texts, pair or None, task, max_len)
     for text, result in zip(texts, results):
         try:
             line = json.dumps({"text": text, **result}, ensure_ascii=False, allow_nan=False)  # NaN is not JSON
         except ValueError:
             raise UserError(f"the model gave a non-finite output (NaN or infinity) for {text[:40]!r}; its branch "
                             "weights are broken: retrain the branch (a lower learning rate)") from None
-        typer.echo(line)
+        _out(line)
 
 
 @app.command()
@@ -327,8 +312,6 @@ def export(
     max_drop: float = typer.Option(None, help="guard: max dev-metric drop per task (recipe \\[export])"),
 ):
     """Quantize and export the merged model as a bundle for a device target."""
-    from rich.table import Table
-
     from toolchain.config import load_recipe
     from toolchain.export import TARGETS, check_request, export_bundle
 
@@ -337,23 +320,17 @@ def export(
     if precision and target == "all":
         raise UserError("--precision cannot be combined with --target all; export one target at a time")
     requests = [(t, *check_request(t, precision, layout)) for t in targets]  # all checks before any work
-    ws = _workspace(recipe, out)
+    ws = Workspace.of_recipe(recipe, out)
     console = _console(stderr=True)
-    table = Table(title="bundles")
-    for col in ("bundle", "file", "bytes", "precision"):
-        table.add_column(col)
+    rows = []
     for t, _, p in requests:
-        if out_dir is None:
-            dest = ws.bundle(t, layout, p)
-        else:  # one target: that folder; --target all: one folder per target inside it
-            dest = out_dir if len(targets) == 1 else out_dir / f"{t}-{layout}-{p}"
+        dest = ws.bundle(t, layout, p, out_dir, several=len(targets) > 1)
         with console.status(f"exporting {t} ({layout}, {p})"):
-            manifest = export_bundle(recipe, store or ws.store, t, p, layout, dest, max_drop=max_drop,
-                                     log=lambda m: console.log(m))
-        for f, info in manifest["files"].items():
-            prog = next((pr for pr in manifest["programs"] if f in pr["files"]), None)
-            table.add_row(str(dest), f, f"{info['bytes']:,}", prog["precision"] if prog else "-")
-    _console().print(table)
+            manifest = export_bundle(recipe, store or ws.store, t, p, layout, dest, max_drop=max_drop, log=console.log)
+        rows += [(str(dest), f, f"{info['bytes']:,}",
+                  next((pr["precision"] for pr in manifest["programs"] if f in pr["files"]), "-"))
+                 for f, info in manifest["files"].items()]
+    _out(_table("bundles", ("bundle", "file", "bytes", "precision"), rows))
 
 
 @app.command()
@@ -379,17 +356,15 @@ def verify(
         raise UserError(f"bundle {bundle} not found; give the folder `ctb-mobile export` wrote")
     recipe = load_recipe(recipe_path)
     report_dir = report or report_of(bundle)
-    console = _console(stderr=True)
-    ws = _workspace(recipe, out)
+    ws = Workspace.of_recipe(recipe, out)
     result = run_verify(bundle, recipe, store or ws.store, report_dir, runs_dir=ws.root, limit=limit, golden=golden,
-                        log=lambda m: console.log(m))
+                        log=_console(stderr=True).log)
     if junit_xml is not None:
         from toolchain.junit import write as write_junit
 
         write_junit(result, junit_xml)
-    print((report_dir / "verify.md").read_text())
-    print(f"report: {report_dir / 'verify.json'}, golden vectors: {report_dir / 'golden.json'}"
-          + (f", JUnit XML: {junit_xml}" if junit_xml else ""))
+    _out((report_dir / "verify.md").read_text(), f"report: {report_dir / 'verify.json'}, golden vectors: "
+         f"{report_dir / 'golden.json'}" + (f", JUnit XML: {junit_xml}" if junit_xml else ""))
     if not result["ok"]:
         raise typer.Exit(1)
 
@@ -405,8 +380,7 @@ def embed(
     from toolchain.embed import embed as run_embed
 
     done = run_embed(bundle, app_name, app_dir, report)
-    typer.echo(f"bundle: {done['bundle']} ({len(done['files'])} files)")
-    typer.echo(f"golden: {done['golden']}")
+    _out(f"bundle: {done['bundle']} ({len(done['files'])} files)", f"golden: {done['golden']}")
 
 
 @app.command()
@@ -433,27 +407,25 @@ def bench(
     from toolchain.config import load_recipe
 
     recipe = load_recipe(recipe_path)
-    ws = _workspace(recipe, out)
-    console = _console(stderr=True)
+    ws = Workspace.of_recipe(recipe, out)
     req = BenchRequest(recipe, store or ws.store, out_dir or ws.bench, targets=tuple(_words(targets)),
                        precisions=tuple(_words(precisions)), lengths=tuple(_ints(lengths, "lengths")),
                        repeats=repeats, peer=peer, guard_examples=guard_examples, threads=threads,
                        singles_from=singles_from)
-    run_bench(req, log=lambda m: console.log(m))
-    print((req.out_dir / "bench.md").read_text())
+    run_bench(req, log=_console(stderr=True).log)
+    _out((req.out_dir / "bench.md").read_text())
 
 
 branch_app = typer.Typer(no_args_is_help=True, help="Change one branch of a store; the others stay byte-identical.")
 app.add_typer(branch_app, name="branch")
 
 
-def _print_branches(store_dir):
+def _branch_lines(store_dir) -> list:
     from toolchain.store import list_branches
 
-    for m in list_branches(store_dir):
-        score = f"{m.dev_metric:.2f}" if m.dev_metric is not None else "-"
-        typer.echo(f"  {m.task:<16} {m.type:<14} ({m.attach},{m.layers})  {m.metric} {score}  "
-                   f"{len(m.labels) or '-'} labels")
+    return [f"  {m.task:<16} {m.type:<14} ({m.attach},{m.layers})  {m.metric} "
+            f"{f'{m.dev_metric:.2f}' if m.dev_metric is not None else '-'}  {len(m.labels) or '-'} labels"
+            for m in list_branches(store_dir)]
 
 
 @branch_app.command("add")
@@ -462,7 +434,7 @@ def branch_add(store: Path = typer.Argument(...), run: Path = typer.Argument(...
     from toolchain.store import add
 
     m = add(store, run)
-    typer.echo(f"added {m.task} ({m.attach},{m.layers})")
+    _out(f"added {m.task} ({m.attach},{m.layers})")
 
 
 @branch_app.command("update")
@@ -471,7 +443,7 @@ def branch_update(store: Path = typer.Argument(...), run: Path = typer.Argument(
     from toolchain.store import update
 
     m = update(store, run)
-    typer.echo(f"updated {m.task} ({m.attach},{m.layers})")
+    _out(f"updated {m.task} ({m.attach},{m.layers})")
 
 
 @branch_app.command("remove")
@@ -480,13 +452,13 @@ def branch_remove(store: Path = typer.Argument(...), task: str = typer.Argument(
     from toolchain.store import remove
 
     remove(store, task)
-    typer.echo(f"removed {task}")
+    _out(f"removed {task}")
 
 
 @branch_app.command("list")
 def branch_list(store: Path = typer.Argument(...)):
     """List the store's branches."""
-    _print_branches(store)
+    _out(*_branch_lines(store))
 
 
 @app.command()
@@ -495,7 +467,6 @@ def check(recipe_path: Path = typer.Argument(..., metavar="RECIPE")):
     from toolchain import backbone
     from toolchain.config import load_recipe
     from toolchain.data import load_task, read_examples
-    from toolchain.quiet import terminal
 
     recipe = load_recipe(recipe_path)
     bb = backbone.load(recipe.backbone_spec)
@@ -507,18 +478,17 @@ def check(recipe_path: Path = typer.Argument(..., metavar="RECIPE")):
 
             check_layers([t.layers], bb.depth, f"task {t.name!r}: ")
         d = load_task(recipe, t, tok)
-        for note in d.notes:
-            typer.echo(note, file=terminal())
+        _out(*d.notes, err=True)
         test = f" / {len(read_examples(recipe, t, 'test'))} test" if t.test else ""  # held out: read by `plan`
-        typer.echo(f"{t.name}: {t.type}, {len(d.train)} train / {len(d.dev)} dev{test}, "
-                   f"{len(d.labels) or 'regression'} labels, metric {t.metric}")
-    typer.echo(f"ok: {recipe_path} (backbone {recipe.backbone}, {bb.depth} layers)")
+        _out(f"{t.name}: {t.type}, {len(d.train)} train / {len(d.dev)} dev{test}, "
+             f"{len(d.labels) or 'regression'} labels, metric {t.metric}")
+    _out(f"ok: {recipe_path} (backbone {recipe.backbone}, {bb.depth} layers)")
 
 
 @app.command()
 def version():
     """Print the toolchain version."""
-    typer.echo(__version__)
+    _out(__version__)
 
 
 def main():
@@ -603,9 +573,7 @@ def _no_unsafe_advice(message: str) -> str:
 
 
 def _one_line(message: str, code: int) -> int:
-    from toolchain.quiet import terminal
-
-    print(" ".join(message.split()), file=terminal())
+    _out(" ".join(message.split()), err=True)
     return code
 
 
