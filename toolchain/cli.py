@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from toolchain import UserError, __version__
-from toolchain.workspace import Workspace
+from toolchain.workspace import Workspace, report_of
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ctb-mobile: many BERT tasks on a phone for the price of little more than one.")
@@ -150,7 +150,6 @@ def distill(
 ):
     """Distil each task's teacher (L fine-tuned layers) into l-layer branches (KD on the outputs; on
     hidden states and attention too with \\[distill] hidden_weight, attention_weight)."""
-
     from toolchain.config import load_recipe
     from toolchain.distill import run_distill
     from toolchain.runs import is_main_process
@@ -218,7 +217,6 @@ def merge(
     force: bool = typer.Option(False, help="rebuild an existing store"),
 ):
     """Build the merged model store: the frozen trunk once, plus the chosen branch of every task."""
-
     from toolchain import backbone
     from toolchain.config import load_recipe
     from toolchain.store import create
@@ -347,10 +345,8 @@ def verify(
                                    "for a CI system's test report"),
 ):
     """Check a bundle against the PyTorch originals on real dev text; exit 1 if any check fails."""
-
     from toolchain.config import load_recipe
     from toolchain.verify import verify as run_verify
-    from toolchain.workspace import report_of
 
     if not bundle.is_dir():
         raise UserError(f"bundle {bundle} not found; give the folder `ctb-mobile export` wrote")
@@ -402,7 +398,6 @@ def bench(
                                       "teachers for a distilled store (default: the merged store's own)"),
 ):
     """Merged model vs the same tasks as single-task models (and the optimum peer): latency, memory, bytes."""
-
     from toolchain.bench import BenchRequest, run_bench
     from toolchain.config import load_recipe
 
