@@ -141,25 +141,26 @@ class Int8Embedding(nn.Module):
 
 class Int4Embedding(nn.Module):
     """A word-embedding table in 4 bits: each row in groups of `group` values with one fp16 scale per group
-    (symmetric, -8..7), two values a byte. Only the looked-up rows are unpacked, with float arithmetic
-    (XNNPACK and every runtime take it): half the bytes of Int8Embedding."""
+    (symmetric, -8..7), two values a byte (column j in the low half-byte, column j + width/2 in the high
+    one). Only the looked-up rows are unpacked, with float arithmetic and no reshape (XNNPACK reshapes
+    only one dynamic dimension, and batch and sequence both are): the groups' scales widen to one per
+    column by a matmul with a constant 0/1 matrix. Half the bytes of Int8Embedding."""
 
     def __init__(self, weight: torch.Tensor, group: int):
         super().__init__()
         rows, dim = weight.shape
-        group = math.gcd(group, dim)  # a table narrower than the group (a tiny model): a divisor of its width
-        if group % 2:
-            raise ValueError(f"embedding width {dim} has no even int4 group")
+        group = math.gcd(group, dim // 2)  # a table narrower than two groups (a tiny model): a divisor of half its width
+        if dim % 2 or group % 2:
+            raise ValueError(f"embedding width {dim} does not split into two halves of even int4 groups")
         w = weight.float().reshape(rows, dim // group, group)
         scale = (w.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 7.0).half()
         q = (torch.round(w / scale.float()).clamp(-8, 7) + 8).to(torch.uint8).reshape(rows, dim)
-        self.group = group
-        self.register_buffer("packed", q[:, 0::2] | (q[:, 1::2] << 4))  # value 2j in the low nibble
+        self.register_buffer("packed", q[:, : dim // 2] | (q[:, dim // 2:] << 4))
         self.register_buffer("scale", scale.reshape(rows, dim // group))
+        self.register_buffer("widen", torch.eye(dim // group).repeat_interleave(group, 1))  # [groups, dim]
 
     def forward(self, ids):
         b = nn.functional.embedding(ids, self.packed).to(torch.float32)
         high = torch.floor(b / 16.0)
-        q = torch.stack((b - 16.0 * high, high), -1).flatten(-2) - 8.0
-        scale = nn.functional.embedding(ids, self.scale).to(torch.float32)
-        return (q.unflatten(-1, (-1, self.group)) * scale.unsqueeze(-1)).flatten(-2)
+        q = torch.cat((b - 16.0 * high, high), -1) - 8.0
+        return q * torch.matmul(nn.functional.embedding(ids, self.scale).to(torch.float32), self.widen)
