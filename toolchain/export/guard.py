@@ -120,10 +120,11 @@ def triage(report: Mapping, limits: Limits) -> tuple:
     return failing, short
 
 
-def first_attempt(precision: str) -> Attempt:
-    """int4 exports start with 4-bit weights in the largest group, falling back to int8 per part."""
+def first_attempt(precision: str, guarded: bool = True) -> Attempt:
+    """int4 exports start with 4-bit weights in the largest group, falling back to int8 per part; with no
+    guard to judge them (CoreML on Linux), in the smallest group, the closest to fp32."""
     if precision == "int4":
-        return Attempt(weights="int4", kept_at="int8", group=INT4_GROUPS[0])
+        return Attempt(weights="int4", kept_at="int8", group=INT4_GROUPS[0] if guarded else INT4_GROUPS[-1])
     return Attempt()
 
 
