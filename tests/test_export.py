@@ -437,7 +437,7 @@ def test_what_export_ships_passes_verify_with_its_defaults_and_is_what_bench_tim
 
 @pytest.mark.parametrize("args, needle", [
     (["--target", "windows"], "unknown target 'windows'; use one of: android, ios, onnx, all"),
-    (["--target", "android", "--precision", "int4"], "precision 'int4' is not supported for android"),
+    (["--target", "android", "--precision", "fp16"], "precision 'fp16' is not supported for android"),
     (["--target", "ios", "--precision", "int8-static"], "precision 'int8-static' is not supported for ios"),
     (["--target", "onnx", "--layout", "stacked"], "unknown layout 'stacked'"),
     (["--target", "onnx", "--store", "/no/store"], "store /no/store not found"),
@@ -468,7 +468,7 @@ def test_a_failed_export_leaves_the_old_bundle_and_no_temporary_beside_it(tiny, 
     (target / "manifest.json").write_text("{}")
     (target / "old.txt").write_text("the previous bundle")
 
-    def crash(mod, target_name, graph, out_dir, *args):
+    def crash(mod, target_name, graph, out_dir, *args, **options):
         (out_dir / f"{graph.name}.onnx").write_bytes(b"half a program")
         raise RuntimeError("the exporter crashed")
 
