@@ -4,6 +4,7 @@ import dataclasses
 import json
 import platform
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +91,10 @@ def test_onnx_fp32_matches_pytorch(tiny, tmp_path, layout):
     assert first.opset_import[0].version >= 17
     meta = json.loads({p.key: p.value for p in first.metadata_props}[TARGETS["onnx"].metadata_key])
     assert meta["trunk_fingerprint"] == manifest["trunk_fingerprint"]
+    for prog in manifest["programs"]:  # no node carries the exporter's stack trace (this checkout's paths)
+        model = onnx.load(str(tmp_path / "b" / prog["file"]))
+        assert not [n.name for n in model.graph.node for m in n.metadata_props if "stack_trace" in m.key]
+        assert str(Path(__file__).resolve().parent.parent).encode() not in (tmp_path / "b" / prog["file"]).read_bytes()
 
 
 @pytest.mark.parametrize("precision", ["int8", pytest.param("int8-static", marks=pytest.mark.slow)])

@@ -21,6 +21,8 @@ from runtime_py.targets import get as _target
 TARGET = _target("onnx")  # precisions, suffix and metadata key: runtime_py/targets.py
 SUFFIX = TARGET.suffix
 OPSET = 18
+# torch.onnx records each node's Python stack under this key: absolute paths of the checkout and its source lines
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
 
 
 def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dict, *, calibration=(),
@@ -44,10 +46,20 @@ def export(graph, out_dir: Path, precision: str, max_seq_len: int, metadata: dic
                   keep_int8=keep_int8, group=group)
         fp32.unlink()
     model = onnx.load(str(final))
+    _drop_stack_traces(model)
     onnx.helper.set_model_props(model, {TARGET.metadata_key: json.dumps(metadata, sort_keys=True)})
     onnx.save(model, str(final))
     _to_ort(final, out_dir / f"{graph.name}.ort")
     return [final.name, f"{graph.name}.ort"]
+
+
+def _drop_stack_traces(model) -> None:
+    """Keep each node's module path (what the guard's fallback reads) but not its stack trace: a shipped program
+    then names no folder of the machine that exported it, and its bytes do not depend on the checkout's path."""
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 def _trace(graph, max_seq_len: int, path: Path) -> None:
