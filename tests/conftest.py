@@ -18,9 +18,10 @@ def cli(capsys, monkeypatch):
     """Run the ctb-mobile entry point in-process: returns (exit code, stdout, stderr)."""
     from toolchain.cli import main
 
-    monkeypatch.setenv("CTB_VERBOSE", "1")  # in-process: leave pytest's stderr alone (toolchain.quiet.route)
-
     def run(*args):
+        # in-process: leave pytest's stderr alone (toolchain.quiet.route); set on every call, so a test's
+        # monkeypatch.undo() cannot send the rest of the session's stderr to the log
+        monkeypatch.setenv("CTB_VERBOSE", "1")
         monkeypatch.setattr(sys, "argv", ["ctb-mobile", *map(str, args)])
         code = 0
         try:

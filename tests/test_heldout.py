@@ -171,10 +171,10 @@ def test_plan_reports_dev_and_test_side_by_side_from_the_runs(runs, cli, monkeyp
     # a second plan reads the figures from the runs' scores.json ...
     from toolchain.heldout import Scorer
 
-    monkeypatch.setattr(Scorer, "_metric", lambda *a: pytest.fail("recomputed a cached figure"))
-    assert cli("plan", recipe.path, "--out", out, "--criterion", "best")[1] == stdout
+    with monkeypatch.context() as m:  # not monkeypatch.undo(): that would also undo the cli fixture's CTB_VERBOSE
+        m.setattr(Scorer, "_metric", lambda *a: pytest.fail("recomputed a cached figure"))
+        assert cli("plan", recipe.path, "--out", out, "--criterion", "best")[1] == stdout
     # ... unless the file no longer matches its checksum: then the figure is computed again, never trusted
-    monkeypatch.undo()
     scores = out / teacher / "scores.json"
     saved = json.loads(scores.read_text())
     saved["scores"]["test"]["value"] = 100.0
