@@ -19,6 +19,7 @@ def _parts_are_int4(manifest, group):
     return all(p == {"precision": "int4", "group": group} for p in parts.values())
 
 
+@pytest.mark.slow  # an 8da4w export and lowering: minutes on a 2-core CI machine
 def test_android_int4_delegates_its_linears_to_xnnpack(tiny):
     """8da4w lowers whole: no Linear, matmul or dequantize left outside the XNNPACK delegate."""
     import torch
