@@ -305,3 +305,48 @@ def test_int4_falls_back_to_int8_then_fp32():
 def test_an_int4_drop_past_int8_branches_fails_only_after_int8_and_fp32():
     verdict = play4(lambda a: (1.0, 5.0))[1]
     assert not verdict.ok and verdict.attempt.weights == "int8" and "snips_slots" in verdict.message
+
+
+# The search before lowering (export._guarded with simulated=True, then guard.settled): int4 attempts are judged
+# on the eager module, and only the one the search passes is exported and judged as a program.
+def judged_by(rule, log):
+    """A judge: snips_slots by `rule(attempt)`, the other tasks pass; records each attempt judged in `log`."""
+    def judge(attempt):
+        log.append((attempt.weights, attempt.group, tuple(attempt.kept)))
+        return {n: fig(*rule(attempt)) if n == "snips_slots" else fig() for n in TASKS
+                if attempt.judged is None or n in attempt.judged}
+    return judge
+
+
+def search_then_export(simulated_rule, program_rule):
+    from toolchain.export import _guarded
+
+    searched, exported = [], []
+    attempt = _guarded(guard.first_attempt("int4"), judged_by(simulated_rule, searched), LIMITS, lambda m: None,
+                       simulated=True)
+    return searched, exported, _guarded(attempt, judged_by(program_rule, exported), LIMITS, lambda m: None)
+
+
+def test_the_search_exports_only_the_attempt_it_passed():
+    rule = int8_in("snips_slots")
+    searched, exported, verdict = search_then_export(rule, rule)
+    assert searched == [("int4", 64, ()), ("int4", 32, ()), ("int4", 32, ("snips_slots",))]
+    assert exported == [("int4", 32, ("snips_slots",))]  # one export, not three
+    assert verdict.ok and verdict.attempt.keep_int8 == ["snips_slots"]
+
+
+def test_a_program_that_misses_what_the_search_passed_goes_on_from_its_parts():
+    """The program needs the embeddings at int8 too: the order continues after the searched attempt (the
+    trunk is measured), and never goes back to groups of 64."""
+    searched, exported, verdict = search_then_export(int8_in("snips_slots"), int8_in("snips_slots", EMB))
+    assert exported[0] == ("int4", 32, ("snips_slots",))
+    assert exported[1] == ("int4", 32, ("snips_slots", EMB))  # the trunk's first part measured
+    assert all(group == 32 for _, group, _ in exported)
+    assert verdict.ok and EMB in verdict.attempt.keep_int8 and verdict.attempt.weights == "int4"
+
+
+def test_a_search_that_gives_up_int4_hands_the_int8_order_to_the_programs():
+    never = lambda a: (1.0 if a.weights == "int8" else 0.95, 0.0)  # noqa: E731
+    searched, exported, verdict = search_then_export(never, never)
+    assert {w for w, _, _ in searched} == {"int4"}  # int8 attempts are never simulated
+    assert exported == [("int8", 0, ())] and verdict.ok and verdict.attempt.weights == "int8"

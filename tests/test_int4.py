@@ -56,6 +56,11 @@ def test_android_int4_bundle_passes_the_guard_and_verify(tiny, tmp_path):
         assert {p["precision"] for p in q["parts"].values()} <= {"int4", "int8", "fp32"}
         assert any(p["precision"] == "int4" for p in q["parts"].values())
     assert verify(tmp_path / "q4", recipe, out / "store", tmp_path / "v", runs_dir=out, golden=1, log=lambda m: None)["ok"], lines
+    # the int4 attempts were searched before lowering, and the program exported was the one that search passed
+    assert any(line.startswith("guard (simulated): ") for line in lines), lines
+    if m["programs"][0]["precision"] == "int4":
+        assert any(line.startswith("guard: exporting what the simulated search passed") for line in lines), lines
+        assert sum(line.startswith("exporting model") for line in lines) == 1, lines
 
 
 @pytest.mark.slow

@@ -115,28 +115,55 @@ def export_bundle(recipe, store_dir, target, precision=None, layout="fused", out
                           tok_spec=tokfiles.write(tok, Path(store_dir) / "tokenizer", tmp, max_seq_len),
                           max_seq_len=max_seq_len, where=out_dir, log=log)
         attempt = guard.first_attempt(precision, guarded=refs is not None)
-        while True:  # export -> judge -> next_attempt, until the guard gives its verdict
-            if attempt.why:
-                log(attempt.why)
-            manifest = staging.export(attempt)
-            if refs is None:  # nothing to judge: not quantized, or its programs cannot run here
-                verdict = guard.Verdict(True, attempt, None)
-                break
-            report = check.judge_bundle(tmp, devs, refs, attempt.judged or tuple(devs))
-            log(guard.summary(report))
-            verdict = guard.next_attempt(report, attempt, limits)
-            if isinstance(verdict, guard.Verdict):
-                break
-            attempt = verdict
-        if not verdict.ok:
-            raise UserError(verdict.message)
-        if verdict.attempt.exported != attempt.exported:  # a trial failed: the bundle that passed (export cache)
-            manifest = staging.export(verdict.attempt)
+        if refs is None:  # nothing to judge: not quantized, or its programs cannot run here
+            manifest, verdict = staging.export(attempt), guard.Verdict(True, attempt, None)
+        else:
+            manifest, verdict = _guard_export(staging, attempt, devs, refs, limits)
         for line in guard.near_limit(verdict.report or {}, limits.min_agreement):
             log(line)
         parts = part_schemes(verdict.attempt, metas, model.trunk.depth, precision)
         record = quantization(verdict, limits, scheme=scheme, skipped=skipped, parts=parts) if quantized else None
         return staging.finish(manifest, record, verdict.report)
+
+
+def _guard_export(staging, attempt, devs, refs, limits) -> tuple:
+    """(manifest, Verdict): the guard's order from `attempt` on the staged bundle; int4 on a backend that can
+    run its module before lowering is searched there first (guard.settled), then exported."""
+    from toolchain.export import check, guard
+
+    if attempt.weights == "int4" and hasattr(staging.mod, "quantized"):
+        attempt = _guarded(attempt, lambda a: staging.judge_simulated(a, devs, refs), limits, staging.log, simulated=True)
+    last = {}
+
+    def judge(a):  # export the attempt's programs, then judge them as verify does
+        last["manifest"], last["attempt"] = staging.export(a), a
+        return check.judge_bundle(staging.folder, devs, refs, a.judged or tuple(devs))
+
+    verdict = _guarded(attempt, judge, limits, staging.log)
+    if not verdict.ok:
+        raise UserError(verdict.message)
+    if verdict.attempt.exported != last["attempt"].exported:  # a trial failed: the bundle that passed
+        return staging.export(verdict.attempt), verdict
+    return last["manifest"], verdict
+
+
+def _guarded(attempt, judge, limits, log, *, simulated=False):
+    """Judge -> guard.next_attempt from `attempt` until the guard's Verdict. `simulated`: judge runs the
+    module before lowering; the search ends at the Attempt to export for real (guard.settled), or at the
+    first attempt no longer in int4 (those are judged as programs only)."""
+    from toolchain.export import guard
+
+    while True:
+        if attempt.why:
+            log(attempt.why)
+        report = judge(attempt)
+        log(guard.summary(report, simulated))
+        verdict = guard.next_attempt(report, attempt, limits)
+        if isinstance(verdict, guard.Verdict):
+            return guard.settled(verdict.attempt) if simulated else verdict
+        if simulated and verdict.weights != "int4":
+            return verdict
+        attempt = verdict
 
 
 def _guard_config(export_cfg, max_drop, min_agreement):

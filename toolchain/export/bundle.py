@@ -162,6 +162,17 @@ class Staging:
         write_manifest(manifest, self.folder, self.where)
         return manifest
 
+    def judge_simulated(self, attempt, devs, refs) -> dict:
+        """The guard's figures for `attempt` on the fused module before lowering (the backend's `quantized`),
+        in eager PyTorch: the guard's search (guard.settled)."""
+        from toolchain.export.check import judge_module
+        from toolchain.export.graph import graphs
+
+        g = graphs(self.model, self.metas, "fused", self.example)[0]
+        module = self.mod.quantized(g, attempt.weights, self.max_seq_len, attempt.keep_fp32, keep_int8=attempt.keep_int8,
+                                    group=attempt.group)
+        return judge_module(module, g.outputs, devs, refs, attempt.judged or tuple(devs))
+
     def finish(self, manifest, quantization: dict | None, report: dict | None) -> dict:
         """Write the final manifest (with the guard's record, `quantization`) and the model card (with
         the guard's figures, `report`); returns the manifest as written."""

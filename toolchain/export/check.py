@@ -68,6 +68,20 @@ def judge_bundle(bundle_dir, devs, refs, names) -> dict:
     return report
 
 
+def judge_module(module, tasks, devs, refs, names) -> dict:
+    """judge_bundle's figures for a module not yet lowered (graph.Fused's inputs; a tuple of `tasks`'
+    outputs), run in eager PyTorch on the encoded dev rows: the guard's search (guard.settled)."""
+    @torch.no_grad()
+    def run_batch(b):
+        return {t: o.numpy() for t, o in zip(tasks, module(b.input_ids, b.attention_mask, b.token_type_ids))}
+
+    report = {}
+    for name in names:
+        task, labels, dev, _ = devs[name]
+        report[name] = compare(task, labels, dev, refs[name], outputs_on(dev, run_batch))
+    return report
+
+
 def outputs_on(encoded, run_batch, batch_size=32) -> list:
     """Per example dict of task -> output (unpadded), for an Encoded dataset."""
     rows = [None] * len(encoded)

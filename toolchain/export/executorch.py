@@ -37,21 +37,29 @@ def lower(graph, precision: str, max_seq_len: int, metadata: dict | None = None,
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    module = quantized(graph, precision, max_seq_len, keep_fp32, keep_int8=keep_int8, group=group)
+    ep = torch.export.export(module, graph.example, dynamic_shapes=graph.dynamic_shapes(max_seq_len))
+    return to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                       constant_methods={TARGET.metadata_key: json.dumps(metadata or {}, sort_keys=True)})
+
+
+def quantized(graph, precision: str, max_seq_len: int, keep_fp32=(), *, keep_int8=(), group: int = 0):
+    """The module `lower` exports: a copy of the graph's with attention written out and its weights
+    quantized as the program holds them. It runs in eager PyTorch with the program's arithmetic (int4:
+    torchao computes the same int8 activations per token times int4 weights), which is what the guard's
+    search judges before lowering (export.export_bundle)."""
     from toolchain.export import EMBEDDINGS
     from toolchain.export.graph import for_xnnpack
 
-    shapes = graph.dynamic_shapes(max_seq_len)
     embeddings = "fp32" if precision == "fp32" or EMBEDDINGS in keep_fp32 else \
         "int8" if precision == "int8" or EMBEDDINGS in keep_int8 else "int4"
     module = for_xnnpack(graph.module, int8_embeddings=embeddings == "int8",
                          int4_embeddings=group if embeddings == "int4" else 0)
     if precision == "int8":
-        module = _quantize(graph, module, shapes, keep_fp32)
-    elif precision == "int4":
+        return _quantize(graph, module, graph.dynamic_shapes(max_seq_len), keep_fp32)
+    if precision == "int4":
         _quantize_int4(graph.name, module, keep_fp32, keep_int8, group)
-    ep = torch.export.export(module, graph.example, dynamic_shapes=shapes)
-    return to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
-                                       constant_methods={TARGET.metadata_key: json.dumps(metadata or {}, sort_keys=True)})
+    return module
 
 
 def _quantize(graph, module, shapes, keep_fp32):

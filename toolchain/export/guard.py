@@ -21,6 +21,11 @@ An int4 export (`Attempt.weights == "int4"`) starts with every Linear at 4 bits 
 and the word embeddings' rows at 4 bits; short, it tries groups of 32; still short, it runs the order
 above with int8 as the kept parts' precision (`kept_at`), so a part goes to int8 before fp32. If that
 cannot pass, the export starts again as int8 (every part) with the order above to fp32.
+
+Where the target can run its quantized module before lowering (android: `quantized`), the int4 attempts are
+searched there first, judged on the same rows, and only the attempt that search passes (`settled`) is
+exported and judged as a program; if the program misses, the order goes on from that attempt. Every
+bundle shipped is judged as the program it is.
 """
 
 import math
@@ -128,6 +133,20 @@ def first_attempt(precision: str, guarded: bool = True) -> Attempt:
     return Attempt()
 
 
+def settled(attempt: Attempt) -> Attempt:
+    """The attempt a search on the simulated program passed, to export and judge for real. Should the
+    program miss, the order goes on from its parts: the next step after them, with nothing left to retry."""
+    step = TRUNK if attempt.trunk else BRANCHES if attempt.branches else INT8
+    return replace(attempt, step=step, judged=None, agreeing_only=(), to_retry=(), passed=None, passed_report=None,
+                   gains=(), why=f"guard: exporting what the simulated search passed ({describe(attempt)})")
+
+
+def describe(attempt: Attempt) -> str:
+    """The attempt's precisions in words, e.g. "int4 in groups of 32, int8: trunk.layers.1, snips_slots"."""
+    base = f"{attempt.weights}{f' in groups of {attempt.group}' if attempt.weights == 'int4' else ''}"
+    return base + (f", {attempt.kept_at}: {', '.join(attempt.kept)}" if attempt.kept else "")
+
+
 def next_attempt(report: Mapping, attempt: Attempt, limits: Limits) -> "Attempt | Verdict":
     """The guard's next move after `attempt` was exported and judged (`report`: task -> the figures of
     check.compare, at least "drop" and "agreement", for the tasks in attempt.judged)."""
@@ -169,7 +188,7 @@ def _next(report, attempt, limits, failing, short) -> "Attempt | Verdict":
         parts = trunk_parts(limits.depth)
         return attempt.keeping(trunk=[parts[0]], step=MEASURE, parts=parts, gains=(), judged=tuple(short),
                                why=f"guard: {', '.join(short)} still agree on under {limits.min_agreement:.1%}; "
-                                   "measuring the embeddings and each trunk layer in fp32")
+                                   f"measuring the embeddings and each trunk layer in {attempt.kept_at}")
     if len(attempt.trunk) < len(attempt.parts):  # TRUNK, still short: one more part in fp32
         return _trunk(attempt, attempt.parts, len(attempt.trunk) + 1)
     return Verdict(False, attempt, report, _agreement_message(report, short, limits))
@@ -189,7 +208,7 @@ def _branches(attempt, failing, short, limits) -> Attempt:
     keep = (*failing, *short)
     return attempt.keeping(branches=keep, step=BRANCHES, agreeing_only=tuple(short), judged=None,
                            why=f"guard: {', '.join(keep)} lost more than {limits.max_drop} points or agree on under "
-                               f"{limits.min_agreement:.1%} of predictions; keeping their branches in fp32")
+                               f"{limits.min_agreement:.1%} of predictions; keeping their branches in {attempt.kept_at}")
 
 
 def _trunk(attempt, order, n) -> Attempt:
@@ -197,7 +216,7 @@ def _trunk(attempt, order, n) -> Attempt:
     canonical = trunk_parts(len(order) - 1)
     keep = [k for k in canonical if k in order[:n]]
     return attempt.keeping(trunk=keep, step=TRUNK, parts=order, gains=(), judged=None,
-                           why=f"guard: {', '.join(keep)} in fp32")
+                           why=f"guard: {', '.join(keep)} in {attempt.kept_at}")
 
 
 def _retry(passed, report, branches) -> Attempt:
@@ -206,7 +225,8 @@ def _retry(passed, report, branches) -> Attempt:
     passed = replace(passed, passed=None, passed_report=None, to_retry=())
     return passed.keeping(branches=[b for b in passed.branches if b != first], step=RETRY, to_retry=rest,
                           passed=passed, passed_report=report, judged=None,
-                          why=f"guard: {', '.join(passed.trunk)} in fp32; trying {first} in int8 again")
+                          why=f"guard: {', '.join(passed.trunk)} in {passed.kept_at}; trying {first} in "
+                              f"{passed.weights} again")
 
 
 def _drop_message(report, failing, limits) -> str:
@@ -223,9 +243,9 @@ def _agreement_message(report, short, limits) -> str:
             "fp32, or lower [export] min_agreement")
 
 
-def summary(report: Mapping) -> str:
-    """The log line of one judged attempt."""
-    return "guard: " + ", ".join(f"{n} {g['metric']} {g['reference']:.2f} -> {g['exported']:.2f} "
+def summary(report: Mapping, simulated: bool = False) -> str:
+    """The log line of one judged attempt (`simulated`: judged on the module before lowering)."""
+    return f"guard{' (simulated)' if simulated else ''}: " + ", ".join(f"{n} {g['metric']} {g['reference']:.2f} -> {g['exported']:.2f} "
                                  f"(agreement {g['agreement']:.1%})" for n, g in report.items())
 
 
