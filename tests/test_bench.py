@@ -193,6 +193,8 @@ def test_peer_dev_metric_and_conversion(result):
         # fp32 exports of the same weights: ours and the peer agree with PyTorch on the dev metric
         assert row["onnx/fp32"] == pytest.approx(row["pytorch/fp32"], abs=1e-6)
         assert row["peer/fp32"] == pytest.approx(row["pytorch/fp32"], abs=1e-6)
+        assert row["agreement"]["onnx/fp32"] == 1.0 and row["agreement"]["peer/fp32"] == 1.0
+    assert "Agreement with PyTorch fp32's predictions" in (out / "bench.md").read_text()
 
 
 @pytest.mark.parametrize("task_type", ["classification", "tagging", "regression"])

@@ -387,7 +387,7 @@ def bench(
     out: Out = None,
     out_dir: Path = typer.Option(None, help="benchmark folder (default: <out>/bench)"),
     targets: str = typer.Option("onnx,android", help="comma-separated: onnx, android"),
-    precisions: str = typer.Option("fp32,int8", help="comma-separated: fp32, int8"),
+    precisions: str = typer.Option("fp32,int8", help="comma-separated: fp32, int8, int4"),
     lengths: str = typer.Option("16,64,128", help="sequence lengths; those above max_seq_len are reported, not run"),
     repeats: int = typer.Option(20, help="timed calls per configuration and length"),
     peer: bool = typer.Option(True, help="include optimum-onnx single-task models quantized with its ORT quantizer"),

@@ -255,7 +255,7 @@ def memory_programs(req: BenchRequest, s: Subjects) -> dict:
 
 def measure_dev_metric(s: Subjects, predictors: dict, log) -> dict:
     """Per task: the dev metric of PyTorch fp32, of every merged bundle (its Predictor, on the dev rows'
-    token ids) and of the peer."""
+    token ids) and of the peer, and each one's agreement with PyTorch fp32's predictions."""
     from toolchain.export import check
 
     log("dev metric on the recipe's dev sets")
@@ -271,4 +271,5 @@ def measure_dev_metric(s: Subjects, predictors: dict, log) -> dict:
             c = check.compare(task, labels, dev, ref, check.outputs_on(dev, run_batch, batch_size=batch[name]))
             row["pytorch/fp32"] = c["reference"]
             row[name] = c["exported"]
+            row.setdefault("agreement", {})[name] = c["agreement"]  # predictions equal to PyTorch fp32's
     return out

@@ -179,7 +179,16 @@ def _dev_metric(r: dict) -> list:
     return ["", "## Dev metric", "",
             (f"On the recipe's dev sets (up to {r['settings']['guard_examples']} examples per task); ours is "
              "the merged bundle, the peer its single-task model for that task."), ""] + \
-        _table(["task", "metric", "examples", *cols], rows)
+        _table(["task", "metric", "examples", *cols], rows) + _agreement(r)
+
+
+def _agreement(r: dict) -> list:
+    """Per task and program: its predictions' agreement with PyTorch fp32 (tagging: per labelled word piece)."""
+    cols = [c for c in next(iter(r["dev_metric"].values())).get("agreement", {})]
+    if not cols:
+        return []
+    rows = [[t, *(f"{100 * row['agreement'][c]:.2f} %" for c in cols)] for t, row in r["dev_metric"].items()]
+    return ["", "Agreement with PyTorch fp32's predictions on the same rows:", ""] + _table(["task", *cols], rows)
 
 
 def _gemm_and_flops(r: dict) -> list:
