@@ -362,3 +362,4 @@ def test_smoothquant_in_the_int8_variants_benchmark_leaves_the_fp32_function_unc
     assert not {"w1", "w2", "w3"} & {i.name for i in smoothed.graph.initializer}
     for a, b in zip(before, run(smoothed)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
