@@ -18,6 +18,7 @@ import numpy as np
 
 
 def main(argv=None) -> None:
+    from toolchain.bench.bundles import program_bytes
     from toolchain.bench.timing import cpu, cpu_line, open_bundle, time_round_robin
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,12 +33,11 @@ def main(argv=None) -> None:
     print(cpu_line(cpu()), flush=True)
     manifests = {b: json.loads((b / "manifest.json").read_text()) for b in args.bundles}
     predictors = {b: open_bundle(b, args.threads) for b in args.bundles}
+    sizes = {b: program_bytes(b, m) for b, m in manifests.items()}
     for b, m in manifests.items():
-        programs = m["programs"]
-        size = sum(m["files"][p["file"]]["bytes"] for p in programs)
         threads = sorted({p.threads for p in predictors[b].programs.values()}, key=str)
-        print(f"{b.name}: {m['target']} {m['precision']}, {size:,} program bytes "
-              f"({size / _bytes(manifests[args.bundles[0]]):.3f} of the first), threads {threads}", flush=True)
+        print(f"{b.name}: {m['target']} {m['precision']}, {sizes[b]:,} program bytes "
+              f"({sizes[b] / sizes[args.bundles[0]]:.3f} of the first), threads {threads}", flush=True)
     rng = np.random.default_rng(0)
     print("| bundle | seq | p50 ms | min ms | p50 ÷ first |\n|---|---|---|---|---|")
     for n in (int(x) for x in args.lengths.split(",")):
@@ -49,10 +49,6 @@ def main(argv=None) -> None:
         for b in args.bundles:
             p50 = float(np.median(times[b]))
             print(f"| {b.name} | {n} | {p50:.2f} | {min(times[b]):.2f} | {p50 / first:.3f} |", flush=True)
-
-
-def _bytes(manifest) -> int:
-    return sum(manifest["files"][p["file"]]["bytes"] for p in manifest["programs"])
 
 
 if __name__ == "__main__":

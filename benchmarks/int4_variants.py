@@ -4,7 +4,7 @@
         [--variants 64:affine:int4 32:affine:int4 32:hqq_scale_only:int4 32:affine:int8 32:affine:int4:trunk.layers.1]
 
 Each variant is GROUP:ALGORITHM:EMBEDDINGS[:PARTS]: torchao's 8da4w on every Linear of the store's fused
-module (android's int4, `toolchain.export.executorch.quantized`, the module the guard's search runs) in groups
+module (`toolchain.export.executorch.quantized`, the module android's int4 guard searches on) in groups
 of GROUP, with torchao's `intx_choose_qparams_algorithm` ALGORITHM ("affine": a group's scale from its largest
 weight, as export does; "hqq_scale_only": scales fitted by half-quadratic optimisation), the word embeddings'
 rows at EMBEDDINGS ("int4" in groups of GROUP, "int8" or "fp32"), and the comma-separated PARTS (keep names:
@@ -19,9 +19,9 @@ from pathlib import Path
 
 def main(argv=None) -> None:
     from toolchain.config import load_recipe
-    from toolchain.export import check, dev_sets
-    from toolchain.export.graph import Fused, for_xnnpack
-    from toolchain.export.executorch import linear_precision
+    from toolchain.export import EMBEDDINGS, check, dev_sets
+    from toolchain.export.executorch import quantized
+    from toolchain.export.graph import example_inputs, graphs
     from toolchain.store import load_merged
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,16 +31,17 @@ def main(argv=None) -> None:
     ap.add_argument("--variants", nargs="+", default=["64:affine:int4", "32:affine:int4", "32:hqq_scale_only:int4"])
     args = ap.parse_args(argv)
     specs = [_spec(v) for v in args.variants]
+    recipe = load_recipe(args.recipe)
     model, tok, metas = load_merged(args.store)
-    devs = dev_sets(load_recipe(args.recipe), tok, metas, args.rows)
+    devs = dev_sets(recipe, tok, metas, args.rows)
     refs = {n: check.outputs_on(dev, check.torch_runner(model)) for n, (_, _, dev, _) in devs.items()}
-    tasks = list(metas)
-    for text, (group, algorithm, embeddings, keep_int8) in zip(args.variants, specs):
+    graph = graphs(model, metas, "fused", example_inputs(tok, ["hello world"], 16))[0]
+    for text, (group, scales, embeddings, keep_int8) in zip(args.variants, specs):
         t0 = time.perf_counter()
-        module = for_xnnpack(Fused(model.eval(), tasks).eval(), int8_embeddings=embeddings == "int8",
-                             int4_embeddings=group if embeddings == "int4" else 0)
-        _quantize(module, group, algorithm, lambda fqn: linear_precision(fqn, "model", (), keep_int8))
-        report = check.judge_module(module, tasks, devs, refs, tuple(devs))
+        module = quantized(graph, "int4", 16, [EMBEDDINGS] if embeddings == "fp32" else [],
+                           keep_int8=[*keep_int8, *([EMBEDDINGS] if embeddings == "int8" else [])], group=group,
+                           scales=scales)
+        report = check.judge_module(module, graph.outputs, devs, refs, tuple(devs))
         cells = "  ".join(f"{n} {100 * g['agreement']:.1f} % {-g['drop']:+.2f}" for n, g in report.items())
         print(f"{text:40s} {cells}  [{time.perf_counter() - t0:.0f} s]", flush=True)
 
@@ -51,20 +52,6 @@ def _spec(text: str) -> tuple:
             or fields[2] not in ("int4", "int8", "fp32")):
         raise SystemExit(f"error: variant {text!r} is not GROUP:ALGORITHM:EMBEDDINGS[:PARTS], e.g. 32:affine:int4")
     return int(fields[0]), fields[1], fields[2], tuple(p for p in (fields[3] if len(fields) == 4 else "").split(",") if p)
-
-
-def _quantize(module, group: int, algorithm: str, precision_of) -> None:
-    import torch
-    from torchao.quantization import quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
-    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig as Config
-
-    def at(level):
-        return lambda m, fqn: isinstance(m, torch.nn.Linear) and precision_of(fqn) == level
-
-    quantize_(module, Config(weight_dtype=torch.int4, weight_granularity=PerGroup(group),
-                             intx_choose_qparams_algorithm=algorithm), filter_fn=at("int4"))
-    quantize_(module, Config(weight_dtype=torch.int8, weight_granularity=PerAxis(0)), filter_fn=at("int8"))
 
 
 if __name__ == "__main__":

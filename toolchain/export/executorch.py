@@ -43,11 +43,13 @@ def lower(graph, precision: str, max_seq_len: int, metadata: dict | None = None,
                                        constant_methods={TARGET.metadata_key: json.dumps(metadata or {}, sort_keys=True)})
 
 
-def quantized(graph, precision: str, max_seq_len: int, keep_fp32=(), *, keep_int8=(), group: int = 0):
+def quantized(graph, precision: str, max_seq_len: int, keep_fp32=(), *, keep_int8=(), group: int = 0,
+              scales: str = "affine"):
     """The module `lower` exports: a copy of the graph's with attention written out and its weights
     quantized as the program holds them. It runs in eager PyTorch with the program's arithmetic (int4:
     torchao computes the same int8 activations per token times int4 weights), which is what the guard's
-    search judges before lowering (export.export_bundle)."""
+    search judges before lowering (export.export_bundle). `scales`: torchao's choice of the int4 groups' scales,
+    "affine" (from each group's largest weight: what export ships) or "hqq_scale_only" (benchmarks/int4_variants.py)."""
     from toolchain.export import EMBEDDINGS
     from toolchain.export.graph import for_xnnpack
 
@@ -58,7 +60,7 @@ def quantized(graph, precision: str, max_seq_len: int, keep_fp32=(), *, keep_int
     if precision == "int8":
         return _quantize(graph, module, graph.dynamic_shapes(max_seq_len), keep_fp32)
     if precision == "int4":
-        _quantize_int4(graph.name, module, keep_fp32, keep_int8, group)
+        _quantize_int4(graph.name, module, keep_fp32, keep_int8, group, scales)
     return module
 
 
@@ -83,7 +85,7 @@ def _quantize(graph, module, shapes, keep_fp32):
     return convert_pt2e(m)
 
 
-def _quantize_int4(graph_name, module, keep_fp32, keep_int8, group) -> None:
+def _quantize_int4(graph_name, module, keep_fp32, keep_int8, group, scales="affine") -> None:
     """torchao's 8da4w on every Linear in place; int8 weights per output channel on the parts in
     keep_int8; none on those in keep_fp32."""
     import math
@@ -92,12 +94,14 @@ def _quantize_int4(graph_name, module, keep_fp32, keep_int8, group) -> None:
     from torchao.quantization import quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.quantize_.workflows.intx.intx_choose_qparams_algorithm import IntxChooseQParamsAlgorithm
 
     def at(level, g=None):  # a layer whose input is narrower than the group (a tiny model) takes a divisor of it
         return lambda m, fqn: (isinstance(m, torch.nn.Linear) and (g is None or math.gcd(group, m.in_features) == g)
                                and linear_precision(fqn, graph_name, keep_fp32, keep_int8) == level)
     for g in sorted({math.gcd(group, m.in_features) for m in module.modules() if isinstance(m, torch.nn.Linear)}):
-        quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(g)),
+        quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(g),
+                                                                intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm(scales)),
                   filter_fn=at("int4", g))
     quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)),
               filter_fn=at("int8"))
